@@ -1,0 +1,208 @@
+"""The contract every explainer keeps, and the registry that offers them by name.
+
+``Explainer(model, ...)(images, target=None)`` maps (B, C, H, W) images to (B, H, W) float32 maps on
+the images' device: the raw signed map, ReLU, bilinear upsampling to the input size, then per-image
+min-max to [0, 1] (a constant map becomes zeros, never NaN). ``raw=True`` returns the signed map at
+the method's own resolution instead. The model comes back exactly as it was (modes,
+``requires_grad`` flags, hooks), also when the call raises.
+
+``CAMExplainer`` is the base of every method of the form ``M = sum_k w_k A_k`` over a layer's K
+activation maps A_k: a subclass supplies only ``weights``. Given several layers, each layer's map is
+ReLU-ed, upsampled and min-max normalised, the maps are averaged, and the mean is min-max normalised
+again (the fusion rule of pytorch-grad-cam); ``per_layer`` returns the maps one by one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers import LayerSpec, resolve_layers, to_spatial
+from ..taps import Tap, preserved
+from ..targets import OutputSelector, Target, select_output, target_scores
+
+_REGISTRY: dict[str, type[Explainer]] = {}
+
+
+def register(cls: type[Explainer]) -> type[Explainer]:
+    """Class decorator: offer an explainer under ``cls.name`` to the CLI, reports and benchmarks."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"two explainers are registered as {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def methods() -> dict[str, type[Explainer]]:
+    """Every registered explainer, by name (``"gradcam"``, ``"scorecam"``, ``"diffcam"``, ...)."""
+    from .. import methods as _families  # noqa: F401  (importing the families registers them)
+
+    return dict(sorted(_REGISTRY.items()))
+
+
+def normalize_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """ReLU, bilinear upsampling to ``size``, per-image min-max to [0, 1]; constant maps become 0."""
+    maps = maps.float().clamp(min=0)
+    if tuple(maps.shape[-2:]) != tuple(size):
+        maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    flat = maps.flatten(1)
+    low = flat.min(1).values[:, None, None]
+    span = flat.max(1).values[:, None, None] - low
+    return torch.where(span > 0, (maps - low) / span.clamp(min=torch.finfo(maps.dtype).tiny), 0.0)
+
+
+def fuse_maps(maps: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
+    """Fuse per-layer raw maps: normalise each, average, normalise the mean."""
+    normalized = [normalize_maps(m, size) for m in maps]
+    if len(normalized) == 1:
+        return normalized[0]
+    return normalize_maps(torch.stack(normalized).mean(0), size)
+
+
+def check_images(images: object, model: nn.Module) -> Tensor:
+    """Refuse, with the fix, input that is not a (B, C, H, W) float tensor of the model's channel count."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a (B, C, H, W) tensor, not {type(images).__name__}; "
+                        "whycam.load_images turns files, PIL images and numpy arrays into one")
+    if images.dim() == 3:
+        raise ValueError(f"images must be (B, C, H, W); got {tuple(images.shape)}. "
+                         "For a single image use images.unsqueeze(0)")
+    if images.dim() != 4:
+        raise ValueError(f"images must be (B, C, H, W); got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"images have dtype {images.dtype}; convert to float and apply the model's "
+                        "preprocessing (e.g. images.float() / 255, then normalise)")
+    expected = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if expected is not None and images.shape[1] != expected:
+        fix = {1: "grayscale: images.expand(-1, 3, -1, -1)", 4: "RGBA: images[:, :3]"}.get(images.shape[1], "")
+        raise ValueError(f"the model expects {expected} channels, the images have {images.shape[1]}"
+                         + (f"; for {fix}" if fix and expected == 3 else ""))
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or infinity")
+    return images
+
+
+class Explainer:
+    """Base of every method: ``method(model, ...)`` then ``method(images, target=None) -> (B, H, W)``.
+
+    Subclasses implement ``attribute(images, target) -> list of (B, h, w) raw signed maps`` (one per
+    layer; pixel methods return one map at input resolution).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    needs_target: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, *, output: OutputSelector = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        self.model = model
+        self.output = output
+
+    def __call__(self, images: Tensor, target: Target = None, *, raw: bool = False) -> Tensor:
+        maps = self._attribute_checked(images, target)
+        if raw:
+            if len(maps) != 1:
+                raise ValueError("raw maps are per layer: use per_layer(images, target, raw=True)")
+            return maps[0].detach().float()
+        return fuse_maps(maps, tuple(images.shape[-2:])).detach()
+
+    def _attribute_checked(self, images: Tensor, target: Target) -> list[Tensor]:
+        images = check_images(images, self.model)
+        if self.model.training:
+            warnings.warn("the model is in training mode: BatchNorm and dropout make the map depend on the "
+                          "batch and on chance; call model.eval() first", stacklevel=3)
+        with preserved(self.model):
+            return self.attribute(images, target)
+
+    def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
+        raise NotImplementedError
+
+    def forward(self, images: Tensor) -> Tensor:
+        """The model's selected output for ``images`` (NaN and infinity refused)."""
+        return select_output(self.model(images), self.output)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__})"
+
+
+@dataclass
+class LayerPass:
+    """What one forward pass through the tapped model gives a CAM method for one layer."""
+
+    images: Tensor
+    output: Tensor
+    scores: Tensor | None
+    classes: Tensor | None
+    target: Target
+    name: str
+    module: nn.Module
+
+
+class CAMExplainer(Explainer):
+    """``M = sum_k w_k A_k`` over a layer's activation maps; subclasses implement ``weights``.
+
+    ``layer``: a dotted name, a module, a list of them (fused), or None (chosen automatically).
+    ``reshape``: a callable turning the layer's output into (B, K, h, w), for layouts whycam cannot
+    read itself (ViT tokens and (B, K, h, w) maps are read automatically).
+    """
+
+    uses_gradient: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, layer: LayerSpec | Sequence[str | nn.Module] = None, *,
+                 output: OutputSelector = None, reshape: Callable[[Tensor], Tensor] | None = None):
+        super().__init__(model, output=output)
+        self.layer = layer
+        self.reshape = reshape
+        self._layers: list[tuple[str, nn.Module]] | None = None
+
+    def layers(self, images: Tensor) -> list[tuple[str, nn.Module]]:
+        """The ``(name, module)`` pairs explained (resolved once, at the first call)."""
+        if self._layers is None:
+            with preserved(self.model):
+                self._layers = resolve_layers(self.model, self.layer, images)
+        return self._layers
+
+    def spatial(self, activation: Tensor, images: Tensor) -> Tensor:
+        """A layer's output as (B, K, h, w)."""
+        if self.reshape is not None:
+            return self.reshape(activation)
+        return to_spatial(activation, self.model, tuple(images.shape[-2:]))
+
+    def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
+        layers = self.layers(images)
+        with Tap([module for _, module in layers], grad=self.uses_gradient) as tap, torch.no_grad():
+            output = self.forward(images)
+            with torch.set_grad_enabled(self.uses_gradient):
+                scores, classes = (target_scores(output, target) if self.needs_target else (None, None))
+            activations = tap.captured()
+            gradients = (torch.autograd.grad(scores.sum(), activations) if self.uses_gradient
+                         else [None] * len(activations))
+        maps = []
+        for (name, module), act, grad in zip(layers, activations, gradients):
+            act = self.spatial(act.detach(), images)
+            grad = None if grad is None else self.spatial(grad, images)
+            step = LayerPass(images, output.detach(), None if scores is None else scores.detach(),
+                             classes, target, name, module)
+            maps.append(self.layer_map(act, grad, step))
+        return maps
+
+    def layer_map(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
+        """The signed map of one layer, (B, h, w): ``sum_k weights * A``."""
+        return (self.weights(activation, gradient, step) * activation).sum(1)
+
+    def weights(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
+        """Channel weights (B, K, 1, 1), or element-wise weights (B, K, h, w)."""
+        raise NotImplementedError
+
+    def per_layer(self, images: Tensor, target: Target = None, *, raw: bool = False) -> dict[str, Tensor]:
+        """One map per layer, by layer name: normalised at input size, or raw at feature size."""
+        maps = self._attribute_checked(images, target)
+        size = tuple(images.shape[-2:])
+        return {name: (m.detach().float() if raw else normalize_maps(m, size).detach())
+                for (name, _), m in zip(self.layers(images), maps)}

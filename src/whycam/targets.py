@@ -1,0 +1,77 @@
+"""What is explained: the model's output tensor, and one scalar score per image taken from it.
+
+A target is ``None`` (the predicted class), an ``int`` (one class for every image), a sequence or
+tensor with one class per image, or a callable ``f(output) -> (B,)`` scores, for segmentation,
+detection or embedding similarity. Models returning a tuple or dict are read through an output
+selector: an index, a key, or a callable; by default the first tensor, or the ``"logits"``/``"out"`` key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+Target = int | Sequence[int] | Tensor | Callable[[Tensor], Tensor] | None
+OutputSelector = int | str | Callable[[object], Tensor] | None
+
+
+def select_output(output: object, selector: OutputSelector = None) -> Tensor:
+    """The tensor explained from a model's raw output."""
+    if callable(selector):
+        output = selector(output)
+    elif selector is not None:
+        try:
+            output = output[selector]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError) as error:
+            raise ValueError(f"output selector {selector!r} does not fit the model's output "
+                             f"({type(output).__name__}): {error}") from None
+    elif isinstance(output, dict):
+        key = next((k for k in ("logits", "out") if k in output), None)
+        if key is None:
+            raise ValueError(f"the model returns a dict with keys {sorted(output)}; pass output='<key>' "
+                             "to say which one to explain")
+        output = output[key]
+    elif isinstance(output, (tuple, list)):
+        output = output[0]
+    if not isinstance(output, Tensor):
+        raise TypeError(f"the selected model output is {type(output).__name__}, not a tensor; "
+                        "pass output=<index, key or callable> to select a tensor")
+    if not torch.isfinite(output).all():
+        bad = (~torch.isfinite(output.detach())).flatten(1).any(1).nonzero().flatten().tolist()
+        raise FloatingPointError(f"the model's output contains NaN or infinity for image(s) {bad}; check the "
+                                 "input's scale and the model's weights")
+    return output
+
+
+def target_classes(output: Tensor, target: Target) -> Tensor:
+    """One class index per image (B,) for a class target; ``None`` gives the argmax."""
+    if output.dim() != 2:
+        raise ValueError(f"a class target needs a (B, classes) output, the model gives {tuple(output.shape)}; "
+                         "pass target=<callable mapping the output to (B,) scores>")
+    batch, n_classes = output.shape
+    if target is None:
+        return output.detach().argmax(1)
+    classes = torch.as_tensor(target, device=output.device).long().flatten()
+    if classes.numel() == 1:
+        classes = classes.expand(batch)
+    if classes.numel() != batch:
+        raise ValueError(f"got {classes.numel()} targets for {batch} images; give one class, or one per image")
+    if ((classes < 0) | (classes >= n_classes)).any():
+        raise ValueError(f"target class(es) {classes.tolist()} out of range: the model has {n_classes} "
+                         f"classes (0..{n_classes - 1})")
+    return classes
+
+
+def target_scores(output: Tensor, target: Target) -> tuple[Tensor, Tensor | None]:
+    """The score explained for each image (B,), and the class indices when the target is a class."""
+    if callable(target):
+        scores = target(output)
+        if not isinstance(scores, Tensor) or scores.dim() != 1 or scores.shape[0] != output.shape[0]:
+            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise ValueError(f"a callable target must return one score per image, shape ({output.shape[0]},); "
+                             f"it returned {shape}")
+        return scores, None
+    classes = target_classes(output, target)
+    return output.gather(1, classes[:, None]).squeeze(1), classes
