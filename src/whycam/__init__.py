@@ -5,10 +5,13 @@ __version__ = "0.1.0"
 from .layers import LayerNotFoundError
 from .methods.base import CAMExplainer, Explainer, methods, register
 from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from .methods.diffcam import DiffCAM
+from .reference import ReferenceBank, ReferenceStats
 
 __all__ = [
     "CAM",
     "CAMExplainer",
+    "DiffCAM",
     "EigenCAM",
     "Explainer",
     "GradCAM",
@@ -16,6 +19,8 @@ __all__ = [
     "HiResCAM",
     "LayerCAM",
     "LayerNotFoundError",
+    "ReferenceBank",
+    "ReferenceStats",
     "XGradCAM",
     "__version__",
     "methods",
