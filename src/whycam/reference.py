@@ -79,10 +79,10 @@ def check_compatible(meta: Mapping[str, str], expected: Mapping[str, str],
                 f"{expected[key]!r}; {fix}")
 
 
-def parse_shrinkage(shrinkage: Shrinkage) -> tuple[str, float]:
-    """``(method, value)``: ("ledoit-wolf", nan), ("oas", nan), ("fixed", a) or ("ridge", lambda)."""
+def parse_shrinkage(shrinkage: Shrinkage) -> tuple[str, float | None]:
+    """``(method, value)``: ("ledoit-wolf", None), ("oas", None), ("fixed", a) or ("ridge", lambda)."""
     if shrinkage in ("ledoit-wolf", "oas"):
-        return str(shrinkage), float("nan")
+        return str(shrinkage), None
     if isinstance(shrinkage, (int, float)) and not isinstance(shrinkage, bool) and 0 <= shrinkage <= 1:
         return "fixed", float(shrinkage)
     if (isinstance(shrinkage, tuple) and len(shrinkage) == 2 and shrinkage[0] == "ridge"
@@ -163,7 +163,7 @@ class ReferenceStats:
         self.moment4 = torch.zeros((), dtype=torch.float64, device=device)
         self.embeddings: Tensor | None = (torch.zeros(0, dim, dtype=torch.float64, device=device)
                                           if keep_embeddings else None)
-        self._shrunk: dict[tuple[str, float], Shrunk] = {}
+        self._shrunk: dict[tuple[str, float | None], Shrunk] = {}
 
     @classmethod
     def from_embeddings(cls, embeddings: Tensor, *, meta: Mapping[str, str] | None = None,

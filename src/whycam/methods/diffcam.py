@@ -256,7 +256,7 @@ class DiffCAM(CAMExplainer):
                                  "class token; use 'avg' or 'max'")
             z = activation[:, 0]
         else:
-            z = spatial.amax((2, 3)) if kind == "max" else spatial.mean((2, 3))
+            z = spatial.amax((2, 3)) if kind == "max" else spatial.double().mean((2, 3))
         z = z.double()
         return F.normalize(z, dim=1) if self.normalize else z
 
@@ -283,9 +283,9 @@ class DiffCAM(CAMExplainer):
         check_compatible(meta, self._identity(images))
 
     def _adopt_layer(self, meta: dict[str, str]) -> None:
-        """With ``layer=None``, explain the layer the statistics were computed on."""
-        if self.layer is None and self._layers is None and "layer" in meta:
-            self._layers = [resolve_layer(self.model, meta["layer"])]
+        """Resolve the layer without images: the one given, or with ``layer=None`` the statistics' own."""
+        if self._layers is None and (self.layer is not None or "layer" in meta):
+            self._layers = [resolve_layer(self.model, meta["layer"] if self.layer is None else self.layer)]
 
 
 def model_pooling(model: nn.Module, layer: nn.Module, images: Tensor) -> str:

@@ -1,0 +1,295 @@
+"""DiffCAM: the Fisher direction, an independent numpy/scikit-learn oracle, the questions, the refusals."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import scipy.linalg
+import timm
+import torch
+import torchvision
+from sklearn.covariance import LedoitWolf
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import whycam
+from whycam import DiffCAM, ReferenceBank, ReferenceStats
+from whycam.reference import ReferenceMismatchError
+
+
+def _cnn(pool: nn.Module | None = None, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        pool or nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+
+
+@pytest.fixture
+def cnn():
+    return _cnn()
+
+
+@pytest.fixture
+def data():
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(40, 3, 32, 32, generator=generator), torch.arange(40) % 4
+
+
+def _activations(model: nn.Module, layer: nn.Module, images: torch.Tensor) -> np.ndarray:
+    """The layer's output through a plain forward hook (independent of whycam's taps)."""
+    seen = []
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(o.detach().double().numpy()))
+    with torch.no_grad():
+        model(images)
+    handle.remove()
+    return seen[0]
+
+
+def test_map_equals_an_independent_numpy_and_scikit_learn_computation(cnn, data):
+    """M = sum_k w_k A_k with w = S^-1 (z - mu), S from sklearn's LedoitWolf, solved by numpy."""
+    references, images = data[0][:30], data[0][30:33]
+    dc = DiffCAM(cnn, layer="3").fit(references)
+    reference_embeddings = _activations(cnn, cnn[3], references).mean((2, 3))
+    activations = _activations(cnn, cnn[3], images)
+    oracle = LedoitWolf().fit(reference_embeddings)
+    weights = np.linalg.solve(oracle.covariance_, (activations.mean((2, 3)) - oracle.location_).T).T
+    expected = np.einsum("bk,bkhw->bhw", weights, activations)
+    raw = dc(images, raw=True)
+    assert raw.shape == (3, 16, 16) and raw.dtype == torch.float32
+    assert np.abs(raw.numpy() - expected).max() < 1e-4 * np.abs(expected).max()
+    assert abs(dc.reference.shrunk().intensity - oracle.shrinkage_) < 1e-10
+    maps = dc(images)
+    assert maps.shape == (3, 32, 32) and float(maps.min()) == 0 and float(maps.max()) == 1
+
+
+def test_weights_maximise_the_fisher_criterion_and_are_the_generalised_eigenvector(cnn, data):
+    dc = DiffCAM(cnn, layer="3").fit(data[0][:30])
+    z = dc.embed(data[0][30:31])[0]
+    weights = dc.direction(z[None], dc.reference)[0]
+    difference = (z - dc.reference.mean).numpy()
+    covariance = dc.reference.covariance().numpy()
+
+    def criterion(w: np.ndarray) -> np.ndarray:
+        return (w @ difference) ** 2 / np.einsum("...i,ij,...j->...", w, covariance, w)
+
+    random = np.random.default_rng(0).standard_normal((5000, len(difference)))
+    best = criterion(weights.numpy())
+    assert best >= criterion(random).max()
+    assert np.isclose(best, difference @ np.linalg.solve(covariance, difference), rtol=1e-10)
+    values, vectors = scipy.linalg.eigh(np.outer(difference, difference), covariance)
+    leading = vectors[:, -1]
+    cosine = abs(leading @ weights.numpy()) / np.linalg.norm(leading) / np.linalg.norm(weights.numpy())
+    assert cosine > 1 - 1e-10 and np.isclose(values[-1], best, rtol=1e-8)
+
+
+def test_identity_covariance_reduces_to_the_mean_difference(cnn, data):
+    """shrinkage=1 gives S = (tr C / K) I: no whitening, w proportional to z - mu."""
+    dc = DiffCAM(cnn, layer="3", shrinkage=1.0).fit(data[0][:30])
+    z = dc.embed(data[0][30:34])
+    weights = dc.direction(z, dc.reference)
+    scale = dc.reference.empirical_covariance().trace() / dc.reference.dim
+    assert torch.allclose(weights * scale, z - dc.reference.mean, rtol=1e-12, atol=1e-14)
+
+
+def test_one_forward_pass_stopped_at_the_layer_no_gradient_and_the_model_restored(cnn, data):
+    dc = DiffCAM(cnn, layer="3").fit(data[0][:20])
+    head_calls = []
+    counter = cnn[6].register_forward_hook(lambda *args: head_calls.append(1))
+    flags = [p.requires_grad for p in cnn.parameters()]
+    maps = dc(data[0][20:24])
+    counter.remove()
+    assert maps.shape == (4, 32, 32) and head_calls == []
+    assert all(p.grad is None for p in cnn.parameters())
+    assert [p.requires_grad for p in cnn.parameters()] == flags and not cnn.training
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in cnn.modules())
+    bad = ReferenceStats.from_embeddings(torch.randn(5, 16), meta={"embedding": "max"})
+    with pytest.raises(ReferenceMismatchError):
+        dc.using(bad)(data[0][:2])
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in cnn.modules())
+
+
+def test_results_are_deterministic(cnn, data):
+    first = DiffCAM(cnn, layer="3").fit(data[0][:30])
+    second = DiffCAM(cnn, layer="3").fit(data[0][:30])
+    assert torch.equal(first.reference.outer, second.reference.outer)
+    assert torch.equal(first(data[0][30:]), second(data[0][30:]))
+    assert torch.equal(first(data[0][30:], raw=True), first(data[0][30:], raw=True))
+
+
+def test_every_form_of_references_gives_the_same_statistics(cnn, data):
+    images, labels = data
+    expected = DiffCAM(cnn, layer="3").fit(images).reference
+    forms = [images, list(images.split(7)), DataLoader(TensorDataset(images), batch_size=9)]
+    for form in forms:
+        stats = DiffCAM(cnn, layer="3").fit(form, batch_size=11).reference
+        assert stats.count == 40 and torch.allclose(stats.outer, expected.outer, rtol=1e-12)
+    labelled = [(images, labels), (images, labels.tolist()), DataLoader(TensorDataset(images, labels), batch_size=8)]
+    for form in labelled:
+        dc = DiffCAM(cnn, layer="3").fit(form)
+        assert dc.bank.labels == [0, 1, 2, 3] and dc.reference.count == 40
+        assert torch.allclose(dc.bank[2].sum, DiffCAM(cnn, layer="3").fit(images[labels == 2]).reference.sum)
+
+
+def test_auto_embedding_follows_the_models_own_pooling(data):
+    images = data[0][:6]
+
+    class SpatialMax(nn.Module):
+        def forward(self, x):
+            return x.amax((2, 3))
+
+    cases = [(_cnn(nn.AdaptiveAvgPool2d(1)), "avg"), (_cnn(nn.AdaptiveMaxPool2d(1)), "max"),
+             (_cnn(SpatialMax()), "max"), (_cnn(nn.AdaptiveMaxPool2d(1))[:4], "avg")]
+    for model, expected in cases:
+        dc = DiffCAM(model, layer="1").fit(images)
+        assert dc.reference.meta["embedding"] == expected
+        z = dc.embed(images[:2])
+        pooled = _activations(model, model[1], images[:2])
+        assert np.allclose(z.numpy(), pooled.max((2, 3)) if expected == "max" else pooled.mean((2, 3)))
+    normalized = DiffCAM(_cnn(), layer="3", normalize=True, embedding="max").fit(images)
+    assert torch.allclose(normalized.embed(images).norm(dim=1), torch.ones(6, dtype=torch.float64))
+    assert normalized.reference.meta["normalize"] == "true"
+
+
+def test_callable_embedding(cnn, data):
+    def upper_half(a):
+        return a[:, :, : a.shape[2] // 2].mean((2, 3))
+
+    dc = DiffCAM(cnn, layer="3", embedding=upper_half).fit(data[0][:20])
+    assert dc.reference.meta["embedding"] == "callable:test_callable_embedding.<locals>.upper_half"
+    assert dc(data[0][20:22]).shape == (2, 32, 32)
+    with pytest.raises(ValueError, match="must return"):
+        DiffCAM(cnn, layer="3", embedding=lambda a: a.mean(1)).fit(data[0][:4])
+
+
+def test_feature_extractor_and_headless_backbone(resnet18, images):
+    """An nn.Sequential with no pooling or head, and a self-supervised-style backbone (fc = Identity)."""
+    references = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    extractor = nn.Sequential(*list(resnet18.children())[:-2]).eval()
+    dc = DiffCAM(extractor).fit(references)
+    assert dc.reference.meta["layer"] == "7" and dc.reference.meta["embedding"] == "avg"
+    assert dc(images).shape == (2, 64, 64)
+    backbone = copy.deepcopy(resnet18)
+    backbone.fc = nn.Identity()
+    dc = DiffCAM(backbone, layer="layer4").fit(references)
+    assert dc.reference.dim == 512 and dc.reference.shrunk().intensity > 0
+    assert dc(images).shape == (2, 64, 64)
+
+
+def test_vision_transformer_tokens_and_class_token():
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                            num_classes=3).eval()
+    images = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    dc = DiffCAM(vit).fit(images[:8])
+    assert dc.reference.meta["embedding"] == "avg" and dc.reference.meta["layer"] == "blocks.11.norm1"
+    raw = dc(images[8:], raw=True)
+    assert raw.shape == (2, 4, 4)
+    tokens = _activations(vit, vit.blocks[11].norm1, images[8:])
+    assert np.allclose(dc.embed(images[8:]).numpy(), tokens[:, 1:].mean(1), atol=1e-6)
+    cls = DiffCAM(vit, embedding="cls").fit(images[:8])
+    assert np.allclose(cls.embed(images[8:]).numpy(), tokens[:, 0], atol=1e-6)
+    assert cls(images[8:]).shape == (2, 32, 32)
+    with pytest.raises(ValueError, match="class token"):
+        DiffCAM(_cnn(), layer="3", embedding="cls").fit(images[:4])
+
+
+def test_nearest_references_use_the_statistics_of_the_k_nearest(cnn, data):
+    references, images = data[0][:30], data[0][30:33]
+    k = 6
+    dc = DiffCAM(cnn, layer="3", k=k).fit(references)
+    assert dc.reference.embeddings.shape == (30, 16) and dc.reference.meta["k"] == "6"
+    raw = dc(images, raw=True)
+    embeddings, z = dc.reference.embeddings, dc.embed(images)
+    for i in range(3):
+        nearest = torch.cdist(z[i:i + 1], embeddings)[0].argsort()[:k]
+        local = DiffCAM(cnn, layer="3").fit(ReferenceStats.from_embeddings(embeddings[nearest]))
+        expected = local(images[i:i + 1], raw=True)[0]
+        assert (raw[i] - expected).abs().max() < 1e-5 * expected.abs().max()
+    with pytest.raises(ValueError, match="keep none"):
+        DiffCAM(cnn, layer="3", k=k).fit(DiffCAM(cnn, layer="3").fit(references).reference)(images)
+
+
+def test_questions_use_their_reference_groups(cnn, data):
+    images, labels = data
+    dc = DiffCAM(cnn, layer="3").fit((images, labels))
+    query = images[:3]
+    bank = dc.bank
+    assert torch.equal(dc.why(query, 1), dc.using(bank.all_but(1))(query))
+    assert torch.equal(dc.why_not(query, 2, raw=True), dc.using(bank.group(2))(query, raw=True))
+    assert torch.equal(dc.unusual(query, 0), dc.using(bank[0])(query))
+    contrast = dc.contrast(query, 0, [2, 3], raw=True)
+    reference = bank.group([2, 3])
+    weights = reference.solve(bank[0].mean - reference.mean)
+    activations = torch.from_numpy(_activations(cnn, cnn[3], query))
+    assert torch.allclose(contrast.double(), torch.einsum("k,bkhw->bhw", weights, activations), rtol=1e-4,
+                          atol=1e-6 * float(activations.abs().max() * weights.abs().max()))
+    unlabelled = DiffCAM(cnn, layer="3").fit(images)
+    with pytest.raises(RuntimeError, match=r"\(images, labels\)"):
+        unlabelled.why(query, 1)
+
+
+def test_a_map_with_no_difference_is_zeros_not_nan(cnn, data):
+    dc = DiffCAM(cnn, layer="3").fit(data[0])
+    same = dc.using(dc.reference, compare=dc.reference.mean)
+    assert torch.equal(same(data[0][:2]), torch.zeros(2, 32, 32))
+    assert torch.equal(same(data[0][:2], raw=True), torch.zeros(2, 16, 16))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_saved_statistics_and_banks_give_the_same_maps(tmp_path, cnn, data, suffix):
+    images, labels = data
+    dc = DiffCAM(cnn, layer="3", shrinkage="oas").fit(images[:30])
+    loaded = DiffCAM(cnn, shrinkage="oas").fit(ReferenceStats.load(dc.reference.save(tmp_path / f"s{suffix}")))
+    assert loaded.layers(images)[0][0] == "3"
+    assert torch.equal(loaded(images[30:]), dc(images[30:]))
+    banked = DiffCAM(cnn, layer="3").fit((images, labels))
+    restored = DiffCAM(cnn, layer="3").fit(ReferenceBank.load(banked.bank.save(tmp_path / f"b{suffix}")))
+    assert torch.equal(restored.why(images[:2], 3), banked.why(images[:2], 3))
+
+
+def test_statistics_of_another_model_layer_or_embedding_are_refused(cnn, data):
+    images = data[0][:10]
+    stats = DiffCAM(cnn, layer="3").fit(images).reference
+    with pytest.raises(ReferenceMismatchError, match="model .*fit again"):
+        DiffCAM(_cnn(seed=1), layer="3").fit(stats)
+    with pytest.raises(ReferenceMismatchError, match="layer '3'.*layer '1'.*use layer='3'"):
+        DiffCAM(cnn, layer="1").fit(stats)
+    with pytest.raises(ReferenceMismatchError, match="embedding 'avg'.*embedding 'max'"):
+        DiffCAM(cnn, layer="3", embedding="max").fit(stats)
+    max_stats = DiffCAM(cnn, layer="3", embedding="max").fit(images).reference
+    auto = DiffCAM(cnn, layer="3").fit(max_stats)  # "auto" is resolved at the first call: avg here
+    with pytest.raises(ReferenceMismatchError, match="embedding 'max'.*embedding 'avg'"):
+        auto(images)
+    with pytest.raises(ReferenceMismatchError, match="normalize"):
+        DiffCAM(cnn, layer="3", normalize=True).fit(stats)
+
+
+def test_bad_use_is_refused_with_the_fix(cnn, data):
+    images = data[0]
+    with pytest.raises(RuntimeError, match=r"no reference group yet: call dc.fit"):
+        DiffCAM(cnn, layer="3")(images[:2])
+    with pytest.raises(ValueError, match="at least 2 embeddings"):
+        DiffCAM(cnn, layer="3").fit(images[:1])(images[:2])
+    with pytest.raises(ValueError, match="embedding='mean'"):
+        DiffCAM(cnn, embedding="mean")
+    with pytest.raises(ValueError, match="k=1"):
+        DiffCAM(cnn, k=1)
+    with pytest.raises(ValueError, match="shrinkage"):
+        DiffCAM(cnn, shrinkage="shrunk")
+    with pytest.raises(ValueError, match="one layer"):
+        DiffCAM(cnn, layer=["1", "3"])
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        DiffCAM(cnn, layer="3").fit(images[0])
+    with pytest.raises(ValueError, match="held no images"):
+        DiffCAM(cnn, layer="3").fit([])
+    with pytest.raises(ValueError, match="have no labels and this batch has some"):
+        DiffCAM(cnn, layer="3").fit([images[:5], (images[5:10], torch.zeros(5))])
+    with pytest.raises(ValueError, match="12 channels"):
+        DiffCAM(cnn, layer="3").fit(ReferenceStats.from_embeddings(torch.randn(5, 12)))(images[:1])
+
+
+def test_registered_as_a_method():
+    method = whycam.methods()["diffcam"]
+    assert method is DiffCAM and not method.needs_target and not method.uses_gradient
