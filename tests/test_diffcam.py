@@ -9,7 +9,6 @@ import pytest
 import scipy.linalg
 import timm
 import torch
-import torchvision
 from sklearn.covariance import LedoitWolf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -110,6 +109,30 @@ def test_one_forward_pass_stopped_at_the_layer_no_gradient_and_the_model_restore
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in cnn.modules())
 
 
+def test_a_layer_called_twice_is_read_at_its_last_call_and_kept_from_in_place_changes(data):
+    """A shared activation module (EfficientNet's ``_swish``) runs the whole pass and keeps the last call,
+    as the CAM taps do; an in-place ReLU after the layer does not alter what was captured."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.stem, self.body = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 5, 3, padding=1)
+            self.act = nn.Tanh()
+
+        def forward(self, x):
+            x = self.act(self.body(self.act(self.stem(x))))
+            return torch.relu_(x.sub_(0.1)).mean((2, 3))
+
+    model = Shared().eval()
+    images = data[0][:12]
+    dc = DiffCAM(model, layer="act").fit(images[:10])
+    last = np.tanh(_activations(model, model.body, images[10:]))
+    assert dc.reference.dim == 5
+    assert np.allclose(dc.embed(images[10:]).numpy(), last.mean((2, 3)), atol=1e-6)
+    assert dc(images[10:]).shape == (2, 32, 32)
+
+
 def test_results_are_deterministic(cnn, data):
     first = DiffCAM(cnn, layer="3").fit(data[0][:30])
     second = DiffCAM(cnn, layer="3").fit(data[0][:30])
@@ -125,7 +148,8 @@ def test_every_form_of_references_gives_the_same_statistics(cnn, data):
     for form in forms:
         stats = DiffCAM(cnn, layer="3").fit(form, batch_size=11).reference
         assert stats.count == 40 and torch.allclose(stats.outer, expected.outer, rtol=1e-12)
-    labelled = [(images, labels), (images, labels.tolist()), DataLoader(TensorDataset(images, labels), batch_size=8)]
+    labelled = [(images, labels), (images, labels.tolist()),
+                DataLoader(TensorDataset(images, labels), batch_size=8)]
     for form in labelled:
         dc = DiffCAM(cnn, layer="3").fit(form)
         assert dc.bank.labels == [0, 1, 2, 3] and dc.reference.count == 40
@@ -241,7 +265,8 @@ def test_a_map_with_no_difference_is_zeros_not_nan(cnn, data):
 def test_saved_statistics_and_banks_give_the_same_maps(tmp_path, cnn, data, suffix):
     images, labels = data
     dc = DiffCAM(cnn, layer="3", shrinkage="oas").fit(images[:30])
-    loaded = DiffCAM(cnn, shrinkage="oas").fit(ReferenceStats.load(dc.reference.save(tmp_path / f"s{suffix}")))
+    path = dc.reference.save(tmp_path / f"s{suffix}")
+    loaded = DiffCAM(cnn, shrinkage="oas").fit(ReferenceStats.load(path))
     assert loaded.layers(images)[0][0] == "3"
     assert torch.equal(loaded(images[30:]), dc(images[30:]))
     banked = DiffCAM(cnn, layer="3").fit((images, labels))

@@ -63,10 +63,10 @@ def test_fixed_and_ridge_shrinkage():
     data = _data(30, 8)
     stats = ReferenceStats.from_embeddings(data)
     empirical = stats.empirical_covariance()
-    mu = empirical.trace() / 8
-    assert torch.allclose(stats.covariance(0.25), 0.75 * empirical + 0.25 * mu * torch.eye(8, dtype=torch.float64))
-    assert torch.allclose(stats.covariance(1.0), mu * torch.eye(8, dtype=torch.float64))
-    assert torch.allclose(stats.covariance(("ridge", 0.5)), empirical + 0.5 * torch.eye(8, dtype=torch.float64))
+    mu, eye = empirical.trace() / 8, torch.eye(8, dtype=torch.float64)
+    assert torch.allclose(stats.covariance(0.25), 0.75 * empirical + 0.25 * mu * eye)
+    assert torch.allclose(stats.covariance(1.0), mu * eye)
+    assert torch.allclose(stats.covariance(("ridge", 0.5)), empirical + 0.5 * eye)
     assert stats.shrunk(("ridge", 0.5)).intensity == 0.5 and stats.shrunk(0.25).method == "fixed"
     for bad in ("lw", 1.5, -0.1, ("ridge", -1), ("tikhonov", 1.0), True):
         with pytest.raises(ValueError, match="shrinkage"):
@@ -123,7 +123,8 @@ def test_merge_refuses_statistics_of_another_layer():
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 def test_save_and_load_round_trip_exactly(tmp_path, suffix):
-    meta = {"model": "abc", "layer": "layer4", "embedding": "max", "normalize": "false", "input_size": "64x64"}
+    meta = {"model": "abc", "layer": "layer4", "embedding": "max", "normalize": "false",
+            "input_size": "64x64"}
     stats = ReferenceStats.from_embeddings(_data(9, 7), meta=meta, keep_embeddings=True)
     path = stats.save(tmp_path / f"stats{suffix}")
     loaded = ReferenceStats.load(path)
@@ -159,7 +160,8 @@ def test_bank_groups_equal_the_statistics_of_their_rows():
     rows_of = {c: [i for i in range(40) if labels[i] == c] for c in range(4)}
     _equal_stats(bank[2], ReferenceStats.from_embeddings(data[rows_of[2]]))
     _equal_stats(bank.group([1, 3]), ReferenceStats.from_embeddings(data[sorted(rows_of[1] + rows_of[3])]))
-    _equal_stats(bank.all_but(0), ReferenceStats.from_embeddings(data[sorted(rows_of[1] + rows_of[2] + rows_of[3])]))
+    others = sorted(rows_of[1] + rows_of[2] + rows_of[3])
+    _equal_stats(bank.all_but(0), ReferenceStats.from_embeddings(data[others]))
     _equal_stats(bank.all(), ReferenceStats.from_embeddings(data))
     assert bank.group([3, 1]) is bank.group([1, 3])
     with pytest.raises(KeyError, match=r"no class 7; its classes are \[0, 1, 2, 3\]"):

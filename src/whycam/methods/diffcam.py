@@ -86,6 +86,7 @@ class DiffCAM(CAMExplainer):
         self._reference: ReferenceStats | None = None
         self._fingerprint: str | None = None
         self._pooling: str | None = None
+        self._stop_early: bool | None = None
 
     # ----------------------------------------------------------------------------- the reference
     @property
@@ -215,15 +216,20 @@ class DiffCAM(CAMExplainer):
             return self._pool(activation, self.spatial(activation, images), images)
 
     def _activation(self, images: Tensor) -> Tensor:
-        """The layer's output; the forward pass stops there (the rest of the model never runs)."""
-        _, module = self.layers(images)[0]
+        """The layer's output. The forward pass stops there (the rest of the model never runs), unless
+        the layer is a module the model calls several times (a shared activation): then the whole pass
+        runs and the last call is kept, as every CAM reads it. The first pass counts the calls."""
+        name, module = self.layers(images)[0]
         captured: list[object] = []
 
-        def stop(module: nn.Module, inputs: object, output: object) -> None:
+        def capture(module: nn.Module, inputs: object, output: object) -> object:
             captured.append(output)
-            raise _LayerReached
+            if self._stop_early:
+                raise _LayerReached
+            # the network goes on with a copy: an in-place operation downstream cannot alter the capture
+            return output.clone() if isinstance(output, Tensor) else None
 
-        handle = module.register_forward_hook(stop)
+        handle = module.register_forward_hook(capture)
         try:
             with torch.no_grad():
                 self.model(images)
@@ -232,12 +238,14 @@ class DiffCAM(CAMExplainer):
         finally:
             handle.remove()
         if not captured:
-            raise RuntimeError(f"the layer {self.layers(images)[0][0]!r} did not run in the forward pass; "
+            raise RuntimeError(f"the layer {name!r} did not run in the forward pass; "
                                "choose a layer the model calls")
-        if not isinstance(captured[0], Tensor):
-            raise TypeError(f"the layer returns {type(captured[0]).__name__}, not a tensor; tap a layer that "
-                            "returns a tensor (e.g. one of its sub-modules)")
-        return captured[0]
+        if self._stop_early is None:
+            self._stop_early = len(captured) == 1
+        if not isinstance(captured[-1], Tensor):
+            raise TypeError(f"the layer returns {type(captured[-1]).__name__}, not a tensor; tap a layer "
+                            "that returns a tensor (e.g. one of its sub-modules)")
+        return captured[-1]
 
     def _pool(self, activation: Tensor, spatial: Tensor, images: Tensor) -> Tensor:
         if self.embedding == "auto" and self._pooling is None:
