@@ -55,7 +55,8 @@ class DiffCAM(CAMExplainer):
     ``(B, K, h, w) -> (B, K)``. ``normalize``: L2-normalise z. ``shrinkage``: ``"ledoit-wolf"``,
     ``"oas"``, a fixed intensity in [0, 1] (1 = no whitening, w = z - mu up to scale) or
     ``("ridge", value)``. ``k``: use, for each image, only its k nearest references (keeps the
-    reference embeddings, memory O(n K)).
+    reference embeddings, memory O(n K)). The call's ``target`` is ignored: the reference group is the
+    question (``why``, ``why_not``, ``unusual``, ``contrast`` pick it from a bank).
     """
 
     name = "diffcam"
