@@ -12,7 +12,9 @@ batch 8 at 224 px, torch.set_num_threads(2), medians. Writes docs/benchmarks.md,
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torchvision
@@ -31,6 +33,18 @@ def efficientnet_lite0() -> torch.nn.Module:
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()
+
+
+def interleaved(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, timed in alternating rounds (after one warm-up call each), so
+    that a change in the machine's load hits every function alike."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for round_ in range(repeats + 1):
+        for name, function in functions.items():
+            seconds = median_time(function, repeats=1, warmup=0)
+            if round_:
+                times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def measure(name: str, model: torch.nn.Module, repeats: int, n_references: int) -> list[object]:
@@ -52,10 +66,9 @@ def measure(name: str, model: torch.nn.Module, repeats: int, n_references: int) 
         with torch.no_grad():
             model(images)
 
-    t_forward = median_time(forward, repeats)
-    t_diffcam = median_time(lambda: dc(images), repeats)
-    t_gradcam = median_time(lambda: gradcam(images), repeats)
-    t_batch = median_time(lambda: streaming.partial_fit(images), repeats)
+    t_forward, t_diffcam, t_gradcam, t_batch = interleaved({
+        "forward": forward, "diffcam": lambda: dc(images), "gradcam": lambda: gradcam(images),
+        "partial_fit": lambda: streaming.partial_fit(images)}, repeats).values()
     print(f"{name}: forward {t_forward:.3f}s diffcam {t_diffcam:.3f}s gradcam {t_gradcam:.3f}s "
           f"partial_fit {t_batch:.3f}s fit {fit_seconds:.2f}s", flush=True)
     return [name, f"`{layer}`", dc.reference.dim, f"{t_forward * 1000:.0f}", f"{t_diffcam * 1000:.0f}",
@@ -78,7 +91,8 @@ def main() -> None:
               "Grad-CAM / forward", "fitting images/s", "forward images/s", "fitting / forward throughput",
               "fit(N) s, all included", "Cholesky ms (once)"]
     markdown = "\n".join([
-        f"Batch of 8 images at 224x224, CPU, {machine()}; medians of {args.repeats} runs after one warm-up. "
+        f"Batch of 8 images at 224x224, CPU, {machine()}; medians of {args.repeats} runs after one warm-up, "
+        "the methods timed in alternating rounds. "
         "DiffCAM uses fitted statistics (Ledoit-Wolf, automatic layer and embedding); its Cholesky factor is "
         "computed once per reference group and cached (last column, not in the per-call time). "
         "Grad-CAM is whycam's, on the same layer, in the same run. Fitting throughput is the median "
