@@ -12,6 +12,7 @@ batch 8 at 224 px, torch.set_num_threads(2), medians. Writes docs/benchmarks.md,
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -84,6 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
     models = {"ResNet-50 (random init)": torchvision.models.resnet50().eval(),
               "EfficientNet-Lite0 (ImageNet)": efficientnet_lite0()}
     rows = [measure(name, model, args.repeats, args.references) for name, model in models.items()]
@@ -103,9 +105,14 @@ def main() -> None:
         "",
         table(header, rows),
         "",
-        "DiffCAM stops the forward pass at the explained layer, so the head never runs; the extra work is "
-        "the pooling, a K x 8 triangular solve and the weighted sum of K maps. The machine is shared with "
-        "other jobs, so absolute times vary between runs; the ratios are taken within one run.",
+        "DiffCAM stops the forward pass at the explained layer when that layer runs once (ResNet-50's "
+        "`layer4`: the head never runs). EfficientNet-Lite0's automatic layer is its `_swish` module, "
+        "which the model calls twice (stem and head), so the whole pass runs and the last call is read. "
+        "The extra work is the pooling, a K x 8 triangular solve and the weighted sum of K maps. "
+        f"The machine is shared with other jobs (load average {load_before:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end, on 2 cores), so absolute times are several times those of an "
+        "idle machine and vary between runs; the ratios are taken within one run, and Grad-CAM's ratio, "
+        "whose extra work is also small, shows the noise.",
     ])
     write_section("benchmarks.md", "diffcam_speed", markdown)
     print(markdown)
