@@ -17,6 +17,7 @@ Grad-CAM has no such question, its class-3 map is shown again).
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -36,11 +37,11 @@ TEXTURES = {
 # The many-pass methods with light settings, so that the demo fits in a few CPU minutes.
 LIGHT = {
     "ablationcam": {"batch_size": 256},
-    "integratedgradients": {"steps": 16, "batch_size": 16},
+    "integratedgradients": {"steps": 8, "batch_size": 24},
     "smoothgrad": {"samples": 8, "batch_size": 8},
     "occlusion": {"window": 56, "stride": 42, "batch_size": 32},
-    "rise": {"masks": 64, "batch_size": 32},
-    "meaningfulperturbation": {"steps": 20},
+    "rise": {"masks": 48, "batch_size": 48},
+    "meaningfulperturbation": {"steps": 10},
 }
 SKIPPED = {
     "scorecam": "one forward pass per channel of the layer (1280 at EfficientNet-Lite0's head): about four "
@@ -104,12 +105,14 @@ def run(out: Path, quick: bool = False) -> Path:
         bar.set_postfix_str(name)
         explainer = make_explainer(name, loaded.model, loaded.layer, **LIGHT.get(name, {}))
         clock = time.perf_counter()
-        if callable(getattr(explainer, "fit", None)):
-            explainer.fit(texture_references(loaded.preprocess))
-        torch.manual_seed(0)
-        result = explainer(inputs, top.indices if explainer.needs_target else None)
-        maps[name] = result
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if callable(getattr(explainer, "fit", None)):
+                explainer.fit(texture_references(loaded.preprocess))
+            torch.manual_seed(0)
+            maps[name] = explainer(inputs, top.indices if explainer.needs_target else None)
         times[name] = (time.perf_counter() - clock) / len(photos)
+        notes.extend(dict.fromkeys(f"{name}: {w.message}" for w in caught))
         bar.update(1)
 
     report = Report("whycam demo")
