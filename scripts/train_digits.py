@@ -31,7 +31,9 @@ def train(seed: int = 0, epochs: int = 8, batch_size: int = 64) -> tuple[DigitsC
     train_idx, test_idx = order[:cut], order[cut:]
     model = DigitsCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=epochs * (cut // batch_size + 1))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=1e-2, total_steps=epochs * (cut // batch_size + 1)
+    )
     generator = torch.Generator().manual_seed(seed + 1)
     for _ in range(epochs):
         model.train()
@@ -61,12 +63,23 @@ def main() -> None:
     model, accuracy, n_test = train(args.seed, args.epochs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(args.out), metadata={
-        "architecture": "whycam.models.DigitsCNN", "data": "sklearn.datasets.load_digits, 8x8 -> 32x32 bilinear",
-        "seed": str(args.seed), "epochs": str(args.epochs), "test_accuracy": f"{accuracy:.4f}",
-        "test_images": str(n_test), "split": "seeded permutation, first 80% train"})
-    print(f"test accuracy {accuracy:.4f} on {n_test} held-out digits; {time.perf_counter() - start:.1f} s; "
-          f"wrote {args.out} ({args.out.stat().st_size // 1024} KB)")
+    save_file(
+        state,
+        str(args.out),
+        metadata={
+            "architecture": "whycam.models.DigitsCNN",
+            "data": "sklearn.datasets.load_digits, 8x8 -> 32x32 bilinear",
+            "seed": str(args.seed),
+            "epochs": str(args.epochs),
+            "test_accuracy": f"{accuracy:.4f}",
+            "test_images": str(n_test),
+            "split": "seeded permutation, first 80% train",
+        },
+    )
+    print(
+        f"test accuracy {accuracy:.4f} on {n_test} held-out digits; {time.perf_counter() - start:.1f} s; "
+        f"wrote {args.out} ({args.out.stat().st_size // 1024} KB)"
+    )
 
 
 if __name__ == "__main__":

@@ -10,33 +10,51 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from types import SimpleNamespace
-
 from click.testing import CliRunner
+from PIL import Image
 
 import whycam
 from whycam.cli import main
 
 TINY = f"{Path(__file__).parent / 'tiny_model.py'}:make"
 SRC = str(Path(whycam.__file__).resolve().parent.parent)
-COMMANDS = [["demo"], ["explain"], ["reference", "build"], ["reference", "info"], ["evaluate"], ["sanity"],
-            ["methods"], ["benchmark"]]
-has_metrics = pytest.mark.skipif(importlib.util.find_spec("whycam.metrics") is None,
-                                 reason="whycam.metrics is not in this tree")
-has_diffcam = pytest.mark.skipif(importlib.util.find_spec("whycam.methods.diffcam") is None,
-                                 reason="DiffCAM is not in this tree")
+COMMANDS = [
+    ["demo"],
+    ["explain"],
+    ["reference", "build"],
+    ["reference", "info"],
+    ["evaluate"],
+    ["sanity"],
+    ["methods"],
+    ["benchmark"],
+]
+has_metrics = pytest.mark.skipif(
+    importlib.util.find_spec("whycam.metrics") is None, reason="whycam.metrics is not in this tree"
+)
+has_diffcam = pytest.mark.skipif(
+    importlib.util.find_spec("whycam.methods.diffcam") is None, reason="DiffCAM is not in this tree"
+)
 
 
 def whycam_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    return subprocess.run([sys.executable, "-m", "whycam.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        "TQDM_DISABLE": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "whycam.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def invoke(*args: object) -> SimpleNamespace:
@@ -89,7 +107,9 @@ def test_methods_lists_the_registry():
 
 def test_explain_writes_maps_overlays_summary_and_report(photos, tmp_path):
     out = tmp_path / "out"
-    result = whycam_cli("explain", photos, "--model", TINY, "--method", "gradcam,eigencam", "--out", out, "--report")
+    result = whycam_cli(
+        "explain", photos, "--model", TINY, "--method", "gradcam,eigencam", "--out", out, "--report"
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"model", "layer", "methods", "images", "failures"}
@@ -110,11 +130,13 @@ def test_explain_writes_maps_overlays_summary_and_report(photos, tmp_path):
         assert record["results"][0]["target_name"] == record["prediction_name"]
         assert record["results"][1]["target"] is None  # Eigen-CAM has no class
     html = (out / "report.html").read_text()
-    assert "data:image/png;base64," in html and "<script" not in html and "src=\"http" not in html
+    assert "data:image/png;base64," in html and "<script" not in html and 'src="http' not in html
 
 
 def test_explain_target_by_name(photos, tmp_path):
-    result = invoke("explain", photos / "one.png", "--model", TINY, "--target", "bee", "--out", tmp_path / "o")
+    result = invoke(
+        "explain", photos / "one.png", "--model", TINY, "--target", "bee", "--out", tmp_path / "o"
+    )
     assert result.returncode == 0, result.stderr
     [record] = json.loads((tmp_path / "o" / "summary.json").read_text())["images"]
     assert record["results"][0]["target"] == 1 and record["results"][0]["target_name"] == "bee"
@@ -131,7 +153,11 @@ def test_bad_inputs_are_named_skipped_and_the_rest_kept(photos, bad_inputs, tmp_
     assert "empty" in result.stderr and "no images in folder" in result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["images"]) == 3 and len(summary["failures"]) == 3
-    assert sorted(p.name for p in out.glob("*.npy")) == ["gray_gradcam.npy", "one_gradcam.npy", "two_gradcam.npy"]
+    assert sorted(p.name for p in out.glob("*.npy")) == [
+        "gray_gradcam.npy",
+        "one_gradcam.npy",
+        "two_gradcam.npy",
+    ]
 
 
 def test_nothing_readable_is_a_usage_error(bad_inputs, tmp_path):
@@ -143,7 +169,9 @@ def test_unknown_layer_method_and_model_are_usage_errors(photos, tmp_path):
     result = invoke("explain", photos, "--model", TINY, "--layer", "featurez", "--out", tmp_path / "o")
     assert result.returncode == 2
     assert "no layer 'featurez'" in result.stderr and "features" in result.stderr
-    result = invoke("explain", photos, "--model", TINY, "--method", "gradcam,nosuchcam", "--out", tmp_path / "o")
+    result = invoke(
+        "explain", photos, "--model", TINY, "--method", "gradcam,nosuchcam", "--out", tmp_path / "o"
+    )
     assert result.returncode == 2 and "nosuchcam" in result.stderr and "gradcam" in result.stderr
     result = invoke("explain", photos, "--model", "nosuchmodel", "--out", tmp_path / "o")
     assert result.returncode == 2 and "unknown model spec" in result.stderr
@@ -174,14 +202,25 @@ def test_reference_build_info_and_explain_with_it(photos, tmp_path):
     info = invoke("reference", "info", stats)
     assert info.returncode == 0 and "count=6" in info.stdout and "layer: features" in info.stdout
     out = tmp_path / "out"
-    result = invoke("explain", photos, "--model", TINY, "--method", "diffcam,gradcam", "--reference", stats,
-                        "--out", out)
+    result = invoke(
+        "explain", photos, "--model", TINY, "--method", "diffcam,gradcam", "--reference", stats, "--out", out
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"][0]["results"][0]["reference"].startswith("statistics refs.safetensors")
     assert np.load(out / "one_diffcam.npy").shape == (32, 32)
-    result = invoke("explain", photos, "--model", TINY, "--method", "diffcam", "--reference", refs,
-                        "--out", tmp_path / "out2")
+    result = invoke(
+        "explain",
+        photos,
+        "--model",
+        TINY,
+        "--method",
+        "diffcam",
+        "--reference",
+        refs,
+        "--out",
+        tmp_path / "out2",
+    )
     assert result.returncode == 1 and "broken.png" in result.stderr  # reference folder: bad file skipped
     assert (tmp_path / "out2" / "one_diffcam.npy").exists()
 
@@ -205,8 +244,18 @@ def test_reference_from_another_model_is_refused(photos, tmp_path):
     refs = _reference_folder(tmp_path)
     stats = tmp_path / "digits.safetensors"
     assert invoke("reference", "build", refs, "--model", "digits-cnn", "--out", stats).returncode == 0
-    result = invoke("explain", photos, "--model", TINY, "--method", "diffcam", "--reference", stats,
-                        "--out", tmp_path / "o")
+    result = invoke(
+        "explain",
+        photos,
+        "--model",
+        TINY,
+        "--method",
+        "diffcam",
+        "--reference",
+        stats,
+        "--out",
+        tmp_path / "o",
+    )
     assert result.returncode == 2 and "cannot use reference" in result.stderr
     assert "model" in result.stderr.lower()
 
@@ -218,7 +267,7 @@ def _mask_dataset(tmp_path: Path, count: int = 4) -> Path:
     for i in range(count):
         _image(root / "images" / f"s{i}.png", 10 + i, size=(32, 32))
         mask = np.zeros((32, 32), np.uint8)
-        mask[4 + i:20 + i, 6:22] = 255
+        mask[4 + i : 20 + i, 6:22] = 255
         Image.fromarray(mask).save(root / "masks" / f"s{i}.png")
     return root
 
@@ -229,8 +278,18 @@ def test_evaluate_writes_tables_curves_and_report(tmp_path):
     (dataset / "images" / "s9.png").write_text("not an image")
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(dataset / "masks" / "s9.png")
     out = tmp_path / "eval"
-    result = whycam_cli("evaluate", dataset, "--model", TINY, "--method", "gradcam,eigencam",
-                        "--metrics", "auprc,pointing_game,deletion", "--out", out)
+    result = whycam_cli(
+        "evaluate",
+        dataset,
+        "--model",
+        TINY,
+        "--method",
+        "gradcam,eigencam",
+        "--metrics",
+        "auprc,pointing_game,deletion",
+        "--out",
+        out,
+    )
     assert result.returncode == 1 and "s9.png" in result.stderr  # the unreadable image named, the rest scored
     data = json.loads((out / "results.json").read_text())
     assert data["n_images"] == 4 and set(data["higher_is_better"]) == {"auprc", "pointing_game", "deletion"}
@@ -248,8 +307,16 @@ def test_evaluate_writes_tables_curves_and_report(tmp_path):
 
 @has_metrics
 def test_evaluate_unknown_metric(tmp_path):
-    result = invoke("evaluate", _mask_dataset(tmp_path), "--model", TINY, "--metrics", "nosuchmetric",
-                        "--out", tmp_path / "o")
+    result = invoke(
+        "evaluate",
+        _mask_dataset(tmp_path),
+        "--model",
+        TINY,
+        "--metrics",
+        "nosuchmetric",
+        "--out",
+        tmp_path / "o",
+    )
     assert result.returncode == 2 and "nosuchmetric" in result.stderr
 
 
@@ -268,8 +335,16 @@ def test_sanity_writes_verdict_and_figure(photos, tmp_path):
 @has_diffcam
 def test_benchmark_runs_every_registered_method(tmp_path):
     out = tmp_path / "bench"
-    result = invoke("benchmark", _mask_dataset(tmp_path, 2), "--model", TINY, "--metrics", "auprc,energy_pointing_game",
-                        "--out", out)
+    result = invoke(
+        "benchmark",
+        _mask_dataset(tmp_path, 2),
+        "--model",
+        TINY,
+        "--metrics",
+        "auprc,energy_pointing_game",
+        "--out",
+        out,
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads((out / "results.json").read_text())
     assert {r["method"] for r in data["summary"]} == set(whycam.methods())

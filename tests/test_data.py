@@ -119,7 +119,8 @@ def test_voc_dataset(tmp_path):
         "<annotation><filename>cat.jpg</filename><object><name>tabby</name><bndbox><xmin>4</xmin>"
         "<ymin>5</ymin><xmax>20</xmax><ymax>15</ymax></bndbox></object>"
         "<object><name>dog</name><bndbox><xmin>30</xmin><ymin>0</ymin><xmax>40</xmax><ymax>10</ymax>"
-        "</bndbox></object></annotation>")
+        "</bndbox></object></annotation>"
+    )
     dataset = load_dataset(tmp_path)
     assert dataset.kind == "voc" and len(dataset) == 1
     sample = dataset.samples[0]
@@ -131,7 +132,9 @@ def test_voc_dataset(tmp_path):
 def test_csv_dataset(tmp_path):
     (tmp_path / "img").mkdir()
     _rgb(20, 20).save(tmp_path / "img" / "a.png")
-    (tmp_path / "boxes.csv").write_text("image,xmin,ymin,xmax,ymax,label\nimg/a.png,0,0,10,5,3\nimg/a.png,15,15,20,20,3\n")
+    (tmp_path / "boxes.csv").write_text(
+        "image,xmin,ymin,xmax,ymax,label\nimg/a.png,0,0,10,5,3\nimg/a.png,15,15,20,20,3\n"
+    )
     dataset = load_dataset(tmp_path / "boxes.csv")
     assert dataset.kind == "csv" and len(dataset) == 1
     assert dataset.samples[0].mask((20, 20)).sum() == 50 + 25

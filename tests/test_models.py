@@ -46,7 +46,7 @@ def test_digits_cnn_ships_small_and_accurate():
     assert classes == [str(i) for i in range(10)] and not model.training
     images, labels = digits_images()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    held_out = order[int(0.8 * len(order)):]
+    held_out = order[int(0.8 * len(order)) :]
     with torch.no_grad():
         predictions = model(torch.stack([preprocess(images[i]) for i in held_out])).argmax(1)
     accuracy = (predictions == labels[held_out]).float().mean().item()
@@ -94,7 +94,10 @@ def test_torchvision_with_local_weights(tmp_path, suffix):
         torch.save({"state_dict": source.state_dict()}, path)
     loaded = load_model("torchvision:resnet18", weights=path)
     assert loaded.model.fc.out_features == 7 and loaded.classes is None  # class count read from the weights
-    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), source.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.model.state_dict().values(), source.state_dict().values(), strict=True)
+    )
     assert loaded.preprocess.crop == (224, 224) and loaded.preprocess.mean == (0.485, 0.456, 0.406)
 
 

@@ -22,9 +22,13 @@ from matplotlib.figure import Figure
 from whycam.report import Report
 from whycam.viz import curve_figure, grid_figure, overlay
 
-CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(name)), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+CHROMIUM = next(
+    (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)),
+    None,
+)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
+)
 
 PROBE_HEAD = """<script>
 window.__errors = [];
@@ -48,12 +52,24 @@ def browse(page: Path, tmp_path: Path) -> dict:
     """Open ``page`` (with the probe injected into a copy) in headless Chromium; return the probe."""
     text = page.read_text(encoding="utf-8")
     probed = tmp_path / f"probed_{page.name}"
-    probed.write_text(text.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", PROBE_LOAD + "</body>", 1),
-                      encoding="utf-8")
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
-               f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=10000",
-               "--dump-dom", probed.as_uri()]
+    probed.write_text(
+        text.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", PROBE_LOAD + "</body>", 1),
+        encoding="utf-8",
+    )
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        probed.as_uri(),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=180)
     match = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout, re.S)
     assert match, f"chromium printed no probe (exit {result.returncode}): {result.stderr[-2000:]}"
@@ -87,8 +103,10 @@ def test_report_renders_every_image_without_errors(tmp_path):
 
 def test_probe_catches_a_broken_image(tmp_path):
     page = tmp_path / "broken.html"
-    page.write_text('<!DOCTYPE html><html><head><title>t</title></head><body>'
-                    '<img src="data:image/png;base64,AAAA"></body></html>')
+    page.write_text(
+        "<!DOCTYPE html><html><head><title>t</title></head><body>"
+        '<img src="data:image/png;base64,AAAA"></body></html>'
+    )
     probe = browse(page, tmp_path)
     assert probe["images"][0]["width"] == 0 and probe["errors"]
 
@@ -103,10 +121,25 @@ def test_cli_explain_report_in_the_browser(tmp_path):
     from PIL import Image
 
     for i in range(2):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(
+            folder / f"{i}.png"
+        )
     tiny = f"{Path(__file__).parent / 'tiny_model.py'}:make"
-    result = CliRunner().invoke(main, ["explain", str(folder), "--model", tiny, "--method", "gradcam,eigencam",
-                                       "--out", str(tmp_path / "out"), "--report"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        [
+            "explain",
+            str(folder),
+            "--model",
+            tiny,
+            "--method",
+            "gradcam,eigencam",
+            "--out",
+            str(tmp_path / "out"),
+            "--report",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.stderr
     probe = browse(tmp_path / "out" / "report.html", tmp_path)
     assert probe["images"] and all(image["width"] > 0 for image in probe["images"])

@@ -11,8 +11,10 @@ from whycam.models import LoadedModel, Preprocess
 def make() -> LoadedModel:
     torch.manual_seed(0)
     model = nn.Sequential()
-    model.add_module("features", nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                                               nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()))
+    model.add_module(
+        "features",
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+    )
     model.add_module("pool", nn.AdaptiveAvgPool2d(1))
     model.add_module("flatten", nn.Flatten())
     model.add_module("classifier", nn.Linear(8, 4))

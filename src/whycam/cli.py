@@ -35,7 +35,9 @@ class Failures:
 
     def exit(self, ctx: click.Context) -> None:
         if self.items:
-            click.echo(f"whycam: {len(self.items)} input(s) failed; the other results were written.", err=True)
+            click.echo(
+                f"whycam: {len(self.items)} input(s) failed; the other results were written.", err=True
+            )
             ctx.exit(EXIT_PARTIAL)
 
 
@@ -67,8 +69,11 @@ def _method_names(text: str) -> list[str]:
     names = list(registry) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in registry]
     if unknown or not names:
-        raise click.BadParameter(f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
-                                 f"available: {', '.join(registry)} (see `whycam methods`)", param_hint="--method")
+        raise click.BadParameter(
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
+            f"available: {', '.join(registry)} (see `whycam methods`)",
+            param_hint="--method",
+        )
     return names
 
 
@@ -105,21 +110,36 @@ def _fit_reference(explainer, reference: str, loaded, failures: Failures, batch_
             return f"statistics {path.name} ({stats!r})"
         names, _, inputs = _read_images([reference], loaded.preprocess, failures, "reference")
         if len(inputs) < 2:
-            raise ValueError(f"the reference folder {reference} holds {len(inputs)} readable image(s); "
-                             "a reference group needs at least 2")
+            raise ValueError(
+                f"the reference folder {reference} holds {len(inputs)} readable image(s); "
+                "a reference group needs at least 2"
+            )
         explainer.fit(torch.stack(inputs), batch_size=batch_size)
         return f"{len(inputs)} images from {reference}"
     except (ValueError, KeyError, OSError) as error:
-        raise click.BadParameter(f"cannot use reference {reference}: {error}", param_hint="--reference") from None
+        raise click.BadParameter(
+            f"cannot use reference {reference}: {error}", param_hint="--reference"
+        ) from None
 
 
 MODEL_OPTIONS = [
-    click.option("--model", "model_spec", required=True, metavar="SPEC",
-                 help="efficientnet-lite0, digits-cnn, torchvision:NAME, timm:NAME, a TorchScript file, "
-                      "or module:function."),
-    click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                 help="Local weights (safetensors, or a state dict read with weights_only=True)."),
-    click.option("--download", is_flag=True, help="Let torchvision/timm download pretrained weights (needs internet)."),
+    click.option(
+        "--model",
+        "model_spec",
+        required=True,
+        metavar="SPEC",
+        help="efficientnet-lite0, digits-cnn, torchvision:NAME, timm:NAME, a TorchScript file, "
+        "or module:function.",
+    ),
+    click.option(
+        "--weights",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Local weights (safetensors, or a state dict read with weights_only=True).",
+    ),
+    click.option(
+        "--download", is_flag=True, help="Let torchvision/timm download pretrained weights (needs internet)."
+    ),
 ]
 
 
@@ -178,18 +198,30 @@ def demo(ctx: click.Context, out: str, quick: bool) -> None:
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @model_options
-@click.option("--method", "method_text", default="gradcam", show_default=True,
-              help="Method name(s), comma-separated, or 'all' (see `whycam methods`).")
-@click.option("--layer", default=None, help="Layer to explain (dotted name); default: the model's own or automatic.")
+@click.option(
+    "--method",
+    "method_text",
+    default="gradcam",
+    show_default=True,
+    help="Method name(s), comma-separated, or 'all' (see `whycam methods`).",
+)
+@click.option(
+    "--layer", default=None, help="Layer to explain (dotted name); default: the model's own or automatic."
+)
 @click.option("--target", default=None, help="Class index or name; default: the predicted class.")
-@click.option("--reference", default=None, type=click.Path(exists=True),
-              help="Reference group for DiffCAM: a folder of images or a statistics file.")
+@click.option(
+    "--reference",
+    default=None,
+    type=click.Path(exists=True),
+    help="Reference group for DiffCAM: a folder of images or a statistics file.",
+)
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--report", is_flag=True, help="Also write report.html.")
 @click.option("--batch-size", default=8, show_default=True)
 @click.pass_context
-def explain(ctx, images, model_spec, weights, download, method_text, layer, target, reference, out, report,
-            batch_size) -> None:
+def explain(
+    ctx, images, model_spec, weights, download, method_text, layer, target, reference, out, report, batch_size
+) -> None:
     """Explain IMAGES (files or folders): overlays (PNG), raw maps (.npy) and summary.json.
 
     \b
@@ -215,8 +247,10 @@ def explain(ctx, images, model_spec, weights, download, method_text, layer, targ
         explainer = make_explainer(name, loaded.model, layer)
         if needs_reference(explainer):
             if reference is None:
-                raise click.UsageError(f"{name} answers against a reference group: pass --reference DIR|STATS "
-                                       "(build statistics with `whycam reference build`)")
+                raise click.UsageError(
+                    f"{name} answers against a reference group: pass --reference DIR|STATS "
+                    "(build statistics with `whycam reference build`)"
+                )
             questions[name] = _fit_reference(explainer, reference, loaded, failures, batch_size)
         explainers[name] = explainer
     image_names, shown, inputs = _read_images(images, loaded.preprocess, failures)
@@ -226,25 +260,31 @@ def explain(ctx, images, model_spec, weights, download, method_text, layer, targ
     out_dir.mkdir(parents=True, exist_ok=True)
     records = [{"image": n} for n in image_names]
     with torch.no_grad():
-        probabilities = torch.cat([loaded.model(torch.stack(inputs[i:i + batch_size])).softmax(1)
-                                   for i in range(0, len(inputs), batch_size)])
+        probabilities = torch.cat(
+            [
+                loaded.model(torch.stack(inputs[i : i + batch_size])).softmax(1)
+                for i in range(0, len(inputs), batch_size)
+            ]
+        )
     predictions = probabilities.argmax(1)
-    for record, p, prob in zip(records, predictions.tolist(), probabilities):
-        record.update(prediction=p, prediction_name=loaded.class_name(p), probability=float(prob[p]), results=[])
+    for record, p, prob in zip(records, predictions.tolist(), probabilities, strict=True):
+        record.update(
+            prediction=p, prediction_name=loaded.class_name(p), probability=float(prob[p]), results=[]
+        )
     targets = predictions if target_index is None else torch.full_like(predictions, target_index)
     grid: dict[str, list] = {}
     times: dict[str, float] = {}
     bar = tqdm(total=len(inputs) * len(explainers), desc="explain", unit="map")
     for method, explainer in explainers.items():
         for start in range(0, len(inputs), batch_size):
-            batch = torch.stack(inputs[start:start + batch_size])
-            chunk = targets[start:start + batch_size]
+            batch = torch.stack(inputs[start : start + batch_size])
+            chunk = targets[start : start + batch_size]
             try:
                 clock = time.perf_counter()
                 maps = explainer(batch, chunk if explainer.needs_target else None)
                 seconds = (time.perf_counter() - clock) / len(batch)
             except Exception as error:  # noqa: BLE001 (one failing batch must not lose the others)
-                failures.add(f"{method} on {', '.join(image_names[start:start + len(batch)])}", error)
+                failures.add(f"{method} on {', '.join(image_names[start : start + len(batch)])}", error)
                 bar.update(len(batch))
                 continue
             times[method] = times.get(method, 0.0) + seconds * len(batch)
@@ -252,22 +292,39 @@ def explain(ctx, images, model_spec, weights, download, method_text, layer, targ
                 i = start + offset
                 stem = f"{image_names[i]}_{method}"
                 np.save(out_dir / f"{stem}.npy", saliency.cpu().numpy().astype(np.float32))
-                title = f"{method}: {loaded.class_name(int(chunk[offset]))}" if explainer.needs_target else method
+                title = (
+                    f"{method}: {loaded.class_name(int(chunk[offset]))}" if explainer.needs_target else method
+                )
                 save_png(out_dir / f"{stem}.png", overlay_figure(shown[i], saliency, title))
-                records[i]["results"].append({
-                    "method": method, "layer": layer if hasattr(explainer, "layers") else None, "target": int(chunk[offset]) if explainer.needs_target else None,
-                    "target_name": loaded.class_name(int(chunk[offset])) if explainer.needs_target else None,
-                    "reference": questions.get(method), "time_s": seconds,
-                    "overlay": f"{stem}.png", "map": f"{stem}.npy"})
+                records[i]["results"].append(
+                    {
+                        "method": method,
+                        "layer": layer if hasattr(explainer, "layers") else None,
+                        "target": int(chunk[offset]) if explainer.needs_target else None,
+                        "target_name": loaded.class_name(int(chunk[offset]))
+                        if explainer.needs_target
+                        else None,
+                        "reference": questions.get(method),
+                        "time_s": seconds,
+                        "overlay": f"{stem}.png",
+                        "map": f"{stem}.npy",
+                    }
+                )
                 grid.setdefault(method, [None] * len(inputs))[i] = saliency
             bar.update(len(batch))
     bar.close()
-    summary = {"model": loaded.name, "layer": layer, "methods": names, "images": records,
-               "failures": failures.items}
+    summary = {
+        "model": loaded.name,
+        "layer": layer,
+        "methods": names,
+        "images": records,
+        "failures": failures.items,
+    }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if report:
-        _explain_report(out_dir / "report.html", loaded, image_names, shown, grid, times, records, questions,
-                        failures)
+        _explain_report(
+            out_dir / "report.html", loaded, image_names, shown, grid, times, records, questions, failures
+        )
         click.echo(str(out_dir / "report.html"))
     click.echo(f"wrote {out_dir / 'summary.json'}")
     failures.exit(ctx)
@@ -279,15 +336,24 @@ def _explain_report(path, loaded, image_names, shown, grid, times, records, ques
 
     report = Report(f"whycam: {loaded.name}")
     complete = {m: maps for m, maps in grid.items() if all(x is not None for x in maps)}
-    rows = [f"{n}\n{r['prediction_name']} ({r['probability']:.2f})" for n, r in zip(image_names, records)]
+    rows = [
+        f"{n}\n{r['prediction_name']} ({r['probability']:.2f})"
+        for n, r in zip(image_names, records, strict=True)
+    ]
     if complete:
         notes = {m: f"{times[m] / len(shown) * 1000:.0f} ms/img" for m in complete}
-        report.figure(grid_figure(shown, complete, row_titles=rows, column_notes=notes),
-                      "Images down, methods across; time per image under each method.")
+        report.figure(
+            grid_figure(shown, complete, row_titles=rows, column_notes=notes),
+            "Images down, methods across; time per image under each method.",
+        )
     for method, question in questions.items():
         report.paragraph(f"{method}: reference group = {question}.")
-    report.table([{"image": r["image"], "prediction": r["prediction_name"], "probability": r["probability"]}
-                  for r in records])
+    report.table(
+        [
+            {"image": r["image"], "prediction": r["prediction_name"], "probability": r["probability"]}
+            for r in records
+        ]
+    )
     if failures.items:
         report.heading("Inputs that failed")
         report.table(failures.items)
@@ -303,7 +369,9 @@ def reference() -> None:
 @click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @model_options
 @click.option("--layer", default=None, help="Layer whose embeddings are summarised.")
-@click.option("--per-class", is_flag=True, help="Each subfolder of FOLDERS is a class: build a per-class bank.")
+@click.option(
+    "--per-class", is_flag=True, help="Each subfolder of FOLDERS is a class: build a per-class bank."
+)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .safetensors (or .npz).")
 @click.option("--batch-size", default=32, show_default=True)
 @click.pass_context
@@ -333,7 +401,7 @@ def reference_build(ctx, folders, model_spec, weights, download, layer, per_clas
         else:
             groups.append((None, [str(folder)]))
     total = 0
-    for label, paths in groups:
+    for _, paths in groups:
         try:
             count = len(find_images(paths))
         except (OSError, ValueError) as error:
@@ -348,7 +416,7 @@ def reference_build(ctx, folders, model_spec, weights, download, layer, per_clas
         for label, paths in groups:
             _, _, inputs = _read_images(paths, loaded.preprocess, failures)
             for start in range(0, len(inputs), batch_size):
-                chunk = torch.stack(inputs[start:start + batch_size])
+                chunk = torch.stack(inputs[start : start + batch_size])
                 bar.update(len(chunk))
                 yield chunk if label is None else (chunk, [label] * len(chunk))
         bar.close()
@@ -381,7 +449,9 @@ def reference_info(file: str) -> None:
         try:
             stats = ReferenceBank.load(file)
         except (ValueError, KeyError, OSError) as error:
-            raise click.BadParameter(f"{file} is not a whycam reference file: {error}", param_hint="FILE") from None
+            raise click.BadParameter(
+                f"{file} is not a whycam reference file: {error}", param_hint="FILE"
+            ) from None
         groups = dict(stats.classes)
     click.echo(f"{file}: {stats!r}")
     for key, value in sorted(stats.meta.items()):
@@ -422,8 +492,20 @@ def _dataset_tensors(dataset_path: str, loaded, failures: Failures):
     return names, shown, torch.stack(inputs), torch.stack(masks), labels
 
 
-def _evaluate_command(ctx, dataset, model_spec, weights, download, method_names, metric_text, layer, reference,
-                      out, batch_size, title) -> None:
+def _evaluate_command(
+    ctx,
+    dataset,
+    model_spec,
+    weights,
+    download,
+    method_names,
+    metric_text,
+    layer,
+    reference,
+    out,
+    batch_size,
+    title,
+) -> None:
     from .evaluate import evaluate
     from .report import Report
     from .viz import curve_figure, grid_figure, save_png
@@ -440,19 +522,33 @@ def _evaluate_command(ctx, dataset, model_spec, weights, download, method_names,
         _, _, ref_inputs = _read_images([reference], loaded.preprocess, failures, "reference")
         reference_images = torch.stack(ref_inputs) if ref_inputs else None
     try:
-        evaluation = evaluate(loaded.model, inputs, targets, methods=method_names, metrics=metric_names,
-                              truth=masks, labels=targets, names=names, layer=layer, reference=reference_images,
-                              batch_size=batch_size)
+        evaluation = evaluate(
+            loaded.model,
+            inputs,
+            targets,
+            methods=method_names,
+            metrics=metric_names,
+            truth=masks,
+            labels=targets,
+            names=names,
+            layer=layer,
+            reference=reference_images,
+            batch_size=batch_size,
+        )
     except KeyError as error:
         raise click.BadParameter(str(error.args[0]), param_hint="--metrics/--method") from None
     if targets is None:
-        evaluation.notes.append("targets: the predicted class (the dataset's labels are not all class names of the "
-                                "model)")
+        evaluation.notes.append(
+            "targets: the predicted class (the dataset's labels are not all class names of the model)"
+        )
     out_dir = Path(out)
     paths = evaluation.save(out_dir)
     report = Report(title)
-    report.paragraph(f"Model {loaded.name}, dataset {dataset}: {evaluation.n_images} images"
-                     + ("" if evaluation.accuracy is None else f", accuracy {evaluation.accuracy:.3f}") + ".")
+    report.paragraph(
+        f"Model {loaded.name}, dataset {dataset}: {evaluation.n_images} images"
+        + ("" if evaluation.accuracy is None else f", accuracy {evaluation.accuracy:.3f}")
+        + "."
+    )
     report.table(evaluation.table())
     for note in evaluation.notes:
         report.paragraph(note, "note")
@@ -460,13 +556,19 @@ def _evaluate_command(ctx, dataset, model_spec, weights, download, method_names,
         for curve_name in next(iter(by_method.values())):
             if curve_name == "steps":
                 continue
-            figure = curve_figure({m: (c["steps"], c[curve_name]) for m, c in by_method.items()},
-                                  title=f"{metric}: {curve_name}", xlabel="step", ylabel=curve_name)
+            figure = curve_figure(
+                {m: (c["steps"], c[curve_name]) for m, c in by_method.items()},
+                title=f"{metric}: {curve_name}",
+                xlabel="step",
+                ylabel=curve_name,
+            )
             save_png(out_dir / f"curve_{metric}_{curve_name}.png", figure)
             report.figure(figure, f"{metric}, mean {curve_name} curve per method")
     shown_n = min(len(shown), 6)
-    report.figure(grid_figure(shown[:shown_n], {"ground truth": masks[:shown_n].float()}),
-                  "The first images and their ground truth.")
+    report.figure(
+        grid_figure(shown[:shown_n], {"ground truth": masks[:shown_n].float()}),
+        "The first images and their ground truth.",
+    )
     if failures.items:
         report.heading("Inputs that failed")
         report.table(failures.items)
@@ -476,22 +578,33 @@ def _evaluate_command(ctx, dataset, model_spec, weights, download, method_names,
     failures.exit(ctx)
 
 
-DATASET_HELP = "DATASET: a folder of images with VOC .xml boxes, a CSV of boxes, or a folder with images/ and masks/."
+DATASET_HELP = (
+    "DATASET: a folder of images with VOC .xml boxes, a CSV of boxes, or a folder with images/ and masks/."
+)
 
 
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True))
 @model_options
-@click.option("--method", "method_text", default="gradcam", show_default=True, help="Method name(s), comma-separated.")
-@click.option("--metrics", "metric_text", default="road,deletion,insertion,pointing_game,auprc", show_default=True)
+@click.option(
+    "--method", "method_text", default="gradcam", show_default=True, help="Method name(s), comma-separated."
+)
+@click.option(
+    "--metrics", "metric_text", default="road,deletion,insertion,pointing_game,auprc", show_default=True
+)
 @click.option("--layer", default=None)
-@click.option("--reference", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Reference images for DiffCAM (default: the dataset's own images).")
+@click.option(
+    "--reference",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Reference images for DiffCAM (default: the dataset's own images).",
+)
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.pass_context
-def evaluate(ctx, dataset, model_spec, weights, download, method_text, metric_text, layer, reference, out,
-             batch_size) -> None:
+def evaluate(
+    ctx, dataset, model_spec, weights, download, method_text, metric_text, layer, reference, out, batch_size
+) -> None:
     """Score methods with metrics on a dataset with ground truth: CSV/JSON tables, curves, report.html.
 
     \b
@@ -500,21 +613,39 @@ def evaluate(ctx, dataset, model_spec, weights, download, method_text, metric_te
       whycam evaluate data/boxes.csv --model efficientnet-lite0 --method gradcam,scorecam \\
           --metrics road,deletion,insertion,pointing_game,auprc --out out/eval
     """
-    _evaluate_command(ctx, dataset, model_spec, weights, download, _method_names(method_text), metric_text, layer,
-                      reference, out, batch_size, "whycam evaluate")
+    _evaluate_command(
+        ctx,
+        dataset,
+        model_spec,
+        weights,
+        download,
+        _method_names(method_text),
+        metric_text,
+        layer,
+        reference,
+        out,
+        batch_size,
+        "whycam evaluate",
+    )
 
 
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True))
 @model_options
 @click.option("--layer", default=None)
-@click.option("--metrics", "metric_text", default=None,
-              help="Metrics, comma-separated; default: every localisation and faithfulness metric.")
+@click.option(
+    "--metrics",
+    "metric_text",
+    default=None,
+    help="Metrics, comma-separated; default: every localisation and faithfulness metric.",
+)
 @click.option("--reference", default=None, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.pass_context
-def benchmark(ctx, dataset, model_spec, weights, download, layer, metric_text, reference, out, batch_size) -> None:
+def benchmark(
+    ctx, dataset, model_spec, weights, download, layer, metric_text, reference, out, batch_size
+) -> None:
     """Run every registered method on a dataset with ground truth; write the table (Markdown, CSV).
 
     \b
@@ -524,9 +655,20 @@ def benchmark(ctx, dataset, model_spec, weights, download, layer, metric_text, r
     from .evaluate import DEFAULT_METRICS
     from .methods.base import methods
 
-    _evaluate_command(ctx, dataset, model_spec, weights, download, list(methods()),
-                      metric_text or ",".join(DEFAULT_METRICS), layer, reference, out, batch_size,
-                      "whycam benchmark")
+    _evaluate_command(
+        ctx,
+        dataset,
+        model_spec,
+        weights,
+        download,
+        list(methods()),
+        metric_text or ",".join(DEFAULT_METRICS),
+        layer,
+        reference,
+        out,
+        batch_size,
+        "whycam benchmark",
+    )
 
 
 @main.command()
@@ -562,23 +704,37 @@ def sanity(ctx, images, model_spec, weights, download, method_text, layer, out, 
     report = Report("whycam sanity check")
     results = {}
     for method in tqdm(names, desc="sanity", unit="method"):
+
         def factory(model, method=method):
             return make_explainer(method, model, layer)
 
         checks = sanity_check(factory, loaded.model, batch, seed=seed)
         cascading = checks["cascading"]
         layers = cascading.settings["layers"]
-        curves = {key: (list(range(len(layers))), value.nanmean(0).tolist()) for key, value in cascading.curves.items()}
-        figure = curve_figure(curves, title=f"{method}: cascading randomisation (top layer first)",
-                              xlabel="layers randomised", ylabel="similarity to the original map")
+        curves = {
+            key: (list(range(len(layers))), value.nanmean(0).tolist())
+            for key, value in cascading.curves.items()
+        }
+        figure = curve_figure(
+            curves,
+            title=f"{method}: cascading randomisation (top layer first)",
+            xlabel="layers randomised",
+            ylabel="similarity to the original map",
+        )
         save_png(out_dir / f"sanity_{method}.png", figure)
         passed = cascading.settings.get("passed")
-        results[method] = {"passed": passed, "spearman_after_full_randomisation": cascading.value,
-                           "threshold": cascading.settings.get("threshold"), "layers": layers,
-                           "independent_mean_spearman": checks["independent"].value}
+        results[method] = {
+            "passed": passed,
+            "spearman_after_full_randomisation": cascading.value,
+            "threshold": cascading.settings.get("threshold"),
+            "layers": layers,
+            "independent_mean_spearman": checks["independent"].value,
+        }
         report.heading(method)
-        report.paragraph(f"{'PASS' if passed else 'FAIL'}: mean Spearman correlation after randomising every "
-                         f"layer = {cascading.value:.3f} (passes below {cascading.settings.get('threshold')}).")
+        report.paragraph(
+            f"{'PASS' if passed else 'FAIL'}: mean Spearman correlation after randomising every "
+            f"layer = {cascading.value:.3f} (passes below {cascading.settings.get('threshold')})."
+        )
         report.figure(figure, f"{method}: similarity per randomisation step")
         click.echo(f"{method}: {'pass' if passed else 'FAIL'} (Spearman {cascading.value:.3f})")
     (out_dir / "sanity.json").write_text(json.dumps(results, indent=2))

