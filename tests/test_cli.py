@@ -178,6 +178,16 @@ def test_unknown_layer_method_and_model_are_usage_errors(photos, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_torchscript_model_with_a_layer_method_is_a_usage_error(photos, tmp_path):
+    import torch
+
+    from tests.tiny_model import plain
+
+    torch.jit.save(torch.jit.script(plain()), str(tmp_path / "tiny.ts"))
+    result = invoke("explain", photos, "--model", tmp_path / "tiny.ts", "--out", tmp_path / "o")
+    assert result.returncode == 2 and "TorchScript" in result.stderr
+
+
 @has_diffcam
 def test_diffcam_needs_a_reference(photos, tmp_path):
     result = invoke("explain", photos, "--model", TINY, "--method", "diffcam", "--out", tmp_path / "o")
@@ -303,6 +313,30 @@ def test_evaluate_writes_tables_curves_and_report(tmp_path):
     with Image.open(curves[0]) as figure:
         figure.load()
     assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+@has_metrics
+def test_a_failing_method_is_reported_and_the_others_kept(tmp_path):
+    # CAM needs a global-pooling + linear head over the layer's channels; at the first conv layer the
+    # tiny model has none, so CAM fails while Grad-CAM works.
+    out = tmp_path / "eval"
+    result = invoke(
+        "evaluate",
+        _mask_dataset(tmp_path),
+        "--model",
+        TINY,
+        "--layer",
+        "features.0",
+        "--method",
+        "cam,gradcam",
+        "--metrics",
+        "auprc",
+        "--out",
+        out,
+    )
+    assert result.returncode == 1 and "method cam" in result.stderr
+    data = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in data["summary"]] == ["gradcam"] and "cam" in data["failures"]
 
 
 @has_metrics

@@ -245,6 +245,11 @@ def explain(
     explainers, questions = {}, {}
     for name in names:
         explainer = make_explainer(name, loaded.model, layer)
+        if isinstance(loaded.model, torch.jit.ScriptModule) and hasattr(explainer, "layers"):
+            raise click.UsageError(
+                f"{name} reads a layer through hooks, which TorchScript models do not support; use a "
+                "gradient or perturbation method (see `whycam methods`), or load the model as module:function"
+            )
         if needs_reference(explainer):
             if reference is None:
                 raise click.UsageError(
@@ -534,9 +539,12 @@ def _evaluate_command(
             layer=layer,
             reference=reference_images,
             batch_size=batch_size,
+            skip_failures=True,
         )
     except KeyError as error:
         raise click.BadParameter(str(error.args[0]), param_hint="--metrics/--method") from None
+    for method, error in evaluation.failures.items():
+        failures.add(f"method {method}", error)
     if targets is None:
         evaluation.notes.append(
             "targets: the predicted class (the dataset's labels are not all class names of the model)"

@@ -130,6 +130,7 @@ class Evaluation:
     higher_is_better: dict[str, bool] = field(default_factory=dict)
     curves: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
     accuracy: float | None = None
     n_images: int = 0
 
@@ -210,6 +211,7 @@ class Evaluation:
                     "per_image": self.rows,
                     "curves": self.curves,
                     "notes": self.notes,
+                    "failures": self.failures,
                 },
                 indent=2,
             )
@@ -262,6 +264,7 @@ def evaluate(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = True,
+    skip_failures: bool = False,
 ) -> Evaluation:
     """Score ``methods`` (default: every registered method) with ``metrics`` on ``images``.
 
@@ -272,6 +275,8 @@ def evaluate(
     ``options``: per-method constructor options, e.g. ``{"rise": {"masks": 500}}``.
     Localisation metrics are skipped, with a note, when there is no ground truth. Each method's maps
     are computed for every image first, then every metric is computed once over all of them.
+    ``skip_failures``: a method that raises is left out, its error kept in ``failures``, instead of
+    stopping the whole evaluation.
     """
     model.eval()
     n = images.shape[0]
@@ -288,21 +293,35 @@ def evaluate(
             evaluation.notes.append(f"{name} skipped: no ground truth")
             del functions[name]
 
-    explainers = _explainers(model, methods, layer, options or {}, reference, images, evaluation)
-    bar = tqdm(total=n * len(explainers), desc="explain", unit="map", disable=not progress)
-    for method, explainer in explainers.items():
-        maps, seconds = explain_all(explainer, images, targets, batch_size, seed, bar)
-        summary: dict = {"method": method, "n": n, "time_s": seconds}
-        scores = {}
-        for metric, function in functions.items():
-            result = call_metric(function, model, images, maps, targets, truth)
-            evaluation.higher_is_better[metric] = bool(result.higher_is_better)
-            scores[metric] = result.scores.detach().double().cpu()
-            summary[metric] = (result.value, *result.interval(seed=seed))
-            if result.curves and result.steps is not None:
-                curve = {"steps": result.steps.double().cpu().tolist()}
-                curve.update({k: v.double().nanmean(0).cpu().tolist() for k, v in result.curves.items()})
-                evaluation.curves.setdefault(metric, {})[method] = curve
+    names_or_explainers = methods if isinstance(methods, Mapping) else (methods or list(registered_methods()))
+    bar = tqdm(total=n * len(names_or_explainers), desc="explain", unit="map", disable=not progress)
+    for method in names_or_explainers:
+        try:
+            explainer = (
+                methods[method]
+                if isinstance(methods, Mapping)
+                else _explainer(method, model, layer, options or {}, reference, images, evaluation)
+            )
+            maps, seconds = explain_all(explainer, images, targets, batch_size, seed, bar)
+            summary: dict = {"method": method, "n": n, "time_s": seconds}
+            scores, curves = {}, {}
+            for metric, function in functions.items():
+                result = call_metric(function, model, images, maps, targets, truth)
+                evaluation.higher_is_better[metric] = bool(result.higher_is_better)
+                scores[metric] = result.scores.detach().double().cpu()
+                summary[metric] = (result.value, *result.interval(seed=seed))
+                if result.curves and result.steps is not None:
+                    curves[metric] = {"steps": result.steps.double().cpu().tolist()}
+                    curves[metric].update(
+                        {k: v.double().nanmean(0).cpu().tolist() for k, v in result.curves.items()}
+                    )
+        except Exception as error:
+            if not skip_failures:
+                raise
+            evaluation.failures[method] = f"{type(error).__name__}: {error}"
+            continue
+        for metric, curve in curves.items():
+            evaluation.curves.setdefault(metric, {})[method] = curve
         evaluation.summary.append(summary)
         for i in range(n):
             row = {"image": names[i], "method": method, "target": int(targets[i]), "time_s": seconds}
@@ -312,27 +331,22 @@ def evaluate(
     return evaluation
 
 
-def _explainers(
+def _explainer(
+    name: str,
     model: nn.Module,
-    methods: Sequence[str] | Mapping[str, Explainer] | None,
     layer: str | None,
     options: Mapping[str, Mapping[str, object]],
     reference: object,
     images: Tensor,
     evaluation: Evaluation,
-) -> dict[str, Explainer]:
-    if isinstance(methods, Mapping):
-        return dict(methods)
-    names = list(methods) if methods is not None else list(registered_methods())
-    explainers = {}
-    for name in names:
-        explainer = make_explainer(name, model, layer, **options.get(name, {}))
-        if needs_reference(explainer):
-            if reference is None:
-                evaluation.notes.append(
-                    f"{name}: no reference group given; fitted on the evaluated images "
-                    "themselves (the question: what sets this image apart from the set)"
-                )
-            explainer.fit(images if reference is None else reference)
-        explainers[name] = explainer
-    return explainers
+) -> Explainer:
+    """A registered method, fitted on ``reference`` (or on ``images``) if it needs a reference group."""
+    explainer = make_explainer(name, model, layer, **options.get(name, {}))
+    if needs_reference(explainer):
+        if reference is None:
+            evaluation.notes.append(
+                f"{name}: no reference group given; fitted on the evaluated images "
+                "themselves (the question: what sets this image apart from the set)"
+            )
+        explainer.fit(images if reference is None else reference)
+    return explainer
