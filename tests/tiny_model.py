@@ -25,3 +25,14 @@ def make() -> LoadedModel:
 def plain() -> nn.Module:
     """The same network as a bare module (default preprocessing)."""
     return make().model
+
+
+def no_gap() -> LoadedModel:
+    """The same features, pooled to 2x2 and flattened into the classifier: no GAP + linear head, so
+    CAM cannot explain it (Grad-CAM can)."""
+    torch.manual_seed(0)
+    loaded = make()
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 4))
+    loaded.model = nn.Sequential(loaded.model.features, head).eval()
+    loaded.layer = "0"
+    return loaded
