@@ -381,3 +381,12 @@ def test_benchmark_runs_every_registered_method(tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert {r["method"] for r in data["summary"]} == set(whycam.methods())
     assert "| method |" in (out / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_demo_quick(tmp_path):
+    result = invoke("demo", "--quick", "--out", tmp_path / "demo")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("report.html")
+    html = (tmp_path / "demo" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "CC0" in html

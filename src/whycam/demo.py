@@ -130,12 +130,22 @@ def run(out: Path, quick: bool = False) -> Path:
         "head map that the classifier pools) for the layer methods. Each row: a photograph with the "
         "model's top class; each column: a method explaining that class, with its time per image."
     )
-    report.figure(
-        grid_figure(
-            shown, maps, row_titles=row_titles, column_notes={n: f"{t:.2f} s/img" for n, t in times.items()}
-        ),
-        "Images down, methods across (red = more evidence). Time per image under each method name.",
-    )
+    families = [
+        ("DiffCAM and the CAM family", [n for n in maps if _is_layer_method(registry[n])]),
+        ("Gradient and perturbation methods", [n for n in maps if not _is_layer_method(registry[n])]),
+    ]
+    for title, names in families:
+        for start in range(0, len(names), 7):
+            part = names[start : start + 7]
+            report.figure(
+                grid_figure(
+                    shown,
+                    {n: maps[n] for n in part},
+                    row_titles=row_titles,
+                    column_notes={n: f"{times[n]:.2f} s/img" for n in part},
+                ),
+                f"{title}: images down, methods across (red = more evidence); seconds per image under each.",
+            )
     report.paragraph(
         "DiffCAM's question here: what in this photograph differs from plain textures? Its "
         "reference group is 24 crops and mirror images of scikit-image's brick, grass and gravel "
@@ -227,3 +237,10 @@ def _digits_section(report, quick: bool) -> None:
         grid_figure(shown, columns, row_titles=titles, cell=1.4),
         "Held-out 3s down; DiffCAM's three questions next to Grad-CAM across.",
     )
+
+
+def _is_layer_method(cls: type) -> bool:
+    """Whether a method reads a layer's activation maps (a CAM-style method) rather than pixels."""
+    from .methods.base import CAMExplainer
+
+    return issubclass(cls, CAMExplainer)
