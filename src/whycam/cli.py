@@ -688,7 +688,7 @@ def benchmark(
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def sanity(ctx, images, model_spec, weights, download, method_text, layer, out, seed) -> None:
-    """Model-randomisation sanity check (Adebayo et al. 2018): do the maps change when the weights do?
+    """Model-randomisation sanity check: do the maps change when the weights do? (Adebayo, 2018)
 
     \b
     Example:
