@@ -119,7 +119,7 @@ def test_timm_with_local_weights(tmp_path):
 
 
 def test_torchscript_file(tmp_path):
-    from tests.tiny_model import plain
+    from tiny_model import plain
 
     model = plain()
     torch.jit.save(torch.jit.script(model), str(tmp_path / "tiny.ts"))
