@@ -180,7 +180,6 @@ def test_unknown_layer_method_and_model_are_usage_errors(photos, tmp_path):
 
 def test_torchscript_model_with_a_layer_method_is_a_usage_error(photos, tmp_path):
     import torch
-
     from tiny_model import plain
 
     torch.jit.save(torch.jit.script(plain()), str(tmp_path / "tiny.ts"))
