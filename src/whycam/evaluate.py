@@ -272,7 +272,8 @@ def evaluate(
     prediction); ``truth``: (N, H, W) boolean masks or (N, 4) boxes ``(x0, y0, x1, y1)`` in input
     pixels; ``labels``: (N,) true classes, for the accuracy; ``names``: image names for the rows;
     ``layer``: the layer of the layer-based methods (default: each method's automatic choice);
-    ``options``: per-method constructor options, e.g. ``{"rise": {"masks": 500}}``.
+    ``options``: per-method constructor options, e.g. ``{"rise": {"masks": 500}}`` (a ``"layer"``
+    there overrides ``layer`` for that method).
     Localisation metrics are skipped, with a note, when there is no ground truth. Each method's maps
     are computed for every image first, then every metric is computed once over all of them.
     ``skip_failures``: a method that raises is left out, its error kept in ``failures``, instead of
@@ -341,7 +342,8 @@ def _explainer(
     evaluation: Evaluation,
 ) -> Explainer:
     """A registered method, fitted on ``reference`` (or on ``images``) if it needs a reference group."""
-    explainer = make_explainer(name, model, layer, **options.get(name, {}))
+    settings = dict(options.get(name, {}))
+    explainer = make_explainer(name, model, settings.pop("layer", layer), **settings)
     if needs_reference(explainer):
         if reference is None:
             evaluation.notes.append(
