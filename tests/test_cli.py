@@ -368,7 +368,7 @@ def test_benchmark_runs_every_registered_method(tmp_path):
     out = tmp_path / "bench"
     result = invoke(
         "benchmark",
-        _mask_dataset(tmp_path, 2),
+        _mask_dataset(tmp_path, 4),
         "--model",
         TINY,
         "--metrics",
