@@ -8,6 +8,7 @@ page after load, probe results included. Skipped, with the reason, only when chr
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -143,4 +144,42 @@ def test_cli_explain_report_in_the_browser(tmp_path):
     assert result.exit_code == 0, result.stderr
     probe = browse(tmp_path / "out" / "report.html", tmp_path)
     assert probe["images"] and all(image["width"] > 0 for image in probe["images"])
+    assert probe["errors"] == []
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("whycam.metrics") is None, reason="whycam.metrics is not in this tree"
+)
+def test_cli_evaluate_report_in_the_browser(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from whycam.cli import main
+
+    root = tmp_path / "dataset"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(3):
+        rng = np.random.default_rng(i)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:20, 8:20] = 255
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    tiny = f"{Path(__file__).parent / 'tiny_model.py'}:make"
+    args = [
+        "evaluate",
+        str(root),
+        "--model",
+        tiny,
+        "--method",
+        "gradcam",
+        "--metrics",
+        "auprc,deletion",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    probe = browse(tmp_path / "out" / "report.html", tmp_path)
+    assert len(probe["images"]) >= 2 and all(image["width"] > 0 for image in probe["images"])
     assert probe["errors"] == []

@@ -540,6 +540,7 @@ def _evaluate_command(
             reference=reference_images,
             batch_size=batch_size,
             skip_failures=True,
+            keep_maps=6,
         )
     except KeyError as error:
         raise click.BadParameter(str(error.args[0]), param_hint="--metrics/--method") from None
@@ -573,9 +574,10 @@ def _evaluate_command(
             save_png(out_dir / f"curve_{metric}_{curve_name}.png", figure)
             report.figure(figure, f"{metric}, mean {curve_name} curve per method")
     shown_n = min(len(shown), 6)
+    columns = {"ground truth": masks[:shown_n].float(), **evaluation.maps}
     report.figure(
-        grid_figure(shown[:shown_n], {"ground truth": masks[:shown_n].float()}),
-        "The first images and their ground truth.",
+        grid_figure(shown[:shown_n], columns, row_titles=names[:shown_n]),
+        "The first images: the ground truth, then each method's map.",
     )
     if failures.items:
         report.heading("Inputs that failed")
@@ -584,11 +586,6 @@ def _evaluate_command(
     click.echo(evaluation.markdown())
     click.echo(f"wrote {paths['summary']}, {paths['json']} and {out_dir / 'report.html'}")
     failures.exit(ctx)
-
-
-DATASET_HELP = (
-    "DATASET: a folder of images with VOC .xml boxes, a CSV of boxes, or a folder with images/ and masks/."
-)
 
 
 @main.command()

@@ -131,6 +131,7 @@ class Evaluation:
     curves: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
+    maps: dict[str, Tensor] = field(default_factory=dict)
     accuracy: float | None = None
     n_images: int = 0
 
@@ -265,6 +266,7 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     skip_failures: bool = False,
+    keep_maps: int = 0,
 ) -> Evaluation:
     """Score ``methods`` (default: every registered method) with ``metrics`` on ``images``.
 
@@ -277,7 +279,8 @@ def evaluate(
     Localisation metrics are skipped, with a note, when there is no ground truth. Each method's maps
     are computed for every image first, then every metric is computed once over all of them.
     ``skip_failures``: a method that raises is left out, its error kept in ``failures``, instead of
-    stopping the whole evaluation.
+    stopping the whole evaluation. ``keep_maps``: keep the maps of the first k images of each method
+    in ``Evaluation.maps`` (for figures).
     """
     model.eval()
     n = images.shape[0]
@@ -323,6 +326,8 @@ def evaluate(
             continue
         for metric, curve in curves.items():
             evaluation.curves.setdefault(metric, {})[method] = curve
+        if keep_maps:
+            evaluation.maps[method] = maps[:keep_maps].cpu()
         evaluation.summary.append(summary)
         for i in range(n):
             row = {"image": names[i], "method": method, "target": int(targets[i]), "time_s": seconds}
