@@ -2,9 +2,11 @@
 
 __version__ = "0.1.0"
 
+from .data import load_images
 from .layers import LayerNotFoundError
 from .methods.base import CAMExplainer, Explainer, methods, register
 from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from .models import load_model
 
 __all__ = [
     "CAM",
@@ -18,6 +20,8 @@ __all__ = [
     "LayerNotFoundError",
     "XGradCAM",
     "__version__",
+    "load_images",
+    "load_model",
     "methods",
     "register",
 ]
