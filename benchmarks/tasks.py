@@ -118,8 +118,8 @@ def load_items(split: str, source: str) -> tuple[Tensor, Tensor]:
 
         digits = load_digits()
         order = np.random.default_rng(0).permutation(len(digits.target))
-        cut = {"train": order[: int(0.6 * len(order))], "val": order[int(0.6 * len(order)): int(0.8 * len(order))],
-               "test": order[int(0.8 * len(order)):]}[split]
+        first, second = int(0.6 * len(order)), int(0.8 * len(order))
+        cut = {"train": order[:first], "val": order[first:second], "test": order[second:]}[split]
         small = torch.from_numpy(digits.images[cut].astype(np.float32) / 16)
         images = F.interpolate(small[:, None], size=(28, 28), mode="bilinear", align_corners=False)[:, 0]
         return images.clamp(0, 1), torch.from_numpy(digits.target[cut].astype(np.int64))
@@ -130,7 +130,7 @@ def mask_boxes(masks: Tensor) -> Tensor:
     """Tight boxes (N, 4) ``(x0, y0, x1, y1)``, exclusive ends, of (N, H, W) masks; -1s for empty ones."""
     rows, cols = masks.any(2), masks.any(1)
     boxes = torch.full((len(masks), 4), -1, dtype=torch.int64)
-    for i, (r, c) in enumerate(zip(rows, cols)):
+    for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
         if r.any():
             ys, xs = r.nonzero().flatten(), c.nonzero().flatten()
             boxes[i] = torch.stack([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1])

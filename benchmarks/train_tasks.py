@@ -138,7 +138,8 @@ def train(task: str, seed: int = 0, source: str | None = None, log=print) -> tup
         log(f"{task}: epoch {epoch + 1}/{recipe.epochs} loss {total / len(images):.3f} "
             f"val acc {accuracy(model, data['val'].images, data['val'].labels):.3f} "
             f"({time.perf_counter() - start:.0f} s)")
-    record = {"recipe": {**asdict(recipe), "strides": list(recipe.strides)}, "seed": seed, "source": data["test"].source,
+    record = {"recipe": {**asdict(recipe), "strides": list(recipe.strides)}, "seed": seed,
+              "source": data["test"].source,
               "sizes": {k: len(v) for k, v in data.items()},
               "val_accuracy": accuracy(model, data["val"].images, data["val"].labels),
               "test_accuracy": accuracy(model, data["test"].images, data["test"].labels),

@@ -20,7 +20,8 @@ SOURCES = ["digits", pytest.param("fashion", marks=pytest.mark.skipif(
 
 
 def _same(a: tasks.TaskData, b: tasks.TaskData) -> bool:
-    return all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("images", "labels", "masks", "boxes", "contrast"))
+    keys = ("images", "labels", "masks", "boxes", "contrast")
+    return all(torch.equal(getattr(a, k), getattr(b, k)) for k in keys)
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -63,7 +64,7 @@ def test_splits_differ():
 
 
 def _assert_tight(masks, boxes):
-    for mask, (x0, y0, x1, y1) in zip(masks, boxes.tolist()):
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes.tolist(), strict=True):
         if not mask.any():
             assert (x0, y0, x1, y1) == (-1, -1, -1, -1)
             continue
@@ -101,13 +102,15 @@ def test_whynot_mask_is_the_top_fraction_of_the_mean_difference(source):
         assert torch.equal(mask, tasks.whynot_mask(b, a, source))
     data = tasks.whynot("test", 60, 0, source)
     pairs = {frozenset(p) for p in tasks.WHYNOT_PAIRS[source]}
-    assert all(frozenset((a, b)) in pairs for a, b in zip(data.labels.tolist(), data.contrast.tolist()))
+    asked = zip(data.labels.tolist(), data.contrast.tolist(), strict=True)
+    assert all(frozenset((a, b)) in pairs for a, b in asked)
 
 
 def _localisation(maps: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor) -> dict[str, float]:
     """Per-image AUPRC (scikit-learn), pointing game (the map's maximum inside the mask) and energy
     pointing game (the map's mass inside the box), averaged."""
-    auprc = [average_precision_score(m.flatten().numpy(), s.flatten().numpy()) for s, m in zip(maps, masks)]
+    auprc = [average_precision_score(m.flatten().numpy(), s.flatten().numpy())
+             for s, m in zip(maps, masks, strict=True)]
     peaks = maps.flatten(1).argmax(1)
     pointing = masks.flatten(1).gather(1, peaks[:, None]).float().mean()
     inside = torch.zeros_like(masks, dtype=torch.float32)
