@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -41,6 +40,9 @@ import whycam  # noqa: E402
 
 BOOTSTRAP = 1000
 BATCH = 50
+QUICK = {"images": 60, "references": 100, "faithful": 20}
+FULL = {"images": 500, "references": 300, "faithful": 100}
+METRIC_BATCH = 64
 FIGURE_IMAGES = 6
 # column -> (whycam.metrics function, what it is given, higher is better)
 LOCALISATION = {
@@ -160,43 +162,30 @@ def random_maps(job: Job, seed: int) -> Tensor:
     return torch.rand(job.data.masks.shape, generator=torch.Generator().manual_seed(seed))
 
 
-def score(job: Job, maps: Tensor, metrics, faithfulness: bool) -> dict[str, np.ndarray]:
-    """Per-image scores of every column; ``metrics`` is ``whycam.metrics``, or None where it has not
-    landed, and then only AUPRC, by scikit-learn's average_precision_score per image."""
-    if metrics is None:
-        from sklearn.metrics import average_precision_score
+def score(job: Job, maps: Tensor, faithful: int, seed: int,
+          columns: tuple[str, ...] | None = None) -> dict[str, tuple[float, float, float]]:
+    """Each column's value and its 95% bootstrap interval (whycam.metrics' ``MetricResult``: the mean
+    of per-image scores, or MaxBoxAcc's dataset-level best threshold). Localisation uses every image
+    of the job, faithfulness the first ``faithful`` (ROAD is the costly one), on the softmax
+    probability of the explained class (the label)."""
+    from whycam import metrics
 
-        return {"AUPRC": np.array([average_precision_score(m.flatten().numpy(), s.flatten().numpy())
-                                   for s, m in zip(maps, job.data.masks, strict=True)])}
+    specs = {**LOCALISATION, **(FAITHFULNESS if faithful else {})}
     out = {}
-    for column, (name, given, _) in LOCALISATION.items():
-        truth = job.data.masks if given == "masks" else job.data.boxes
-        out[column] = _per_image(getattr(metrics, name)(maps, truth))
-    if faithfulness:
-        for column, (name, _, _) in FAITHFULNESS.items():
-            scores = []
-            for i in range(0, len(job.data), BATCH):
-                batch = job.data.subset(slice(i, i + BATCH))
-                scores.append(_per_image(getattr(metrics, name)(job.model, batch.images, maps[i:i + BATCH],
-                                                                job.target(batch))))
-            out[column] = np.concatenate(scores)
+    for column, (name, given, _) in specs.items():
+        if columns is not None and column not in columns:
+            continue
+        if given == "model":
+            result = getattr(metrics, name)(job.model, job.data.images[:faithful], maps[:faithful],
+                                            job.data.labels[:faithful], batch_size=METRIC_BATCH)
+        else:
+            result = getattr(metrics, name)(maps, job.data.masks if given == "masks" else job.data.boxes)
+        out[column] = (result.value, *result.interval(resamples=BOOTSTRAP, seed=seed))
     return out
 
 
-def _per_image(result) -> np.ndarray:
-    """The per-image scores of a whycam.metrics result (issue 5: every result carries them)."""
-    return torch.as_tensor(result.scores).detach().double().cpu().numpy()
-
-
-def bootstrap(values: np.ndarray, seed: int) -> tuple[float, float, float]:
-    """Mean and 95% percentile-bootstrap interval (BOOTSTRAP resamples, seeded)."""
-    values = values[np.isfinite(values)]
-    means = np.random.default_rng(seed).choice(values, (BOOTSTRAP, len(values))).mean(1)
-    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def report(job: Job, rows: dict[str, dict[str, tuple[float, float, float]]], times: dict[str, float],
-           seed: int, failures: dict[str, str]) -> str:
+           seed: int, failures: dict[str, str], faithful: int) -> str:
     """The Markdown section of one task: the table, best per column in bold, and how it was made."""
     columns = [c for c in (*LOCALISATION, *FAITHFULNESS) if any(c in r for r in rows.values())]
     higher = {c: spec[2] for c, spec in {**LOCALISATION, **FAITHFULNESS}.items()}
@@ -219,8 +208,8 @@ def report(job: Job, rows: dict[str, dict[str, tuple[float, float, float]]], tim
     header = ["method", *(f"{c} {'↑' if higher[c] else '↓'}" for c in columns), "ms / image"]
     record = job.record
     lines = [f"### {job.task} ({job.data.source}, {job.data.split} split)", "",
-             f"N = {len(job.data)} images explained; model test accuracy {record['test_accuracy']:.3f} "
-             f"(validation {record['val_accuracy']:.3f}, {record['sizes']['test']} test images); "
+             f"N = {len(job.data)} images explained (faithfulness: the first {faithful}); "
+             f"model test accuracy {record['test_accuracy']:.3f} (validation {record['val_accuracy']:.3f}, {record['sizes']['test']} test images); "
              f"seed {seed}; {'; '.join(job.notes)}.", "", table(header, body)]
     if failures:
         lines += ["", "Not run: " + "; ".join(f"{m}: {e}" for m, e in failures.items())]
@@ -267,9 +256,9 @@ def figure(job: Job, shown: dict[str, Tensor], path: Path) -> None:
     plt.close(fig)
 
 
-def run_task(task: str, names: list[str], n: int, references: int, seed: int, faithfulness: bool,
-             metrics) -> str:
+def run_task(task: str, names: list[str], n: int, references: int, seed: int, faithful: int) -> str:
     job = make_job(task, "test", n, references, seed)
+    faithful = min(faithful, len(job.data))
     registry = whycam.methods()
     rows, times, failures, shown = {}, {}, {}, {}
     for name in names:
@@ -281,17 +270,15 @@ def run_task(task: str, names: list[str], n: int, references: int, seed: int, fa
             continue
         times[name] = per_image
         shown[name] = maps[:FIGURE_IMAGES]
-        rows[name] = {c: bootstrap(v, seed) for c, v in score(job, maps, metrics, faithfulness).items()}
+        rows[name] = score(job, maps, faithful, seed)
         print(f"{task}: {name} {per_image * 1000:.1f} ms/image"
               + (f", fit {fit:.1f} s" if fit else "") + f", AUPRC {rows[name]['AUPRC'][0]:.3f}")
-    baseline = random_maps(job, seed)
-    rows["random (baseline)"] = {c: bootstrap(v, seed)
-                                 for c, v in score(job, baseline, metrics, faithfulness).items()}
+    rows["random (baseline)"] = score(job, random_maps(job, seed), faithful, seed)
     write_csv(DOCS / "results" / f"{task}.csv", job, rows, times)
     if shown:
         figure(job, shown, DOCS / "results" / f"{task}.png")
     picture = f"\n\n![{task}: the maps of each method](results/{task}.png)" if shown else ""
-    return report(job, rows, times, seed, failures) + picture
+    return report(job, rows, times, seed, failures, faithful) + picture
 
 
 def ablation(task: str, n: int, references: int, seed: int) -> tuple[str, dict]:
@@ -303,7 +290,7 @@ def ablation(task: str, n: int, references: int, seed: int) -> tuple[str, dict]:
         results = []
         for options in settings:
             maps, _, _ = explain(cls, job, seed, **options)
-            mean, low, high = bootstrap(score(job, maps, None, False)["AUPRC"], seed)
+            mean, low, high = score(job, maps, 0, seed, ("AUPRC",))["AUPRC"]
             results.append((options, mean, low, high))
         best = max(results, key=lambda r: r[1])
         chosen[factor] = best[0]
@@ -317,26 +304,25 @@ def ablation(task: str, n: int, references: int, seed: int) -> tuple[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="100 images per task, 100 references per group")
+    parser.add_argument("--quick", action="store_true", help=f"presets {QUICK} instead of {FULL}")
     parser.add_argument("--tasks", nargs="+", default=list(tasks.TASKS), choices=list(tasks.TASKS))
     parser.add_argument("--methods", nargs="+", default=None, help="registered names (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", type=int, help="test images explained per task")
+    parser.add_argument("--references", type=int, help="DiffCAM references per group")
+    parser.add_argument("--faithful", type=int, help="images scored for faithfulness (0: none)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    n, references = (100, 100) if args.quick else (500, 300)
+    preset = QUICK if args.quick else FULL
+    n, references, faithful = (preset[k] if getattr(args, k) is None else getattr(args, k)
+                               for k in ("images", "references", "faithful"))
     registry = whycam.methods()
     names = args.methods or list(registry)
-    try:
-        from whycam import metrics
-    except ImportError:
-        metrics = None
-        print("whycam.metrics is not available: scoring AUPRC only (scikit-learn)")
     start = time.perf_counter()
     sections = {}
     for task in args.tasks:
-        sections[task] = run_task(task, names, n, references, args.seed, faithfulness=metrics is not None,
-                                  metrics=metrics)
+        sections[task] = run_task(task, names, n, references, args.seed, faithful)
         if "diffcam" in registry and "diffcam" in names:
             markdown, chosen = ablation(task, n, references, args.seed)
             sections[task] += "\n\n" + markdown + f"\n\nChosen on validation: {json.dumps(chosen)}"

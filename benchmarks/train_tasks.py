@@ -50,7 +50,7 @@ class Recipe:
 RECIPES = {
     "objects": Recipe("objects", 5, "avg", (2, 2, 2, 1), train=6000, val=1000, test=1000, epochs=8),
     "anomaly": Recipe("anomaly", 2, "max", (2, 2, 2, 1), train=4000, val=1000, test=1000, epochs=8),
-    "whynot": Recipe("whynot", 10, "avg", (1, 2, 2, 1), train=20000, val=2000, test=10000, epochs=3),
+    "whynot": Recipe("whynot", 10, "avg", (1, 2, 2, 1), train=12000, val=2000, test=10000, epochs=3),
 }
 LAYER = "block4"   # the layer every CAM-style method of the results explains
 
