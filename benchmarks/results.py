@@ -209,7 +209,8 @@ def report(job: Job, rows: dict[str, dict[str, tuple[float, float, float]]], tim
     record = job.record
     lines = [f"### {job.task} ({job.data.source}, {job.data.split} split)", "",
              f"N = {len(job.data)} images explained (faithfulness: the first {faithful}); "
-             f"model test accuracy {record['test_accuracy']:.3f} (validation {record['val_accuracy']:.3f}, {record['sizes']['test']} test images); "
+             f"model test accuracy {record['test_accuracy']:.3f} (validation {record['val_accuracy']:.3f}, "
+             f"{record['sizes']['test']} test images); "
              f"seed {seed}; {'; '.join(job.notes)}.", "", table(header, body)]
     if failures:
         lines += ["", "Not run: " + "; ".join(f"{m}: {e}" for m, e in failures.items())]
