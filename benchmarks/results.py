@@ -70,16 +70,25 @@ ABLATION = {
 
 
 @dataclass
+class Group:
+    """Images of a job asked the same question: their indices, DiffCAM's reference images for them,
+    and the target every other method explains (a class, or a score callable)."""
+
+    index: Tensor
+    references: Tensor
+    target: object
+
+
+@dataclass
 class Job:
-    """One task's explanation problem: the model, the images with their ground truth, how each
-    batch's target is formed, and DiffCAM's reference groups (which images against which references)."""
+    """One task's explanation problem: the model, the images with their ground truth, and the groups
+    of images that share a question."""
 
     task: str
     model: nn.Module
     record: dict
     data: tasks.TaskData
-    target: Callable[[tasks.TaskData], object]
-    groups: list[tuple[Tensor, Tensor]]
+    groups: list[Group]
     notes: list[str] = field(default_factory=list)
 
 
@@ -88,41 +97,44 @@ def _sample(images: Tensor, n: int, seed: int) -> Tensor:
     return images[pick.sort().values]
 
 
-def contrast_target(data: tasks.TaskData) -> Callable[[Tensor], Tensor]:
-    """"Why a, not b": the logit difference y_a - y_b of each image."""
-    a, b = data.labels[:, None], data.contrast[:, None]
+def logit_difference(a: int, b: int) -> Callable[[Tensor], Tensor]:
+    """"Why a, not b": the score y_a - y_b of every image, for any batch (methods that expand the
+    batch with perturbed copies call it on their larger output)."""
     def score(output: Tensor) -> Tensor:
-        return (output.gather(1, a.to(output.device)) - output.gather(1, b.to(output.device)))[:, 0]
+        return output[:, a] - output[:, b]
 
     return score
 
 
 def make_job(task: str, split: str, n: int, references: int, seed: int) -> Job:
-    """The images of ``split`` a task's methods explain, with targets and DiffCAM reference groups."""
+    """The images of ``split`` a task's methods explain, grouped by question."""
     model, record = train_tasks.load_or_train(task, seed)
     if task == "objects":
         data = tasks.objects(split, n, seed)
         labels = range(len(data.classes))
         train = tasks.objects("train", references * len(labels), seed)
-        groups = [((data.labels == c).nonzero().flatten(),
-                   _sample(train.images[train.labels != c], references, seed)) for c in labels]
-        return Job(task, model, record, data, lambda d: d.labels, groups,
-                   ["reference group: training scenes of every other label class"])
+        groups = [Group((data.labels == c).nonzero().flatten(),
+                        _sample(train.images[train.labels != c], references, seed), c) for c in labels]
+        return Job(task, model, record, data, groups,
+                   ["target: the label",
+                    "DiffCAM's reference group: training scenes of every other label class"])
     if task == "anomaly":
         data = tasks.anomaly(split, 2 * n, seed)
         data = data.subset(data.labels == 1)
         healthy = tasks.anomaly("train", 2 * references, seed)
-        groups = [(torch.arange(len(data)), healthy.images[healthy.labels == 0])]
-        return Job(task, model, record, data, lambda d: d.labels, groups,
+        groups = [Group(torch.arange(len(data)), healthy.images[healthy.labels == 0], 1)]
+        return Job(task, model, record, data, groups,
                    ["only diseased images are explained (target: diseased)",
-                    "reference group: healthy training crops"])
+                    "DiffCAM's reference group: healthy training crops"])
     data = tasks.whynot(split, n, seed)
     train = tasks.plain_items("train", data.source)
-    groups = [(((data.labels == a) & (data.contrast == b)).nonzero().flatten(),
-               _sample(train.images[train.labels == b], references, seed))
-              for a, b in {(int(a), int(b)) for a, b in zip(data.labels, data.contrast, strict=True)}]
-    return Job(task, model, record, data, contrast_target, sorted(groups, key=lambda g: int(g[0][0])),
-               ["target: the logit difference y_a - y_b", "reference group: training items of class b"])
+    questions = sorted({(int(a), int(b)) for a, b in zip(data.labels, data.contrast, strict=True)})
+    groups = [Group(((data.labels == a) & (data.contrast == b)).nonzero().flatten(),
+                    _sample(train.images[train.labels == b], references, seed), logit_difference(a, b))
+              for a, b in questions]
+    return Job(task, model, record, data, groups,
+               ["target: the logit difference y_a - y_b",
+                "DiffCAM's reference group: training items of class b"])
 
 
 def explainer(cls: type, model: nn.Module, seed: int, **options) -> whycam.Explainer:
@@ -138,21 +150,15 @@ def explain(cls: type, job: Job, seed: int, **options) -> tuple[Tensor, float, f
     DiffCAM, the seconds spent fitting its reference groups (excluded from the time per image)."""
     maps = torch.zeros(job.data.masks.shape)
     fit = spent = 0.0
-    if getattr(cls, "name", "") == "diffcam":
-        for index, references in job.groups:
+    method = None if cls.name == "diffcam" else explainer(cls, job.model, seed, **options)
+    for group in job.groups:
+        if cls.name == "diffcam":
             start = time.perf_counter()
-            method = explainer(cls, job.model, seed, **options).fit(references)
+            method = explainer(cls, job.model, seed, **options).fit(group.references)
             fit += time.perf_counter() - start
+        for chunk in group.index.split(BATCH):
             start = time.perf_counter()
-            for i in range(0, len(index), BATCH):
-                maps[index[i:i + BATCH]] = method(job.data.images[index[i:i + BATCH]])
-            spent += time.perf_counter() - start
-    else:
-        method = explainer(cls, job.model, seed, **options)
-        for i in range(0, len(job.data), BATCH):
-            batch = job.data.subset(slice(i, i + BATCH))
-            start = time.perf_counter()
-            maps[i:i + BATCH] = method(batch.images, target=job.target(batch))
+            maps[chunk] = method(job.data.images[chunk], target=group.target)
             spent += time.perf_counter() - start
     return maps, spent / len(job.data), fit
 
@@ -179,7 +185,9 @@ def score(job: Job, maps: Tensor, faithful: int, seed: int,
             result = getattr(metrics, name)(job.model, job.data.images[:faithful], maps[:faithful],
                                             job.data.labels[:faithful], batch_size=METRIC_BATCH)
         else:
-            result = getattr(metrics, name)(maps, job.data.masks if given == "masks" else job.data.boxes)
+            # the pointing game's 15 px tolerance is for 224 px images: scaled to ours
+            options = {"tolerance": 15 * maps.shape[-1] / 224} if name == "pointing_game" else {}
+            result = getattr(metrics, name)(maps, job.data.masks if given == "masks" else job.data.boxes, **options)
         out[column] = (result.value, *result.interval(resamples=BOOTSTRAP, seed=seed))
     return out
 
