@@ -187,7 +187,8 @@ def score(job: Job, maps: Tensor, faithful: int, seed: int,
         else:
             # the pointing game's 15 px tolerance is for 224 px images: scaled to ours
             options = {"tolerance": 15 * maps.shape[-1] / 224} if name == "pointing_game" else {}
-            result = getattr(metrics, name)(maps, job.data.masks if given == "masks" else job.data.boxes, **options)
+            truth = job.data.masks if given == "masks" else job.data.boxes
+            result = getattr(metrics, name)(maps, truth, **options)
         out[column] = (result.value, *result.interval(resamples=BOOTSTRAP, seed=seed))
     return out
 
