@@ -63,7 +63,7 @@ FAITHFULNESS = {
 ABLATION = {
     "embedding": [{"embedding": e} for e in ("auto", "avg", "max")],
     "shrinkage": [{"shrinkage": s} for s in ("ledoit-wolf", "oas", 0.1, 0.5, 1.0)],
-    "k nearest references": [{"k": k} for k in (None, 50, 200)],
+    "k nearest references": [{"k": k} for k in (None, 20, 50)],
     "L2 normalisation": [{"normalize": v} for v in (False, True)],
     "layer": [{"layer": name} for name in ("block2", "block3", "block4")],
 }

@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import tasks  # noqa: E402
 import train_tasks  # noqa: E402
 
+import whycam  # noqa: E402
+
 SOURCES = ["digits", pytest.param("fashion", marks=pytest.mark.skipif(
     tasks.default_source() != "fashion", reason="Debian's dataset-fashion-mnist is not installed"))]
 
@@ -147,3 +149,51 @@ def test_training_is_reproducible_and_cached_as_safetensors(tmp_path, monkeypatc
         assert torch.equal(value, loaded.state_dict()[name])
     assert loaded_record == record and record["sizes"] == {"train": 64, "val": 16, "test": 16}
     assert not loaded.training
+
+
+@pytest.fixture
+def untrained(monkeypatch):
+    """results.make_job with a random-init task model instead of the trained one."""
+    import results
+
+    def load(task, seed=0, **_):
+        torch.manual_seed(seed)
+        record = {"test_accuracy": 0.0, "val_accuracy": 0.0, "sizes": {"test": 0}}
+        return train_tasks.build_model(train_tasks.RECIPES[task]).eval(), record
+
+    monkeypatch.setattr(train_tasks, "load_or_train", load)
+    return results
+
+
+@pytest.mark.parametrize("task", ["objects", "anomaly", "whynot"])
+def test_results_groups_partition_the_images_by_question(untrained, task):
+    job = untrained.make_job(task, "val", 12, 6, seed=0)
+    index = torch.cat([g.index for g in job.groups]).sort().values
+    assert torch.equal(index, torch.arange(len(job.data)))
+    for group in job.groups:
+        assert len(group.references) == 6
+        labels, contrast = job.data.labels[group.index], job.data.contrast[group.index]
+        if task == "whynot":
+            output = torch.randn(7, 10)                      # any batch size: methods expand batches
+            a, b = int(labels[0]), int(contrast[0])
+            assert (labels == a).all() and (contrast == b).all()
+            assert torch.equal(group.target(output), output[:, a] - output[:, b])
+        else:
+            assert (labels == group.target).all()
+    gradcam = whycam.methods()["gradcam"]
+    maps, seconds, _ = untrained.explain(gradcam, job, seed=0)
+    assert maps.shape == job.data.masks.shape and seconds > 0
+    for group in job.groups:                                 # each image got its own group's map
+        explained = gradcam(job.model, layer=train_tasks.LAYER)
+        assert torch.equal(maps[group.index], explained(job.data.images[group.index], target=group.target))
+
+
+@pytest.mark.parametrize("task", ["objects", "anomaly", "whynot"])
+def test_results_score_the_oracle_map_at_the_maximum(untrained, task):
+    pytest.importorskip("whycam.metrics")
+    job = untrained.make_job(task, "val", 12, 6, seed=0)
+    scores = untrained.score(job, job.data.masks.float(), faithful=0, seed=0)
+    for column in ("AUPRC", "top-k IoU", "pointing", "energy pointing"):
+        assert scores[column][0] == pytest.approx(1.0), column
+    chance = untrained.score(job, untrained.random_maps(job, 0), faithful=0, seed=0)
+    assert chance["AUPRC"][0] < 0.5
