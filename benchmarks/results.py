@@ -127,7 +127,7 @@ def make_job(task: str, split: str, n: int, references: int, seed: int) -> Job:
                    ["only diseased images are explained (target: diseased)",
                     "DiffCAM's reference group: healthy training crops"])
     data = tasks.whynot(split, n, seed)
-    train = tasks.plain_items("train", data.source)
+    train = tasks.plain_items("train", data.source, train_tasks.RECIPES["whynot"].train)
     questions = sorted({(int(a), int(b)) for a, b in zip(data.labels, data.contrast, strict=True)})
     groups = [Group(((data.labels == a) & (data.contrast == b)).nonzero().flatten(),
                     _sample(train.images[train.labels == b], references, seed), logit_difference(a, b))

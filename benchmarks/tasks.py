@@ -310,30 +310,31 @@ def anomaly(split: str, n: int, seed: int = 0) -> TaskData:
 
 # ---------------------------------------------------------------- why not
 
-@cache
-def _plain_items(split: str, source: str) -> TaskData:
-    return plain_items(split, source)
-
-
-def plain_items(split: str, source: str | None = None) -> TaskData:
-    """Every item of a split as a WHYNOT_SIZE RGB image (the 10-class training data of task 3);
-    masks are empty, contrast is -1."""
-    source = source or default_source()
-    items, labels = load_items(split, source)
+def _padded(items: Tensor) -> Tensor:
+    """(N, 28, 28) items zero-padded to (N, WHYNOT_SIZE, WHYNOT_SIZE)."""
     pad = (WHYNOT_SIZE - items.shape[-1]) // 2
-    images = F.pad(items, (pad, pad, pad, pad))[:, None].expand(-1, 3, -1, -1).contiguous()
+    return F.pad(items, (pad, pad, pad, pad))
+
+
+def plain_items(split: str, source: str | None = None, n: int | None = None) -> TaskData:
+    """The first ``n`` (None: every) items of a split as WHYNOT_SIZE RGB images (the 10-class
+    training data of task 3); masks are empty, contrast is -1."""
+    source = source or default_source()
+    items, labels = (t[:n] for t in load_items(split, source))
+    images = _padded(items)[:, None].expand(-1, 3, -1, -1).contiguous()
     n = len(labels)
     masks = torch.zeros(n, WHYNOT_SIZE, WHYNOT_SIZE, dtype=torch.bool)
     return TaskData("items", split, 0, source, FASHION_CLASSES if source == "fashion" else DIGIT_CLASSES,
                     images, labels, masks, mask_boxes(masks), torch.full((n,), -1))
 
 
-def whynot_mask(a: int, b: int, source: str | None = None) -> Tensor:
+@cache
+def whynot_mask(a: int, b: int, source: str) -> Tensor:
     """Ground truth of "why a, not b": the top WHYNOT_TOP fraction of pixels of |mean_a - mean_b|,
     means over the training split's images of each class (ties broken by pixel index)."""
-    train = _plain_items("train", source or default_source())
-    gray = train.images[:, 0]
-    difference = (gray[train.labels == a].mean(0) - gray[train.labels == b].mean(0)).abs().flatten()
+    items, labels = load_items("train", source)
+    gray = _padded(items)
+    difference = (gray[labels == a].mean(0) - gray[labels == b].mean(0)).abs().flatten()
     k = round(WHYNOT_TOP * difference.numel())
     order = torch.from_numpy(np.argsort(-difference.numpy(), kind="stable").copy())
     mask = torch.zeros(difference.numel(), dtype=torch.bool)

@@ -93,7 +93,7 @@ def task_split(task: str, split: str, seed: int = 0, source: str | None = None, 
         return tasks.objects(split, n, seed, source)
     if task == "anomaly":
         return tasks.anomaly(split, n, seed)
-    return tasks.plain_items(split, source).subset(slice(0, n))
+    return tasks.plain_items(split, source, n)
 
 
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 256) -> float:
