@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tasks  # noqa: E402
+from common import table, write_section  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / "cache"
 
@@ -178,10 +179,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    rows = []
     for task in args.tasks:
         _, record = load_or_train(task, args.seed, args.source, args.retrain)
+        recipe, sizes = record["recipe"], record["sizes"]
+        rows.append([task, record["source"], recipe["classes"], recipe["pool"], recipe["epochs"],
+                     " / ".join(str(sizes[s]) for s in ("train", "val", "test")),
+                     f"{record['val_accuracy']:.3f}", f"{record['test_accuracy']:.3f}",
+                     f"{record['seconds']:.0f} s ({record['threads']} threads, torch {record['torch']})"])
         print(json.dumps({"task": task, **{k: record[k] for k in ("source", "sizes", "val_accuracy",
                                                                  "test_accuracy", "seconds")}}))
+    header = ["task", "data", "classes", "pooling", "epochs", "train / val / test", "val accuracy",
+              "test accuracy", "training time"]
+    write_section("results.md", "models", f"Seed {args.seed}.\n\n" + table(header, rows))
 
 
 if __name__ == "__main__":
