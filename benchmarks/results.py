@@ -337,10 +337,11 @@ def main() -> None:
             markdown, chosen = ablation(task, n, references, args.seed)
             sections[task] += "\n\n" + markdown + f"\n\nChosen on validation: {json.dumps(chosen)}"
     minutes = (time.perf_counter() - start) / 60
-    mode = "--quick" if args.quick else "full"
+    command = " ".join(["python benchmarks/results.py", *sys.argv[1:]])
     for task, markdown in sections.items():
-        write_section("results.md", f"results-{task}", markdown + f"\n\n_{mode} run, {machine()}, "
-                      f"whole run {minutes:.1f} min._")
+        footer = (f"_`{command}`: {n} images, {references} references per group, faithfulness on "
+                  f"{faithful}; {machine()}; whole run {minutes:.1f} min._")
+        write_section("results.md", f"results-{task}", f"{markdown}\n\n{footer}")
     print(f"done in {minutes:.1f} min")
 
 
