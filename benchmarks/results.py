@@ -40,7 +40,7 @@ import whycam  # noqa: E402
 
 BOOTSTRAP = 1000
 BATCH = 50
-QUICK = {"images": 60, "references": 100, "faithful": 20}
+QUICK = {"images": 40, "references": 100, "faithful": 10}
 FULL = {"images": 500, "references": 300, "faithful": 100}
 METRIC_BATCH = 64
 FIGURE_IMAGES = 6
