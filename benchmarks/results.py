@@ -43,7 +43,7 @@ BATCH = 50
 QUICK = {"images": 40, "references": 100, "faithful": 10}
 FULL = {"images": 500, "references": 300, "faithful": 100}
 METRIC_BATCH = 64
-FIGURE_IMAGES = 6
+FIGURE_IMAGES = 4
 # column -> (whycam.metrics function, what it is given, higher is better)
 LOCALISATION = {
     "AUPRC": ("auprc", "masks", True),
@@ -262,7 +262,7 @@ def figure(job: Job, shown: dict[str, Tensor], path: Path) -> None:
         ax.set_axis_off()
     fig.tight_layout(pad=0.1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
