@@ -217,7 +217,8 @@ def report(job: Job, rows: dict[str, dict[str, tuple[float, float, float]]], tim
     header = ["method", *(f"{c} {'↑' if higher[c] else '↓'}" for c in columns), "ms / image"]
     record = job.record
     lines = [f"### {job.task} ({job.data.source}, {job.data.split} split)", "",
-             f"N = {len(job.data)} images explained (faithfulness: the first {faithful}); "
+             f"N = {len(job.data)} images explained "
+             f"({f'faithfulness: the first {faithful}' if faithful else 'faithfulness not scored'}); "
              f"model test accuracy {record['test_accuracy']:.3f} (validation {record['val_accuracy']:.3f}, "
              f"{record['sizes']['test']} test images); "
              f"seed {seed}; {'; '.join(job.notes)}.", "", table(header, body)]
