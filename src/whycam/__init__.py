@@ -2,10 +2,12 @@
 
 __version__ = "0.1.0"
 
+from .data import load_images
 from .layers import LayerNotFoundError
 from .methods.base import CAMExplainer, Explainer, methods, register
 from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from .methods.diffcam import DiffCAM
+from .models import load_model
 from .reference import ReferenceBank, ReferenceStats
 
 __all__ = [
@@ -23,6 +25,8 @@ __all__ = [
     "ReferenceStats",
     "XGradCAM",
     "__version__",
+    "load_images",
+    "load_model",
     "methods",
     "register",
 ]

@@ -15,9 +15,9 @@ again (the fusion rule of pytorch-grad-cam); ``per_layer`` returns the maps one 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F

@@ -1,0 +1,350 @@
+"""The results of docs/results.md: every registered method on the three benchmark tasks.
+
+    python benchmarks/results.py --quick      # small test sets, under 10 minutes on 2 CPU cores
+    python benchmarks/results.py              # the full run
+    python benchmarks/results.py --tasks anomaly --methods gradcam diffcam
+
+For each task (``tasks.py``) it loads the task's model (``train_tasks.py``: from the cache, or trains
+it), explains the test images with every method of ``whycam.methods()`` and scores the maps:
+localisation against the exact ground truth (AUPRC, top-k IoU, MaxBoxAcc, pointing game, energy
+pointing game) and faithfulness to the model (ROAD combined, deletion, insertion, average drop),
+through ``whycam.metrics``; plus the time per image. Each cell is the mean over images with a 95%
+percentile-bootstrap interval; the best mean per column is in bold. DiffCAM is fitted on the
+task's reference group (objects: the training images of every other label class; anomaly: healthy
+training images; why-not: training images of the contrast class), and its options are chosen by
+an ablation on the validation split, never the test split. Tables go to docs/results.md (one
+marked section per task) and docs/results/<task>.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tasks  # noqa: E402
+import train_tasks  # noqa: E402
+from common import DOCS, machine, table, write_section  # noqa: E402
+
+import whycam  # noqa: E402
+
+BOOTSTRAP = 1000
+BATCH = 50
+QUICK = {"images": 40, "references": 100, "faithful": 10}
+FULL = {"images": 500, "references": 300, "faithful": 100}
+METRIC_BATCH = 64
+FIGURE_IMAGES = 4
+# column -> (whycam.metrics function, what it is given, higher is better)
+LOCALISATION = {
+    "AUPRC": ("auprc", "masks", True),
+    "top-k IoU": ("topk_iou", "masks", True),
+    "MaxBoxAcc": ("max_box_accuracy", "boxes", True),
+    "pointing": ("pointing_game", "masks", True),
+    "energy pointing": ("energy_pointing_game", "boxes", True),
+}
+FAITHFULNESS = {
+    "ROAD": ("road", "model", True),
+    "deletion": ("deletion", "model", False),
+    "insertion": ("insertion", "model", True),
+    "average drop": ("average_drop", "model", False),
+}
+# One factor at a time from whycam.DiffCAM's defaults (issue 6 option names), scored by lesion /
+# object / why-not AUPRC on the validation split.
+ABLATION = {
+    "embedding": [{"embedding": e} for e in ("auto", "avg", "max")],
+    "shrinkage": [{"shrinkage": s} for s in ("ledoit-wolf", "oas", 0.1, 0.5, 1.0)],
+    "k nearest references": [{"k": k} for k in (None, 20, 50)],
+    "L2 normalisation": [{"normalize": v} for v in (False, True)],
+    "layer": [{"layer": name} for name in ("block2", "block3", "block4")],
+}
+
+
+@dataclass
+class Group:
+    """Images of a job asked the same question: their indices, DiffCAM's reference images for them,
+    and the target every other method explains (a class, or a score callable)."""
+
+    index: Tensor
+    references: Tensor
+    target: object
+
+
+@dataclass
+class Job:
+    """One task's explanation problem: the model, the images with their ground truth, and the groups
+    of images that share a question."""
+
+    task: str
+    model: nn.Module
+    record: dict
+    data: tasks.TaskData
+    groups: list[Group]
+    notes: list[str] = field(default_factory=list)
+
+
+def _sample(images: Tensor, n: int, seed: int) -> Tensor:
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    return images[pick.sort().values]
+
+
+def logit_difference(a: int, b: int) -> Callable[[Tensor], Tensor]:
+    """"Why a, not b": the score y_a - y_b of every image, for any batch (methods that expand the
+    batch with perturbed copies call it on their larger output)."""
+    def score(output: Tensor) -> Tensor:
+        return output[:, a] - output[:, b]
+
+    return score
+
+
+def make_job(task: str, split: str, n: int, references: int, seed: int) -> Job:
+    """The images of ``split`` a task's methods explain, grouped by question."""
+    model, record = train_tasks.load_or_train(task, seed)
+    if task == "objects":
+        data = tasks.objects(split, n, seed)
+        labels = range(len(data.classes))
+        train = tasks.objects("train", references * len(labels), seed)
+        groups = [Group((data.labels == c).nonzero().flatten(),
+                        _sample(train.images[train.labels != c], references, seed), c) for c in labels]
+        return Job(task, model, record, data, groups,
+                   ["target: the label",
+                    "DiffCAM's reference group: training scenes of every other label class"])
+    if task == "anomaly":
+        data = tasks.anomaly(split, 2 * n, seed)
+        data = data.subset(data.labels == 1)
+        healthy = tasks.anomaly("train", 2 * references, seed)
+        groups = [Group(torch.arange(len(data)), healthy.images[healthy.labels == 0], 1)]
+        return Job(task, model, record, data, groups,
+                   ["only diseased images are explained (target: diseased)",
+                    "DiffCAM's reference group: healthy training crops"])
+    data = tasks.whynot(split, n, seed)
+    train = tasks.plain_items("train", data.source, train_tasks.RECIPES["whynot"].train)
+    questions = sorted({(int(a), int(b)) for a, b in zip(data.labels, data.contrast, strict=True)})
+    groups = [Group(((data.labels == a) & (data.contrast == b)).nonzero().flatten(),
+                    _sample(train.images[train.labels == b], references, seed), logit_difference(a, b))
+              for a, b in questions]
+    return Job(task, model, record, data, groups,
+               ["target: the logit difference y_a - y_b",
+                "DiffCAM's reference group: training items of class b"])
+
+
+def explainer(cls: type, model: nn.Module, seed: int, **options) -> whycam.Explainer:
+    """An instance of a registered method, given the layer and the seed where its signature names
+    them, and ``options`` as they are."""
+    parameters = inspect.signature(cls).parameters
+    defaults = {k: v for k, v in {"layer": train_tasks.LAYER, "seed": seed}.items() if k in parameters}
+    return cls(model, **{**defaults, **options})
+
+
+def explain(cls: type, job: Job, seed: int, **options) -> tuple[Tensor, float, float]:
+    """Maps (N, H, W) of every image of the job, the seconds per image of explaining and, for
+    DiffCAM, the seconds spent fitting its reference groups (excluded from the time per image)."""
+    maps = torch.zeros(job.data.masks.shape)
+    fit = spent = 0.0
+    method = None if cls.name == "diffcam" else explainer(cls, job.model, seed, **options)
+    for group in job.groups:
+        if cls.name == "diffcam":
+            start = time.perf_counter()
+            method = explainer(cls, job.model, seed, **options).fit(group.references)
+            fit += time.perf_counter() - start
+        for chunk in group.index.split(BATCH):
+            start = time.perf_counter()
+            maps[chunk] = method(job.data.images[chunk], target=group.target)
+            spent += time.perf_counter() - start
+    return maps, spent / len(job.data), fit
+
+
+def random_maps(job: Job, seed: int) -> Tensor:
+    """The chance baseline: uniform noise maps, seeded."""
+    return torch.rand(job.data.masks.shape, generator=torch.Generator().manual_seed(seed))
+
+
+def score(job: Job, maps: Tensor, faithful: int, seed: int,
+          columns: tuple[str, ...] | None = None) -> dict[str, tuple[float, float, float]]:
+    """Each column's value and its 95% bootstrap interval (whycam.metrics' ``MetricResult``: the mean
+    of per-image scores, or MaxBoxAcc's dataset-level best threshold). Localisation uses every image
+    of the job, faithfulness the first ``faithful`` (ROAD is the costly one), on the softmax
+    probability of the explained class (the label)."""
+    from whycam import metrics
+
+    specs = {**LOCALISATION, **(FAITHFULNESS if faithful else {})}
+    out = {}
+    for column, (name, given, _) in specs.items():
+        if columns is not None and column not in columns:
+            continue
+        if given == "model":
+            result = getattr(metrics, name)(job.model, job.data.images[:faithful], maps[:faithful],
+                                            job.data.labels[:faithful], batch_size=METRIC_BATCH)
+        else:
+            # the pointing game's 15 px tolerance is for 224 px images: scaled to ours
+            options = {"tolerance": 15 * maps.shape[-1] / 224} if name == "pointing_game" else {}
+            truth = job.data.masks if given == "masks" else job.data.boxes
+            result = getattr(metrics, name)(maps, truth, **options)
+        out[column] = (result.value, *result.interval(resamples=BOOTSTRAP, seed=seed))
+    return out
+
+
+def report(job: Job, rows: dict[str, dict[str, tuple[float, float, float]]], times: dict[str, float],
+           seed: int, failures: dict[str, str], faithful: int) -> str:
+    """The Markdown section of one task: the table, best per column in bold, and how it was made."""
+    columns = [c for c in (*LOCALISATION, *FAITHFULNESS) if any(c in r for r in rows.values())]
+    higher = {c: spec[2] for c, spec in {**LOCALISATION, **FAITHFULNESS}.items()}
+    best = {}
+    for c in columns:
+        means = {m: r[c][0] for m, r in rows.items() if c in r and m != "random (baseline)"}
+        best[c] = (max if higher[c] else min)(means, key=means.get) if means else None
+    body = []
+    for method, cells in rows.items():
+        line = [method]
+        for c in columns:
+            if c not in cells:
+                line.append("n/a")
+                continue
+            mean, low, high = cells[c]
+            text = f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+            line.append(f"**{text}**" if best[c] == method else text)
+        line.append(f"{1000 * times[method]:.1f}" if method in times else "-")
+        body.append(line)
+    header = ["method", *(f"{c} {'↑' if higher[c] else '↓'}" for c in columns), "ms / image"]
+    record = job.record
+    lines = [f"### {job.task} ({job.data.source}, {job.data.split} split)", "",
+             f"N = {len(job.data)} images explained "
+             f"({f'faithfulness: the first {faithful}' if faithful else 'faithfulness not scored'}); "
+             f"model test accuracy {record['test_accuracy']:.3f} (validation {record['val_accuracy']:.3f}, "
+             f"{record['sizes']['test']} test images); "
+             f"seed {seed}; {'; '.join(job.notes)}.", "", table(header, body)]
+    if failures:
+        lines += ["", "Not run: " + "; ".join(f"{m}: {e}" for m, e in failures.items())]
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, job: Job, rows: dict, times: dict[str, float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["task", "method", "metric", "mean", "ci_low", "ci_high", "n"])
+        for method, cells in rows.items():
+            for column, (mean, low, high) in cells.items():
+                writer.writerow([job.task, method, column, f"{mean:.6f}", f"{low:.6f}", f"{high:.6f}",
+                                 len(job.data)])
+            if method in times:
+                writer.writerow([job.task, method, "seconds per image", f"{times[method]:.6f}", "", "",
+                                 len(job.data)])
+
+
+def figure(job: Job, shown: dict[str, Tensor], path: Path) -> None:
+    """The first images of the test set with the ground truth outlined, and each method's maps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(next(iter(shown.values())))
+    columns = len(shown) + 1
+    fig, axes = plt.subplots(count, columns, figsize=(1.3 * columns, 1.3 * count), squeeze=False)
+    for i in range(count):
+        axes[i, 0].imshow(job.data.images[i].permute(1, 2, 0).numpy())
+        axes[i, 0].contour(job.data.masks[i].numpy(), levels=[0.5], colors="cyan", linewidths=0.6)
+        for j, maps in enumerate(shown.values(), start=1):
+            axes[i, j].imshow(maps[i].numpy(), cmap="jet", vmin=0, vmax=1)
+            axes[i, j].contour(job.data.masks[i].numpy(), levels=[0.5], colors="white", linewidths=0.6)
+    for j, title in enumerate(["image", *shown]):
+        axes[0, j].set_title(title, fontsize=7)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.tight_layout(pad=0.1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def run_task(task: str, names: list[str], n: int, references: int, seed: int, faithful: int) -> str:
+    job = make_job(task, "test", n, references, seed)
+    faithful = min(faithful, len(job.data))
+    registry = whycam.methods()
+    rows, times, failures, shown = {}, {}, {}, {}
+    for name in names:
+        try:
+            maps, per_image, fit = explain(registry[name], job, seed)
+        except (TypeError, ValueError, RuntimeError) as error:      # e.g. CAM with a logit-difference target
+            failures[name] = str(error).split("\n")[0]
+            print(f"{task}: {name} not run: {failures[name]}")
+            continue
+        times[name] = per_image
+        shown[name] = maps[:FIGURE_IMAGES]
+        rows[name] = score(job, maps, faithful, seed)
+        print(f"{task}: {name} {per_image * 1000:.1f} ms/image"
+              + (f", fit {fit:.1f} s" if fit else "") + f", AUPRC {rows[name]['AUPRC'][0]:.3f}")
+    rows["random (baseline)"] = score(job, random_maps(job, seed), faithful, seed)
+    write_csv(DOCS / "results" / f"{task}.csv", job, rows, times)
+    if shown:
+        figure(job, shown, DOCS / "results" / f"{task}.png")
+    picture = f"\n\n![{task}: the maps of each method](results/{task}.png)" if shown else ""
+    return report(job, rows, times, seed, failures, faithful) + picture
+
+
+def ablation(task: str, n: int, references: int, seed: int) -> tuple[str, dict]:
+    """DiffCAM's options one factor at a time on the validation split, scored by AUPRC (scikit-learn)."""
+    job = make_job(task, "val", n, references, seed)
+    cls = whycam.methods()["diffcam"]
+    body, chosen = [], {}
+    for factor, settings in ABLATION.items():
+        results = []
+        for options in settings:
+            maps, _, _ = explain(cls, job, seed, **options)
+            mean, low, high = score(job, maps, 0, seed, ("AUPRC",))["AUPRC"]
+            results.append((options, mean, low, high))
+        best = max(results, key=lambda r: r[1])
+        chosen[factor] = best[0]
+        for options, mean, low, high in results:
+            text = f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+            body.append([factor, json.dumps(options), f"**{text}**" if options is best[0] else text])
+    markdown = "\n".join([f"#### DiffCAM ablation: {task} (validation split, N = {len(job.data)}, AUPRC)", "",
+                          table(["factor", "options", "AUPRC ↑"], body)])
+    return markdown, chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"presets {QUICK} instead of {FULL}")
+    parser.add_argument("--tasks", nargs="+", default=list(tasks.TASKS), choices=list(tasks.TASKS))
+    parser.add_argument("--methods", nargs="+", default=None, help="registered names (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", type=int, help="test images explained per task")
+    parser.add_argument("--references", type=int, help="DiffCAM references per group")
+    parser.add_argument("--faithful", type=int, help="images scored for faithfulness (0: none)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    preset = QUICK if args.quick else FULL
+    n, references, faithful = (preset[k] if getattr(args, k) is None else getattr(args, k)
+                               for k in ("images", "references", "faithful"))
+    registry = whycam.methods()
+    names = args.methods or list(registry)
+    start = time.perf_counter()
+    sections = {}
+    for task in args.tasks:
+        sections[task] = run_task(task, names, n, references, args.seed, faithful)
+        if "diffcam" in registry and "diffcam" in names:
+            markdown, chosen = ablation(task, n, references, args.seed)
+            sections[task] += "\n\n" + markdown + f"\n\nChosen on validation: {json.dumps(chosen)}"
+    minutes = (time.perf_counter() - start) / 60
+    command = " ".join(["python benchmarks/results.py", *sys.argv[1:]])
+    for task, markdown in sections.items():
+        footer = (f"_`{command}`: {n} images, {references} references per group, faithfulness on "
+                  f"{faithful}; {machine()}; whole run {minutes:.1f} min._")
+        write_section("results.md", f"results-{task}", f"{markdown}\n\n{footer}")
+    print(f"done in {minutes:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

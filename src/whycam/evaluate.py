@@ -1,0 +1,359 @@
+"""Methods x metrics over a dataset: one engine for ``whycam evaluate``, ``whycam benchmark`` and
+``benchmarks/results.py``.
+
+``evaluate(model, images, targets, methods=..., metrics=..., masks=..., boxes=...)`` explains every
+image with every method (in batches), scores every map with every metric of ``whycam.metrics``,
+and returns an ``Evaluation``: one row per (image, method) with each metric's value and the
+method's time per image, plus a summary per method: each metric's headline value with its 95%
+percentile bootstrap interval over the images (``MetricResult.interval``) and whether higher is
+better.
+
+Methods are registry names (``whycam.methods()``) or ready explainers by name. An explainer with a
+``fit`` method (DiffCAM) is fitted on ``reference`` (a tensor of images or saved statistics); with
+no reference it is fitted on the evaluated images themselves, and the summary says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .methods.base import Explainer
+from .methods.base import methods as registered_methods
+
+LOCALISATION = (
+    "auprc",
+    "topk_iou",
+    "mask_iou",
+    "max_box_accuracy",
+    "box_accuracy",
+    "pointing_game",
+    "energy_pointing_game",
+)
+FAITHFULNESS = ("road", "deletion", "insertion", "average_drop", "increase_in_confidence")
+DEFAULT_METRICS = (
+    "auprc",
+    "topk_iou",
+    "max_box_accuracy",
+    "pointing_game",
+    "energy_pointing_game",
+    "road",
+    "deletion",
+    "insertion",
+    "average_drop",
+)
+
+
+def make_explainer(name: str, model: nn.Module, layer: str | None = None, **options) -> Explainer:
+    """A registered method by name, given ``layer`` and those ``options`` its constructor accepts."""
+    registry = registered_methods()
+    if name not in registry:
+        raise KeyError(f"unknown method {name!r}; registered: {', '.join(registry)}")
+    cls = registry[name]
+    accepted = constructor_options(cls)
+    kwargs = {k: v for k, v in options.items() if k in accepted}
+    if "layer" in accepted and layer is not None:
+        kwargs["layer"] = layer
+    return cls(model, **kwargs)
+
+
+def constructor_options(cls: type) -> set[str]:
+    """The keyword names an explainer class accepts, following ``**options`` up to its bases."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names - {"self", "model"}
+
+
+def needs_reference(explainer: Explainer) -> bool:
+    """Whether an explainer answers against a reference group (it has ``fit``: DiffCAM)."""
+    return callable(getattr(explainer, "fit", None))
+
+
+def metric_functions(names: Sequence[str]) -> dict[str, object]:
+    """The functions of ``whycam.metrics`` by name; an unknown name lists the known ones."""
+    from . import metrics as metrics_module  # the metrics package; imported when first needed
+
+    known = [
+        n for n in (*LOCALISATION, *FAITHFULNESS, "relevance_rank_accuracy") if hasattr(metrics_module, n)
+    ]
+    unknown = [n for n in names if not callable(getattr(metrics_module, n, None))]
+    if unknown:
+        raise KeyError(f"unknown metric(s) {', '.join(unknown)}; available: {', '.join(known)}")
+    return {n: getattr(metrics_module, n) for n in names}
+
+
+def call_metric(
+    function, model: nn.Module, images: Tensor, maps: Tensor, targets: Tensor, truth: Tensor | None
+) -> object:
+    """Call a metric as ``whycam.metrics`` defines it: faithfulness metrics take
+    ``(model, images, maps, targets)``, localisation metrics ``(maps, truth)`` (masks or boxes)."""
+    if is_faithfulness(function):
+        return function(model, images, maps, targets)
+    if truth is None:
+        raise ValueError(f"{function.__name__} needs ground truth (masks or boxes)")
+    return function(maps, truth)
+
+
+def is_faithfulness(function) -> bool:
+    """Whether a metric scores a map against the model (its first argument is the model)."""
+    parameters = list(inspect.signature(function).parameters)
+    return bool(parameters) and parameters[0] == "model"
+
+
+@dataclass
+class Evaluation:
+    """Per-image rows and per-method summary of an evaluation; ``save`` writes CSV and JSON.
+
+    ``summary[i][metric]`` is ``(value, low, high)``: the metric's headline value (the mean of the
+    per-image scores, or the metric's own dataset statistic such as MaxBoxAcc's best threshold)
+    with its 95% bootstrap interval over the images. ``curves[metric][method]`` holds the mean curve
+    of curve metrics: ``{"steps": [...], name: [...]}`` for each of the metric's curves.
+    """
+
+    rows: list[dict] = field(default_factory=list)
+    summary: list[dict] = field(default_factory=list)
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
+    curves: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    maps: dict[str, Tensor] = field(default_factory=dict)
+    accuracy: float | None = None
+    n_images: int = 0
+
+    def table(self) -> list[dict]:
+        """One row per method: each metric as "value ± half-width" text, and the time per image."""
+        rows = []
+        for item in self.summary:
+            row = {
+                "method": item["method"],
+                "images": item["n"],
+                "time per image (s)": f"{item['time_s']:.3g}",
+            }
+            for metric, higher in self.higher_is_better.items():
+                value, low, high = item[metric]
+                row[f"{metric} {'↑' if higher else '↓'}"] = (
+                    f"{value:.3f} ± {(high - low) / 2:.3f}" if value == value else "n/a"
+                )
+            rows.append(row)
+        return rows
+
+    def best(self) -> dict[str, str]:
+        """The method with the best value of each metric."""
+        best = {}
+        for metric, higher in self.higher_is_better.items():
+            values = [
+                (item[metric][0], item["method"])
+                for item in self.summary
+                if item[metric][0] == item[metric][0]
+            ]
+            if values:
+                best[metric] = (max if higher else min)(values)[1]
+        return best
+
+    def markdown(self) -> str:
+        """The summary as a Markdown table, the best value of each metric in bold."""
+        rows = self.table()
+        if not rows:
+            return ""
+        best = self.best()
+        columns = list(rows[0])
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for row in rows:
+            cells = [
+                f"**{row[c]}**"
+                if best.get(c.rsplit(" ", 1)[0]) == row["method"] and c != "method"
+                else str(row[c])
+                for c in columns
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def save(self, folder: str | Path) -> dict[str, Path]:
+        """Write ``per_image.csv``, ``summary.csv``, ``summary.md`` and ``results.json`` into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {
+            "per_image": folder / "per_image.csv",
+            "summary": folder / "summary.csv",
+            "markdown": folder / "summary.md",
+            "json": folder / "results.json",
+        }
+        _write_csv(paths["per_image"], self.rows)
+        flat = []
+        for item in self.summary:
+            row = {"method": item["method"], "n": item["n"], "time_s": item["time_s"]}
+            for metric in self.higher_is_better:
+                row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = item[metric]
+            flat.append(row)
+        _write_csv(paths["summary"], flat)
+        paths["markdown"].write_text(self.markdown())
+        paths["json"].write_text(
+            json.dumps(
+                {
+                    "n_images": self.n_images,
+                    "accuracy": self.accuracy,
+                    "higher_is_better": self.higher_is_better,
+                    "summary": flat,
+                    "per_image": self.rows,
+                    "curves": self.curves,
+                    "notes": self.notes,
+                    "failures": self.failures,
+                },
+                indent=2,
+            )
+        )
+        return paths
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def explain_all(
+    explainer: Explainer,
+    images: Tensor,
+    targets: Tensor,
+    batch_size: int = 8,
+    seed: int = 0,
+    bar: tqdm | None = None,
+) -> tuple[Tensor, float]:
+    """Maps (N, H, W) of ``images`` in batches, and the seconds spent per image."""
+    maps, seconds = [], 0.0
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size]
+        torch.manual_seed(seed)
+        clock = time.perf_counter()
+        maps.append(explainer(batch, targets[start : start + batch_size]).detach().float())
+        seconds += time.perf_counter() - clock
+        if bar is not None:
+            bar.update(batch.shape[0])
+    return torch.cat(maps), seconds / max(images.shape[0], 1)
+
+
+def evaluate(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor | None = None,
+    *,
+    methods: Sequence[str] | Mapping[str, Explainer] | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    truth: Tensor | None = None,
+    labels: Tensor | None = None,
+    names: Sequence[str] | None = None,
+    layer: str | None = None,
+    reference: object = None,
+    options: Mapping[str, Mapping[str, object]] | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+    skip_failures: bool = False,
+    keep_maps: int = 0,
+) -> Evaluation:
+    """Score ``methods`` (default: every registered method) with ``metrics`` on ``images``.
+
+    ``images``: (N, C, H, W) model inputs; ``targets``: (N,) classes explained (default: the
+    prediction); ``truth``: (N, H, W) boolean masks or (N, 4) boxes ``(x0, y0, x1, y1)`` in input
+    pixels; ``labels``: (N,) true classes, for the accuracy; ``names``: image names for the rows;
+    ``layer``: the layer of the layer-based methods (default: each method's automatic choice);
+    ``options``: per-method constructor options, e.g. ``{"rise": {"masks": 500}}`` (a ``"layer"``
+    there overrides ``layer`` for that method).
+    Localisation metrics are skipped, with a note, when there is no ground truth. Each method's maps
+    are computed for every image first, then every metric is computed once over all of them.
+    ``skip_failures``: a method that raises is left out, its error kept in ``failures``, instead of
+    stopping the whole evaluation. ``keep_maps``: keep the maps of the first k images of each method
+    in ``Evaluation.maps`` (for figures).
+    """
+    model.eval()
+    n = images.shape[0]
+    names = list(names) if names is not None else [str(i) for i in range(n)]
+    evaluation = Evaluation(n_images=n)
+    with torch.no_grad():
+        predictions = torch.cat([model(chunk).argmax(1) for chunk in images.split(batch_size)])
+    targets = predictions if targets is None else torch.as_tensor(targets).long()
+    if labels is not None:
+        evaluation.accuracy = (predictions == torch.as_tensor(labels)).double().mean().item()
+    functions = metric_functions(metrics)
+    if truth is None:
+        for name in [n for n, f in functions.items() if not is_faithfulness(f)]:
+            evaluation.notes.append(f"{name} skipped: no ground truth")
+            del functions[name]
+
+    names_or_explainers = methods if isinstance(methods, Mapping) else (methods or list(registered_methods()))
+    bar = tqdm(total=n * len(names_or_explainers), desc="explain", unit="map", disable=not progress)
+    for method in names_or_explainers:
+        try:
+            explainer = (
+                methods[method]
+                if isinstance(methods, Mapping)
+                else _explainer(method, model, layer, options or {}, reference, images, evaluation)
+            )
+            maps, seconds = explain_all(explainer, images, targets, batch_size, seed, bar)
+            summary: dict = {"method": method, "n": n, "time_s": seconds}
+            scores, curves = {}, {}
+            for metric, function in functions.items():
+                result = call_metric(function, model, images, maps, targets, truth)
+                evaluation.higher_is_better[metric] = bool(result.higher_is_better)
+                scores[metric] = result.scores.detach().double().cpu()
+                summary[metric] = (result.value, *result.interval(seed=seed))
+                if result.curves and result.steps is not None:
+                    curves[metric] = {"steps": result.steps.double().cpu().tolist()}
+                    curves[metric].update(
+                        {k: v.double().nanmean(0).cpu().tolist() for k, v in result.curves.items()}
+                    )
+        except Exception as error:
+            if not skip_failures:
+                raise
+            evaluation.failures[method] = f"{type(error).__name__}: {error}"
+            continue
+        for metric, curve in curves.items():
+            evaluation.curves.setdefault(metric, {})[method] = curve
+        if keep_maps:
+            evaluation.maps[method] = maps[:keep_maps].cpu()
+        evaluation.summary.append(summary)
+        for i in range(n):
+            row = {"image": names[i], "method": method, "target": int(targets[i]), "time_s": seconds}
+            row.update({metric: scores[metric][i].item() for metric in scores})
+            evaluation.rows.append(row)
+    bar.close()
+    return evaluation
+
+
+def _explainer(
+    name: str,
+    model: nn.Module,
+    layer: str | None,
+    options: Mapping[str, Mapping[str, object]],
+    reference: object,
+    images: Tensor,
+    evaluation: Evaluation,
+) -> Explainer:
+    """A registered method, fitted on ``reference`` (or on ``images``) if it needs a reference group."""
+    settings = dict(options.get(name, {}))
+    explainer = make_explainer(name, model, settings.pop("layer", layer), **settings)
+    if needs_reference(explainer):
+        if reference is None:
+            evaluation.notes.append(
+                f"{name}: no reference group given; fitted on the evaluated images "
+                "themselves (the question: what sets this image apart from the set)"
+            )
+        explainer.fit(images if reference is None else reference)
+    return explainer

@@ -1,0 +1,391 @@
+"""The ``whycam`` command end to end on a tiny model and a few small images: the main paths in a
+subprocess (``whycam_cli``), the others in-process through click's runner (``invoke``), which runs
+the same code and exit codes without paying for a fresh interpreter each time."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import whycam
+from whycam.cli import main
+
+TINY = f"{Path(__file__).parent / 'tiny_model.py'}:make"
+SRC = str(Path(whycam.__file__).resolve().parent.parent)
+COMMANDS = [
+    ["demo"],
+    ["explain"],
+    ["reference", "build"],
+    ["reference", "info"],
+    ["evaluate"],
+    ["sanity"],
+    ["methods"],
+    ["benchmark"],
+]
+has_metrics = pytest.mark.skipif(
+    importlib.util.find_spec("whycam.metrics") is None, reason="whycam.metrics is not in this tree"
+)
+has_diffcam = pytest.mark.skipif(
+    importlib.util.find_spec("whycam.methods.diffcam") is None, reason="DiffCAM is not in this tree"
+)
+
+
+def whycam_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        "TQDM_DISABLE": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "whycam.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def invoke(*args: object) -> SimpleNamespace:
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+
+
+def _image(path: Path, seed: int, size=(40, 36), mode="RGB") -> Path:
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0]) + ((3,) if mode == "RGB" else ())
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _image(folder / "one.png", 0)
+    _image(folder / "two.jpg", 1)
+    _image(folder / "gray.png", 2, mode="L")
+    return folder
+
+
+@pytest.fixture
+def bad_inputs(tmp_path) -> list[Path]:
+    good = _image(tmp_path / "source.jpg", 3, size=(64, 64))
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(good.read_bytes()[:300])
+    text = tmp_path / "notes.png"
+    text.write_text("this is text, not a PNG")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    return [corrupt, text, empty]
+
+
+def test_every_command_has_help_with_an_example():
+    for command in COMMANDS:
+        result = invoke(*command, "--help")
+        assert result.returncode == 0, result.stderr
+        assert "Example" in result.stdout, command
+
+
+def test_methods_lists_the_registry():
+    result = invoke("methods")
+    assert result.returncode == 0
+    for name, cls in whycam.methods().items():
+        assert f"{name} " in result.stdout and cls.summary in result.stdout
+
+
+def test_explain_writes_maps_overlays_summary_and_report(photos, tmp_path):
+    out = tmp_path / "out"
+    result = whycam_cli(
+        "explain", photos, "--model", TINY, "--method", "gradcam,eigencam", "--out", out, "--report"
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"model", "layer", "methods", "images", "failures"}
+    assert summary["layer"] == "features" and summary["failures"] == []
+    assert [r["image"] for r in summary["images"]] == ["gray", "one", "two"]
+    for record in summary["images"]:
+        assert {"prediction", "prediction_name", "probability", "results"} <= set(record)
+        assert record["prediction_name"] in ("ant", "bee", "cat", "dog")
+        assert [r["method"] for r in record["results"]] == ["gradcam", "eigencam"]
+        for item in record["results"]:
+            assert {"method", "layer", "target", "time_s", "overlay", "map"} <= set(item)
+            saliency = np.load(out / item["map"])
+            assert saliency.shape == (32, 32) and saliency.dtype == np.float32
+            assert 0 <= saliency.min() and saliency.max() <= 1
+            with Image.open(out / item["overlay"]) as overlay:
+                overlay.load()
+                assert overlay.size[0] > 32 and overlay.mode in ("RGB", "RGBA")
+        assert record["results"][0]["target_name"] == record["prediction_name"]
+        assert record["results"][1]["target"] is None  # Eigen-CAM has no class
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<script" not in html and 'src="http' not in html
+
+
+def test_explain_target_by_name(photos, tmp_path):
+    result = invoke(
+        "explain", photos / "one.png", "--model", TINY, "--target", "bee", "--out", tmp_path / "o"
+    )
+    assert result.returncode == 0, result.stderr
+    [record] = json.loads((tmp_path / "o" / "summary.json").read_text())["images"]
+    assert record["results"][0]["target"] == 1 and record["results"][0]["target_name"] == "bee"
+    result = invoke("explain", photos, "--model", TINY, "--target", "zebra", "--out", tmp_path / "o2")
+    assert result.returncode == 2 and "unknown class 'zebra'" in result.stderr
+
+
+def test_bad_inputs_are_named_skipped_and_the_rest_kept(photos, bad_inputs, tmp_path):
+    out = tmp_path / "out"
+    result = whycam_cli("explain", photos, *bad_inputs, "--model", TINY, "--out", out)
+    assert result.returncode == 1
+    assert "corrupt.jpg" in result.stderr and "damaged or truncated" in result.stderr
+    assert "notes.png" in result.stderr and "not an image" in result.stderr
+    assert "empty" in result.stderr and "no images in folder" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["images"]) == 3 and len(summary["failures"]) == 3
+    assert sorted(p.name for p in out.glob("*.npy")) == [
+        "gray_gradcam.npy",
+        "one_gradcam.npy",
+        "two_gradcam.npy",
+    ]
+
+
+def test_nothing_readable_is_a_usage_error(bad_inputs, tmp_path):
+    result = whycam_cli("explain", *bad_inputs, "--model", TINY, "--out", tmp_path / "out")
+    assert result.returncode == 2 and "no readable image" in result.stderr
+
+
+def test_unknown_layer_method_and_model_are_usage_errors(photos, tmp_path):
+    result = invoke("explain", photos, "--model", TINY, "--layer", "featurez", "--out", tmp_path / "o")
+    assert result.returncode == 2
+    assert "no layer 'featurez'" in result.stderr and "features" in result.stderr
+    result = invoke(
+        "explain", photos, "--model", TINY, "--method", "gradcam,nosuchcam", "--out", tmp_path / "o"
+    )
+    assert result.returncode == 2 and "nosuchcam" in result.stderr and "gradcam" in result.stderr
+    result = invoke("explain", photos, "--model", "nosuchmodel", "--out", tmp_path / "o")
+    assert result.returncode == 2 and "unknown model spec" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_torchscript_model_with_a_layer_method_is_a_usage_error(photos, tmp_path):
+    import torch
+    from tiny_model import plain
+
+    torch.jit.save(torch.jit.script(plain()), str(tmp_path / "tiny.ts"))
+    result = invoke("explain", photos, "--model", tmp_path / "tiny.ts", "--out", tmp_path / "o")
+    assert result.returncode == 2 and "TorchScript" in result.stderr
+
+
+@has_diffcam
+def test_diffcam_needs_a_reference(photos, tmp_path):
+    result = invoke("explain", photos, "--model", TINY, "--method", "diffcam", "--out", tmp_path / "o")
+    assert result.returncode == 2 and "--reference" in result.stderr
+
+
+def _reference_folder(tmp_path: Path, count: int = 6) -> Path:
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for i in range(count):
+        _image(folder / f"r{i}.png", 100 + i)
+    return folder
+
+
+@has_diffcam
+def test_reference_build_info_and_explain_with_it(photos, tmp_path):
+    refs = _reference_folder(tmp_path)
+    (refs / "broken.png").write_text("broken")
+    stats = tmp_path / "refs.safetensors"
+    result = invoke("reference", "build", refs, "--model", TINY, "--out", stats)
+    assert result.returncode == 1 and "broken.png" in result.stderr  # one reference skipped, file written
+    info = invoke("reference", "info", stats)
+    assert info.returncode == 0 and "count=6" in info.stdout and "layer: features" in info.stdout
+    out = tmp_path / "out"
+    result = invoke(
+        "explain", photos, "--model", TINY, "--method", "diffcam,gradcam", "--reference", stats, "--out", out
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"][0]["results"][0]["reference"].startswith("statistics refs.safetensors")
+    assert np.load(out / "one_diffcam.npy").shape == (32, 32)
+    result = invoke(
+        "explain",
+        photos,
+        "--model",
+        TINY,
+        "--method",
+        "diffcam",
+        "--reference",
+        refs,
+        "--out",
+        tmp_path / "out2",
+    )
+    assert result.returncode == 1 and "broken.png" in result.stderr  # reference folder: bad file skipped
+    assert (tmp_path / "out2" / "one_diffcam.npy").exists()
+
+
+@has_diffcam
+def test_per_class_bank(tmp_path):
+    root = tmp_path / "classes"
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            _image(root / label / f"{i}.png", hash(label) % 100 + i)
+    bank = tmp_path / "bank.safetensors"
+    result = invoke("reference", "build", root, "--per-class", "--model", TINY, "--out", bank)
+    assert result.returncode == 0, result.stderr
+    info = invoke("reference", "info", bank)
+    assert info.returncode == 0 and "class a: 3 images" in info.stdout and "class b: 3 images" in info.stdout
+
+
+@has_diffcam
+def test_reference_from_another_model_is_refused(photos, tmp_path):
+    refs = _reference_folder(tmp_path)
+    stats = tmp_path / "digits.safetensors"
+    assert invoke("reference", "build", refs, "--model", "digits-cnn", "--out", stats).returncode == 0
+    result = invoke(
+        "explain",
+        photos,
+        "--model",
+        TINY,
+        "--method",
+        "diffcam",
+        "--reference",
+        stats,
+        "--out",
+        tmp_path / "o",
+    )
+    assert result.returncode == 2 and "cannot use reference" in result.stderr
+    assert "model" in result.stderr.lower()
+
+
+def _mask_dataset(tmp_path: Path, count: int = 4) -> Path:
+    root = tmp_path / "dataset"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(count):
+        _image(root / "images" / f"s{i}.png", 10 + i, size=(32, 32))
+        mask = np.zeros((32, 32), np.uint8)
+        mask[4 + i : 20 + i, 6:22] = 255
+        Image.fromarray(mask).save(root / "masks" / f"s{i}.png")
+    return root
+
+
+@has_metrics
+def test_evaluate_writes_tables_curves_and_report(tmp_path):
+    dataset = _mask_dataset(tmp_path)
+    (dataset / "images" / "s9.png").write_text("not an image")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(dataset / "masks" / "s9.png")
+    out = tmp_path / "eval"
+    result = whycam_cli(
+        "evaluate",
+        dataset,
+        "--model",
+        TINY,
+        "--method",
+        "gradcam,eigencam",
+        "--metrics",
+        "auprc,pointing_game,deletion",
+        "--out",
+        out,
+    )
+    assert result.returncode == 1 and "s9.png" in result.stderr  # the unreadable image named, the rest scored
+    data = json.loads((out / "results.json").read_text())
+    assert data["n_images"] == 4 and set(data["higher_is_better"]) == {"auprc", "pointing_game", "deletion"}
+    assert data["higher_is_better"]["deletion"] is False
+    assert len(data["per_image"]) == 8 and {r["method"] for r in data["summary"]} == {"gradcam", "eigencam"}
+    for row in data["summary"]:
+        assert row["auprc_low"] <= row["auprc"] <= row["auprc_high"]
+    assert (out / "per_image.csv").read_text().startswith("image,method,target,time_s")
+    curves = list(out.glob("curve_deletion_*.png"))
+    assert curves
+    with Image.open(curves[0]) as figure:
+        figure.load()
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+@has_metrics
+def test_a_failing_method_is_reported_and_the_others_kept(tmp_path):
+    # CAM needs a global-pooling + linear head; this model has none, so CAM fails and Grad-CAM works.
+    out = tmp_path / "eval"
+    model = f"{Path(__file__).parent / 'tiny_model.py'}:no_gap"
+    result = invoke(
+        "evaluate",
+        _mask_dataset(tmp_path),
+        "--model",
+        model,
+        "--method",
+        "cam,gradcam",
+        "--metrics",
+        "auprc",
+        "--out",
+        out,
+    )
+    assert result.returncode == 1 and "method cam" in result.stderr and "GradCAM" in result.stderr
+    data = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in data["summary"]] == ["gradcam"] and "cam" in data["failures"]
+
+
+@has_metrics
+def test_evaluate_unknown_metric(tmp_path):
+    result = invoke(
+        "evaluate",
+        _mask_dataset(tmp_path),
+        "--model",
+        TINY,
+        "--metrics",
+        "nosuchmetric",
+        "--out",
+        tmp_path / "o",
+    )
+    assert result.returncode == 2 and "nosuchmetric" in result.stderr
+
+
+@has_metrics
+def test_sanity_writes_verdict_and_figure(photos, tmp_path):
+    out = tmp_path / "sanity"
+    result = invoke("sanity", photos, "--model", TINY, "--method", "gradcam", "--out", out)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((out / "sanity.json").read_text())
+    assert set(data["gradcam"]) >= {"passed", "spearman_after_full_randomisation", "threshold", "layers"}
+    with Image.open(out / "sanity_gradcam.png") as figure:
+        figure.load()
+
+
+@has_metrics
+@has_diffcam
+def test_benchmark_runs_every_registered_method(tmp_path):
+    out = tmp_path / "bench"
+    result = invoke(
+        "benchmark",
+        _mask_dataset(tmp_path, 4),
+        "--model",
+        TINY,
+        "--metrics",
+        "auprc,energy_pointing_game",
+        "--out",
+        out,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in data["summary"]} == set(whycam.methods())
+    assert "| method |" in (out / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_demo_quick(tmp_path):
+    result = invoke("demo", "--quick", "--out", tmp_path / "demo")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("report.html")
+    html = (tmp_path / "demo" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "CC0" in html

@@ -1,0 +1,108 @@
+"""The evaluation engine behind `whycam evaluate` / `benchmark` and benchmarks/results.py."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from whycam.evaluate import constructor_options, make_explainer
+
+needs_metrics = pytest.mark.skipif(
+    importlib.util.find_spec("whycam.metrics") is None, reason="whycam.metrics is not in this tree"
+)
+
+
+@pytest.fixture
+def task():
+    torch.manual_seed(0)
+    from tiny_model import make
+
+    model = make().model
+    images = torch.randn(6, 3, 32, 32)
+    masks = torch.zeros(6, 32, 32, dtype=torch.bool)
+    for i in range(6):
+        masks[i, 4 + 2 * i : 14 + 2 * i, 8:20] = True
+    return model, images, masks
+
+
+@needs_metrics
+def test_a_perfect_map_scores_the_maximum_and_the_table_marks_it(task, tmp_path):
+    from whycam.evaluate import evaluate
+
+    model, images, masks = task
+    methods = {
+        "oracle": lambda batch, target: masks.float(),
+        "blank": lambda batch, target: torch.zeros(6, 32, 32),
+    }
+    result = evaluate(
+        model,
+        images,
+        methods=methods,
+        metrics=["auprc", "pointing_game"],
+        truth=masks,
+        names=[f"im{i}" for i in range(6)],
+        batch_size=6,
+        progress=False,
+    )
+    oracle, blank = result.summary
+    assert oracle["auprc"] == (1.0, 1.0, 1.0) and oracle["pointing_game"][0] == 1.0
+    assert blank["auprc"][0] < 0.5  # a constant map ranks no pixel first: AUPRC at chance (the prevalence)
+    assert result.higher_is_better == {"auprc": True, "pointing_game": True}
+    assert len(result.rows) == 12 and result.rows[0]["image"] == "im0"
+    assert "**1.000 ± 0.000**" in result.markdown()
+    paths = result.save(tmp_path)
+    with open(paths["summary"]) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["method"] for r in rows] == ["oracle", "blank"] and float(rows[0]["auprc_low"]) == 1.0
+    assert set(json.loads(paths["json"].read_text())) >= {
+        "summary",
+        "per_image",
+        "curves",
+        "notes",
+        "failures",
+    }
+
+
+@needs_metrics
+def test_registered_methods_by_name_with_curves_and_notes(task):
+    # eigencam at the common layer, gradcam at the layer its own options name
+    from whycam.evaluate import evaluate
+
+    model, images, _ = task
+    result = evaluate(
+        model,
+        images,
+        methods=["gradcam", "eigencam"],
+        metrics=["deletion", "auprc"],
+        options={"gradcam": {"layer": "features.2"}},
+        layer="features",
+        progress=False,
+    )
+    assert [s["method"] for s in result.summary] == ["gradcam", "eigencam"]
+    assert "auprc skipped: no ground truth" in result.notes
+    assert set(result.curves["deletion"]) == {"gradcam", "eigencam"}
+    assert all(s["time_s"] > 0 for s in result.summary)
+
+
+@needs_metrics
+def test_unknown_names_are_refused(task):
+    from whycam.evaluate import evaluate
+
+    model, images, masks = task
+    with pytest.raises(KeyError, match="unknown metric"):
+        evaluate(model, images, methods=["gradcam"], metrics=["nosuch"], truth=masks, progress=False)
+    with pytest.raises(KeyError, match="unknown method 'nosuch'"):
+        make_explainer("nosuch", model)
+
+
+def test_options_reach_only_the_constructors_that_take_them(task):
+    import whycam
+
+    model, _, _ = task
+    assert {"layer", "output", "reshape", "classifier"} <= constructor_options(whycam.CAM)
+    explainer = make_explainer("cam", model, "features", classifier="classifier", unrelated=3)
+    assert explainer.classifier == "classifier" and explainer.layer == "features"

@@ -1,0 +1,30 @@
+"""The package's face: version, registry, and the public names other code relies on."""
+
+import torch
+
+import whycam
+
+
+def test_version_is_a_release_string():
+    assert whycam.__version__.count(".") == 2
+
+
+def test_registry_offers_every_cam_method_by_name():
+    registry = whycam.methods()
+    for name in ("cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"):
+        assert issubclass(registry[name], whycam.Explainer)
+        assert registry[name].name == name
+        assert registry[name].summary
+
+
+def test_every_registered_method_keeps_the_output_contract(resnet18, images):
+    references = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    for name, method in whycam.methods().items():
+        explainer = method(resnet18)
+        if callable(getattr(explainer, "fit", None)):  # a reference-group method (DiffCAM) is fitted first
+            explainer.fit(references)
+        maps = explainer(images, target=[1, 2] if method.needs_target else None)
+        assert maps.shape == (2, 64, 64), name
+        assert maps.dtype == torch.float32, name
+        assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0, name
+        assert torch.isfinite(maps).all(), name

@@ -1,0 +1,38 @@
+"""A tiny seeded CNN for the CLI tests, loaded by the spec ``tests/tiny_model.py:make``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from whycam.models import LoadedModel, Preprocess
+
+
+def make() -> LoadedModel:
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module(
+        "features",
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+    )
+    model.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    model.add_module("flatten", nn.Flatten())
+    model.add_module("classifier", nn.Linear(8, 4))
+    preprocess = Preprocess(resize=32, crop=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    return LoadedModel(model.eval(), preprocess, ["ant", "bee", "cat", "dog"], "features", "tiny")
+
+
+def plain() -> nn.Module:
+    """The same network as a bare module (default preprocessing)."""
+    return make().model
+
+
+def no_gap() -> LoadedModel:
+    """The same features, pooled to 2x2 and flattened into the classifier: no GAP + linear head, so
+    CAM cannot explain it (Grad-CAM can)."""
+    torch.manual_seed(0)
+    loaded = make()
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 4))
+    loaded.model = nn.Sequential(loaded.model.features, head).eval()
+    loaded.layer = "0"
+    return loaded
