@@ -67,3 +67,23 @@ def test_why_not_a_one_points_at_the_top_bar_of_a_seven():
         why_not_one = _top_fraction(dc.why_not(sevens, 1))
         assert why_not_one.mean() > why.mean()
         assert (why_not_one > why).float().mean() > share
+
+
+def test_why_not_a_one_on_the_shipped_digits_cnn():
+    """The same question on whycam's shipped digits CNN (``load_model("digits-cnn")``, 98.6% on its
+    held-out 20%, trained by scripts/train_digits.py): DiffCAM fitted on its training 80%, explained
+    on the 42 held-out 7s. Measured: why-not-1 0.260 of the mass on the top bar against why 0.205,
+    larger on 88% of the 7s (Ledoit-Wolf; OAS 0.261 against 0.205)."""
+    from whycam.models import digits_images, load_model
+
+    loaded = load_model("digits-cnn")
+    images, labels = digits_images()
+    inputs = torch.stack([loaded.preprocess(image) for image in images])
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    train, held_out = order[: int(0.8 * len(order))], order[int(0.8 * len(order)) :]
+    sevens = inputs[held_out][labels[held_out] == 7]
+    dc = DiffCAM(loaded.model, loaded.layer).fit((inputs[train], labels[train]))
+    why = _top_fraction(dc.why(sevens, 7))
+    why_not_one = _top_fraction(dc.why_not(sevens, 1))
+    assert why_not_one.mean() > why.mean() + 0.03
+    assert (why_not_one > why).float().mean() > 0.8
