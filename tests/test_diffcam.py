@@ -171,6 +171,10 @@ def test_auto_embedding_follows_the_models_own_pooling(data):
         z = dc.embed(images[:2])
         pooled = _activations(model, model[1], images[:2])
         assert np.allclose(z.numpy(), pooled.max((2, 3)) if expected == "max" else pooled.mean((2, 3)))
+    larger = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    for pool in ("max", "avg"):  # timm's SelectAdaptivePool2d (pool + flatten in one module)
+        backbone = timm.create_model("resnet18", pretrained=False, num_classes=3, global_pool=pool).eval()
+        assert DiffCAM(backbone, layer="layer3").fit(larger).reference.meta["embedding"] == pool
     normalized = DiffCAM(_cnn(), layer="3", normalize=True, embedding="max").fit(images)
     assert torch.allclose(normalized.embed(images).norm(dim=1), torch.ones(6, dtype=torch.float64))
     assert normalized.reference.meta["normalize"] == "true"
