@@ -5,8 +5,10 @@ __version__ = "0.1.0"
 from .layers import LayerNotFoundError
 from .methods.base import CAMExplainer, Explainer, methods, register
 from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from .methods.score import AblationCAM, ScoreCAM
 
 __all__ = [
+    "AblationCAM",
     "CAM",
     "CAMExplainer",
     "EigenCAM",
@@ -16,6 +18,7 @@ __all__ = [
     "HiResCAM",
     "LayerCAM",
     "LayerNotFoundError",
+    "ScoreCAM",
     "XGradCAM",
     "__version__",
     "methods",
