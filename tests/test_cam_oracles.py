@@ -112,8 +112,8 @@ def test_gradcam_plus_plus_matches_pytorch_grad_cam(model_name):
     model, layer, images, reshape = case(model_name)
     targets = [lambda out, c=c: 1e5 * out[..., c] for c in CLASSES]
     expected = grad_cam_oracle(GradCAMPlusPlus, model, layer, images, reshape, targets=targets)
-    classes = torch.tensor(CLASSES)
-    maps = whycam.GradCAMPlusPlus(model, layer)(images, target=lambda out: 1e5 * out.gather(1, classes[:, None])[:, 0])
+    classes = torch.tensor(CLASSES)[:, None]
+    maps = whycam.GradCAMPlusPlus(model, layer)(images, target=lambda out: 1e5 * out.gather(1, classes)[:, 0])
     assert (maps - expected).abs().max() < TOLERANCE
 
 
@@ -130,7 +130,8 @@ def test_torchcam_gradcam_plus_plus_is_not_the_paper():
     handle = module.register_forward_hook(lambda m, i, o: activations.update(a=o))
     try:
         out = model(images)
-        (gradients["g"],) = torch.autograd.grad(out.gather(1, torch.tensor(CLASSES)[:, None]).sum(), activations["a"])
+        score = out.gather(1, torch.tensor(CLASSES)[:, None]).sum()
+        (gradients["g"],) = torch.autograd.grad(score, activations["a"])
     finally:
         handle.remove()
     a, g = activations["a"].detach(), gradients["g"]
