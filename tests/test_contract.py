@@ -133,7 +133,8 @@ def test_none_target_is_the_predicted_class():
     torch.manual_seed(0)
     model, x = TinyCNN().eval(), images()
     predicted = model(x).argmax(1).tolist()
-    assert torch.equal(whycam.GradCAM(model, "body.3")(x), whycam.GradCAM(model, "body.3")(x, target=predicted))
+    cam = whycam.GradCAM(model, "body.3")
+    assert torch.equal(cam(x), cam(x, target=predicted))
 
 
 class TupleOutput(nn.Module):
