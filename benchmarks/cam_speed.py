@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -87,6 +88,12 @@ def measure(functions: dict, repeats: int) -> dict[str, tuple[float, float, torc
 
 
 def main() -> None:
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+        # glibc raises its mmap threshold after a large free, and then keeps freed memory mapped: the
+        # resident-set peak of a call would depend on the calls before it. A fixed threshold returns
+        # large blocks to the system on free, so every call's peak is its own.
+        environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        os.execve(sys.executable, [sys.executable, *sys.argv], environment)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3,
@@ -95,10 +102,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    rows, notes = [], []
-    plan = [(arch, batch, method) for arch in ("resnet18", "resnet50") for batch in (1, 8)
-            for method in ("gradcam", "gradcam++", "layercam")]
-    plan.append(("resnet18", 1, "scorecam"))   # 512 forward passes per image: batch 1, one timed run
+    rows: list[list[object]] = []
+    plan = [("resnet18", 1, "scorecam")]        # 512 forward passes per image: batch 1, one timed run
+    plan += [(arch, batch, method) for arch in ("resnet18", "resnet50") for batch in (1, 8)
+             for method in ("gradcam", "gradcam++", "layercam")]
     for arch, batch, method in plan:
         torch.manual_seed(0)
         model = getattr(torchvision.models, arch)().eval()
@@ -116,16 +123,25 @@ def main() -> None:
         rows.append(cells)
         print(" | ".join(str(c) for c in cells), flush=True)
 
-    notes.append("torchcam's Grad-CAM++ map differs: its alpha normalisation is a no-op (an in-place "
-                 "division on a masked copy), so its map is not the paper's; whycam matches "
-                 "pytorch-grad-cam.")
-    notes.append("pytorch-grad-cam's Grad-CAM++ adds 1e-6 to alpha's denominator 2G^2 + sum(A) G^3; the "
-                 "gradients of a random-init model's logits are ~1e-4, so that epsilon changes its map "
-                 "here. On a score scaled so that it is negligible, the maps agree within 1e-5 "
-                 "(tests/test_cam_oracles.py).")
-    notes.append("torchcam's Score-CAM normalises each channel before upsampling with align_corners=False; "
-                 "whycam gives torchcam's map with `align_corners=False, normalize_at=\"feature\"` "
-                 "(tests/test_cam_oracles.py) at the same cost.")
+        markdown = report(args, rows)
+        if not args.no_write:       # after every row: an interrupted run keeps what it measured
+            write_section("benchmarks.md", "cam_speed", markdown)
+    print(markdown)
+
+
+def report(args: argparse.Namespace, rows: list[list[object]]) -> str:
+    """The Markdown section: how it was measured, the table, and what differs by design."""
+    notes = [
+        "torchcam's Grad-CAM++ map differs: its alpha normalisation is a no-op (an in-place division "
+        "on a masked copy), so its map is not the paper's; whycam follows the paper.",
+        "pytorch-grad-cam's Grad-CAM++ adds 1e-6 to alpha's denominator 2G^2 + sum(A) G^3; the "
+        "gradients of a random-init model's logits are ~1e-4, so that epsilon changes its map here. "
+        "On a score scaled so that it is negligible, the maps agree within 1e-5 "
+        "(tests/test_cam_oracles.py).",
+        "torchcam's Score-CAM normalises each channel before upsampling with align_corners=False; "
+        "whycam gives torchcam's map with `align_corners=False, normalize_at=\"feature\"` "
+        "(tests/test_cam_oracles.py) at the same cost.",
+    ]
     header = ["model", "batch", "method", "whycam", "whycam peak", "pytorch-grad-cam", "speed-up",
               "peak", "max diff", "torchcam", "speed-up", "peak", "max diff"]
     markdown = "\n".join([
@@ -143,9 +159,7 @@ def main() -> None:
         "",
         *[f"- {note}" for note in notes],
     ])
-    print(markdown)
-    if not args.no_write:
-        write_section("benchmarks.md", "cam_speed", markdown)
+    return markdown
 
 
 if __name__ == "__main__":
