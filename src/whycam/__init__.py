@@ -7,10 +7,12 @@ from .layers import LayerNotFoundError
 from .methods.base import CAMExplainer, Explainer, methods, register
 from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from .methods.diffcam import DiffCAM
+from .methods.score import AblationCAM, ScoreCAM
 from .models import load_model
 from .reference import ReferenceBank, ReferenceStats
 
 __all__ = [
+    "AblationCAM",
     "CAM",
     "CAMExplainer",
     "DiffCAM",
@@ -23,6 +25,7 @@ __all__ = [
     "LayerNotFoundError",
     "ReferenceBank",
     "ReferenceStats",
+    "ScoreCAM",
     "XGradCAM",
     "__version__",
     "load_images",

@@ -56,7 +56,8 @@ def resolve_layers(model: nn.Module, layers: LayerSpec | Sequence[str | nn.Modul
         return [resolve_layer(model, layers)]
     resolved = [resolve_layer(model, layer) for layer in layers]
     if not resolved:
-        raise ValueError("the list of layers is empty; pass at least one layer, or None to choose automatically")
+        raise ValueError("the list of layers is empty; pass at least one layer, "
+                         "or None to choose automatically")
     return resolved
 
 
@@ -65,12 +66,13 @@ def auto_layer(model: nn.Module, images: Tensor) -> str:
 
     A ViT (token outputs that form a grid) gives its last transformer block (the last module whose
     parent holds several siblings of its own type), read at the block's first LayerNorm: the tokens
-    the block's attention reads, which reach a class-token head (the block's own output does not). A CNN gives the last module, in execution order,
-    whose output is a (B, K, h, w) map with h*w > 1, skipping adaptive pooling that only resamples.
+    the block's attention reads, which reach a class-token head (the block's own output does not).
+    A CNN gives the last module, in execution order, whose output is a (B, K, h, w) map with
+    h*w > 1, skipping adaptive pooling that only resamples.
     """
     parents = {}
-    for name, module in model.named_modules():
-        for child_name, child in module.named_children():
+    for module in model.modules():
+        for child in module.children():
             parents[id(child)] = module
     fired: list[tuple[str, nn.Module, Tensor]] = []
     handles = []
@@ -88,7 +90,7 @@ def auto_layer(model: nn.Module, images: Tensor) -> str:
     spatial = [i for i, (_, m, o) in enumerate(fired)
                if o.dim() == 4 and o.shape[-1] * o.shape[-2] > 1 and not isinstance(m, _RESAMPLING)]
     blocks = []
-    for i, (name, module, out) in enumerate(fired):
+    for i, (_, module, out) in enumerate(fired):
         parent = parents.get(id(module))
         if out.dim() != 3 or parent is None or not isinstance(parent, (nn.Sequential, nn.ModuleList)):
             continue
@@ -119,7 +121,8 @@ class TokenLayout:
 def _patch_size(model: nn.Module) -> tuple[int, int] | None:
     """The patch size of a ViT: the first Conv2d whose kernel equals its stride."""
     for module in model.modules():
-        if isinstance(module, nn.Conv2d) and module.kernel_size == module.stride and module.kernel_size[0] > 1:
+        if (isinstance(module, nn.Conv2d) and module.kernel_size == module.stride
+                and module.kernel_size[0] > 1):
             return module.kernel_size
     return None
 

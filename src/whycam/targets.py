@@ -48,8 +48,8 @@ def select_output(output: object, selector: OutputSelector = None) -> Tensor:
 def target_classes(output: Tensor, target: Target) -> Tensor:
     """One class index per image (B,) for a class target; ``None`` gives the argmax."""
     if output.dim() != 2:
-        raise ValueError(f"a class target needs a (B, classes) output, the model gives {tuple(output.shape)}; "
-                         "pass target=<callable mapping the output to (B,) scores>")
+        raise ValueError("a class target needs a (B, classes) output, the model gives "
+                         f"{tuple(output.shape)}; pass target=<callable mapping the output to (B,) scores>")
     batch, n_classes = output.shape
     if target is None:
         return output.detach().argmax(1)
@@ -57,7 +57,8 @@ def target_classes(output: Tensor, target: Target) -> Tensor:
     if classes.numel() == 1:
         classes = classes.expand(batch)
     if classes.numel() != batch:
-        raise ValueError(f"got {classes.numel()} targets for {batch} images; give one class, or one per image")
+        raise ValueError(f"got {classes.numel()} targets for {batch} images; "
+                         "give one class, or one per image")
     if ((classes < 0) | (classes >= n_classes)).any():
         raise ValueError(f"target class(es) {classes.tolist()} out of range: the model has {n_classes} "
                          f"classes (0..{n_classes - 1})")
@@ -70,8 +71,8 @@ def target_scores(output: Tensor, target: Target) -> tuple[Tensor, Tensor | None
         scores = target(output)
         if not isinstance(scores, Tensor) or scores.dim() != 1 or scores.shape[0] != output.shape[0]:
             shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ValueError(f"a callable target must return one score per image, shape ({output.shape[0]},); "
-                             f"it returned {shape}")
+            raise ValueError("a callable target must return one score per image, "
+                             f"shape ({output.shape[0]},); it returned {shape}")
         return scores, None
     classes = target_classes(output, target)
     return output.gather(1, classes[:, None]).squeeze(1), classes

@@ -79,7 +79,8 @@ def check_images(images: object, model: nn.Module) -> Tensor:
                         "preprocessing (e.g. images.float() / 255, then normalise)")
     expected = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if expected is not None and images.shape[1] != expected:
-        fix = {1: "grayscale: images.expand(-1, 3, -1, -1)", 4: "RGBA: images[:, :3]"}.get(images.shape[1], "")
+        fixes = {1: "grayscale: images.expand(-1, 3, -1, -1)", 4: "RGBA: images[:, :3]"}
+        fix = fixes.get(images.shape[1], "")
         raise ValueError(f"the model expects {expected} channels, the images have {images.shape[1]}"
                          + (f"; for {fix}" if fix and expected == 3 else ""))
     if not torch.isfinite(images).all():
@@ -184,7 +185,7 @@ class CAMExplainer(Explainer):
             gradients = (torch.autograd.grad(scores.sum(), activations) if self.uses_gradient
                          else [None] * len(activations))
         maps = []
-        for (name, module), act, grad in zip(layers, activations, gradients):
+        for (name, module), act, grad in zip(layers, activations, gradients, strict=True):
             act = self.spatial(act.detach(), images)
             grad = None if grad is None else self.spatial(grad, images)
             step = LayerPass(images, output.detach(), None if scores is None else scores.detach(),
@@ -205,4 +206,4 @@ class CAMExplainer(Explainer):
         maps = self._attribute_checked(images, target)
         size = tuple(images.shape[-2:])
         return {name: (m.detach().float() if raw else normalize_maps(m, size).detach())
-                for (name, _), m in zip(self.layers(images), maps)}
+                for (name, _), m in zip(self.layers(images), maps, strict=True)}

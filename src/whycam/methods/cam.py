@@ -37,16 +37,16 @@ class CAM(CAMExplainer):
             return module
         linears = [m for m in self.model.modules() if isinstance(m, nn.Linear) and m.in_features == channels]
         if not linears:
-            raise ValueError(f"CAM needs a global-pooling + linear head over the layer's {channels} channels, "
-                             "and the model has no nn.Linear with that many inputs; use GradCAM, "
+            raise ValueError(f"CAM needs a global-pooling + linear head over the layer's {channels} "
+                             "channels, and the model has no nn.Linear with that many inputs; use GradCAM, "
                              "or pass classifier=<the linear layer>")
         return linears[-1]
 
     def weights(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
         linear = self._linear(activation.shape[1])
         if linear.in_features != activation.shape[1]:
-            raise ValueError(f"the classifier has {linear.in_features} inputs, the layer {activation.shape[1]} "
-                             "channels")
+            raise ValueError(f"the classifier has {linear.in_features} inputs, the layer "
+                             f"{activation.shape[1]} channels")
         return linear.weight.detach()[step.classes][:, :, None, None].to(activation.dtype)
 
 
