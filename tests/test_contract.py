@@ -288,3 +288,8 @@ def test_training_mode_warns():
     with pytest.warns(UserWarning, match="eval"):
         whycam.GradCAM(model, "body.3")(images(), target=1)
     assert model.training
+
+
+def test_cam_refuses_a_callable_target_with_the_reason(resnet18, images):
+    with pytest.raises(ValueError, match="class index"):
+        whycam.CAM(resnet18)(images, target=lambda out: out[:, 0] - out[:, 1])

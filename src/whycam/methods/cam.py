@@ -43,6 +43,9 @@ class CAM(CAMExplainer):
         return linears[-1]
 
     def weights(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
+        if step.classes is None:
+            raise ValueError("CAM explains a class through the classifier's row for it; give target as a class "
+                             "index (or None for the predicted class), not a callable")
         linear = self._linear(activation.shape[1])
         if linear.in_features != activation.shape[1]:
             raise ValueError(f"the classifier has {linear.in_features} inputs, the layer "
