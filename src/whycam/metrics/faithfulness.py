@@ -25,6 +25,7 @@ from ..methods.base import check_images
 from ..taps import preserved
 from ..targets import OutputSelector, Target, select_output, target_classes
 from .imputation import impute, noise_fields
+from .ranks import pixel_ranks
 from .result import MetricResult
 
 Transform = Callable[[Tensor], Tensor]
@@ -84,18 +85,6 @@ def _inputs(model: nn.Module, images: Tensor, maps: Tensor) -> tuple[Tensor, Ten
     if not torch.isfinite(maps).all():
         raise ValueError("maps contain NaN or infinity")
     return images, maps.to(images.device).float()
-
-
-def pixel_ranks(maps: Tensor, descending: bool, seed: int = 0) -> Tensor:
-    """Rank (B, H, W) of every pixel by map value, 0 = first; ties in a seeded random order."""
-    flat = maps.flatten(1)
-    order = torch.stack([torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(seed + i))
-                         for i in range(flat.shape[0])]).to(flat.device)
-    keys = flat.gather(1, order)
-    sorted_order = order.gather(1, keys.sort(dim=1, descending=descending, stable=True).indices)
-    ranks = torch.empty_like(sorted_order)
-    ranks.scatter_(1, sorted_order, torch.arange(flat.shape[1], device=flat.device).expand_as(flat))
-    return ranks.view_as(maps)
 
 
 def _chunks(count: int, steps: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
