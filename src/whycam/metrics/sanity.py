@@ -138,7 +138,8 @@ def _chunk_targets(targets: Target, start: int, length: int) -> Target:
 
 def sanity_check(explainer: ExplainerFactory, model: nn.Module, images: Tensor, targets: Target = None, *,
                  layers: Sequence[str] | None = None, seed: int = 0, batch_size: int = 16,
-                 threshold: float = 0.5) -> dict[str, MetricResult]:
+                 threshold: float = 0.5,
+                 modes: Sequence[str] = ("cascading", "independent")) -> dict[str, MetricResult]:
     """Model parameter randomisation test (Adebayo et al. 2018), cascading and independent.
 
     ``explainer``: an explainer class or any ``factory(model) -> f(images, target) -> (B, H, W) maps``,
@@ -146,7 +147,7 @@ def sanity_check(explainer: ExplainerFactory, model: nn.Module, images: Tensor, 
     module owning parameters, last registered first). ``targets``: fixed classes, or None for the
     class the original model predicts on each image (fixed through the randomisation).
 
-    Returns ``{"cascading": ..., "independent": ...}``; each result's per-image score is the Spearman
+    Returns ``{"cascading": ..., "independent": ...}`` (the ``modes`` asked for); each result's per-image score is the Spearman
     rank correlation between the original map and the map of the last step (for cascading: the fully
     randomised model; for independent: the mean over layers), lower is better; ``curves`` holds every
     similarity per step, (B, layers), and ``steps`` indexes ``settings["layers"]``. The check
@@ -155,6 +156,9 @@ def sanity_check(explainer: ExplainerFactory, model: nn.Module, images: Tensor, 
     reflects the input, not the model); ``settings["passed"]`` holds the verdict.
     """
     images = check_images(images, model)
+    unknown_modes = set(modes) - {"cascading", "independent"}
+    if unknown_modes or not modes:
+        raise ValueError(f"modes must be 'cascading' and/or 'independent', got {list(modes)}")
     names = parameter_layers(model) if layers is None else list(layers)
     known = dict(model.named_modules())
     missing = [name for name in names if name not in known]
@@ -169,7 +173,7 @@ def sanity_check(explainer: ExplainerFactory, model: nn.Module, images: Tensor, 
                                  for chunk in images.split(batch_size)])
     original = _explain(explainer, original_model, images, targets, batch_size)
     results = {}
-    for mode in ("cascading", "independent"):
+    for mode in modes:
         randomised = copy.deepcopy(original_model)
         curves: dict[str, list[Tensor]] = {}
         for name in names:
