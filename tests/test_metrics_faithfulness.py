@@ -58,7 +58,8 @@ def test_road_matches_pytorch_grad_cam(resnet18):
     images = torch.randn(2, 3, 40, 40, generator=generator)
     # ten levels of 160 pixels each: every percentile the peer takes falls between two levels, so
     # its threshold and whycam's exact pixel count remove the same pixels
-    maps = torch.stack([torch.randperm(1600, generator=generator).view(40, 40) // 160 for _ in range(2)]).float() / 9
+    levels = [torch.randperm(1600, generator=generator).view(40, 40) // 160 for _ in range(2)]
+    maps = torch.stack(levels) / 9.0
     classes = [3, 7]
     ours = metrics.road(resnet18, images, maps, classes, percentages=[10, 30, 50, 70, 90], noise=0.0)
     targets = [ClassifierOutputSoftmaxTarget(c) for c in classes]
@@ -81,7 +82,8 @@ def test_road_accuracy_and_batching_do_not_change_results(resnet18, images):
     predicted = resnet18(images).argmax(1)
     assert set(one.curves) == {"morf", "lerf", "morf_accuracy", "lerf_accuracy", "original"}
     logits = metrics.road(resnet18, images, maps, percentages=[25, 75], score="logit")
-    assert torch.allclose(logits.curves["original"][:, 0], resnet18(images).gather(1, predicted[:, None])[:, 0])
+    expected = resnet18(images).gather(1, predicted[:, None])[:, 0]
+    assert torch.allclose(logits.curves["original"][:, 0], expected)
 
 
 def test_road_pixel_space_imputation_uses_the_transforms(resnet18, images):

@@ -16,7 +16,7 @@ def _masks(count: int, size: int, seed: int) -> torch.Tensor:
     low = torch.rand(count, 1, 5, 5, generator=generator)
     maps = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     levels = torch.linspace(0.1, 0.9, count)
-    return torch.stack([m > m.flatten().quantile(level) for m, level in zip(maps, levels)])
+    return torch.stack([m > m.flatten().quantile(level) for m, level in zip(maps, levels, strict=True)])
 
 
 def test_matches_pytorch_grad_cam_without_noise():

@@ -59,7 +59,8 @@ def test_auprc_equals_scikit_learn():
     maps = (maps * 8).round() / 8  # ties, where the definition of the thresholds matters
     masks = ground_truth_masks(boxes, maps)
     result = metrics.auprc(maps, boxes)
-    expected = [average_precision_score(m.flatten().numpy(), s.flatten().numpy()) for m, s in zip(masks, maps)]
+    expected = [average_precision_score(m.flatten().numpy(), s.flatten().numpy())
+                for m, s in zip(masks, maps, strict=True)]
     np.testing.assert_allclose(result.scores.numpy(), expected, atol=1e-6)
     pooled = average_precision_score(masks.flatten().numpy(), maps.flatten().numpy())
     assert result.settings["pooled"] == pytest.approx(pooled, abs=1e-9)

@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from . import metrics
 from .layers import LayerNotFoundError
 from .methods.base import CAMExplainer, Explainer, methods, register
 from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
@@ -19,5 +20,6 @@ __all__ = [
     "XGradCAM",
     "__version__",
     "methods",
+    "metrics",
     "register",
 ]

@@ -199,8 +199,8 @@ def relevance_rank_accuracy(maps: Tensor, truth: Tensor, seed: int = 0) -> Metri
     masks = ground_truth_masks(truth, maps)
     inside = (_top_k(maps, masks, seed) & masks).flatten(1).sum(1).float()
     area = masks.flatten(1).sum(1).float()
-    return MetricResult("relevance_rank_accuracy", torch.where(area > 0, inside / area.clamp(min=1), torch.nan),
-                        True, settings={"seed": seed})
+    accuracy = torch.where(area > 0, inside / area.clamp(min=1), torch.nan)
+    return MetricResult("relevance_rank_accuracy", accuracy, True, settings={"seed": seed})
 
 
 def average_precision(scores: Tensor, labels: Tensor) -> Tensor:

@@ -126,7 +126,7 @@ def _explain(factory: ExplainerFactory, model: nn.Module, images: Tensor, target
              batch_size: int) -> Tensor:
     explainer = factory(model)
     maps = [explainer(chunk, _chunk_targets(targets, start, len(chunk)))
-            for start, chunk in zip(range(0, len(images), batch_size), images.split(batch_size))]
+            for start, chunk in zip(range(0, len(images), batch_size), images.split(batch_size), strict=True)]
     return torch.cat(maps).detach().float()
 
 
@@ -147,9 +147,10 @@ def sanity_check(explainer: ExplainerFactory, model: nn.Module, images: Tensor, 
     module owning parameters, last registered first). ``targets``: fixed classes, or None for the
     class the original model predicts on each image (fixed through the randomisation).
 
-    Returns ``{"cascading": ..., "independent": ...}`` (the ``modes`` asked for); each result's per-image score is the Spearman
-    rank correlation between the original map and the map of the last step (for cascading: the fully
-    randomised model; for independent: the mean over layers), lower is better; ``curves`` holds every
+    Returns ``{"cascading": ..., "independent": ...}`` (the ``modes`` asked for); each result's
+    per-image score is the Spearman rank correlation between the original map and the map of the
+    last step (for cascading: the fully randomised model; for independent: the mean over layers),
+    lower is better; ``curves`` holds every
     similarity per step, (B, layers), and ``steps`` indexes ``settings["layers"]``. The check
     **passes** when the mean Spearman correlation after full cascading randomisation is below
     ``threshold`` (0.5: a map that keeps more than half its rank order once every weight is random
