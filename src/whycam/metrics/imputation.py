@@ -12,7 +12,9 @@ added to the imputed pixels. The matrix ``D - W`` restricted to the removed pixe
 Laplacian with the kept pixels as a Dirichlet boundary: symmetric positive definite and diagonally
 dominant (singular only when every pixel of an image is removed). It is solved here by conjugate
 gradients preconditioned with a geometric multigrid V-cycle, for every image and channel at once; the
-stencil is a 3x3 convolution, so the solver runs on whatever device the images are on.
+stencil is applied by shifted additions, so the solver runs on whatever device the images are on. The Jacobi
+smoother is undamped: this stencil's high-frequency eigenvalues lie in [2/3, 4/3] (relative to the
+diagonal), where weight 1 gives the best smoothing factor, 1/3.
 """
 
 from __future__ import annotations
@@ -20,9 +22,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-_STENCIL = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]])
-_BILINEAR = torch.tensor([[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]])
 
 
 def noisy_linear_impute(images: Tensor, removed: Tensor, noise: float = 0.01, seed: int = 0, *,
@@ -67,29 +66,47 @@ def noise_fields(images: Tensor, indices, seed: int) -> Tensor:
 
 def impute(images: Tensor, removed: Tensor, noise: Tensor | None = None, *, tol: float = 1e-7,
            max_iter: int = 500) -> Tensor:
-    """Linear imputation of ``removed`` (bool (B, H, W), checked), plus ``noise`` on imputed pixels."""
+    """Linear imputation of ``removed`` (bool (B, H, W), checked), plus ``noise`` on imputed pixels.
+
+    Mixed precision: conjugate gradients in float32 solve for a correction to a relative accuracy of
+    1e-4, the residual is recomputed in float64 and the correction repeated (iterative refinement)
+    until the float64 residual is below ``tol`` times the right-hand side.
+    """
     batch, channels, height, width = images.shape
-    dtype = torch.float64
-    values = images.to(dtype).reshape(batch * channels, 1, height, width)
-    unknown = removed.to(dtype)[:, None].repeat_interleave(channels, 0)
-    levels = _hierarchy(unknown)
-    rhs = _neighbour_sum(values * (1 - unknown)) * unknown
-    solution = _conjugate_gradients(levels, rhs, tol, max_iter)
-    filled = torch.where(unknown.bool(), solution, values).reshape(images.shape).to(images.dtype)
+    values = images.double().reshape(batch * channels, 1, height, width)
+    unknown = removed[:, None].repeat_interleave(channels, 0)
+    fine = _Level(unknown.double())
+    levels = _hierarchy(unknown.float())
+    rhs = _neighbour_sum(values * (~unknown)) * unknown
+    bound = tol * rhs.square().sum((1, 2, 3), keepdim=True).sqrt()
+    solution, residual, iterations = torch.zeros_like(rhs), rhs, 0
+    while (residual.square().sum((1, 2, 3), keepdim=True).sqrt() > bound).any():
+        correction, used = _conjugate_gradients(levels, residual.float(), 1e-4, max_iter - iterations)
+        iterations += used
+        solution = solution + correction.double()
+        residual = rhs - fine.apply(solution)
+    filled = torch.where(unknown, solution, values).reshape(images.shape).to(images.dtype)
     if noise is not None:
         filled = filled + noise * removed[:, None]
     return filled
 
 
 def _neighbour_sum(x: Tensor) -> Tensor:
-    """``sum_j w_ij x_j`` over the 8 neighbours inside the image, for (N, 1, H, W) ``x``."""
-    return F.conv2d(x, _STENCIL.to(x)[None, None], padding=1)
+    """``sum_j w_ij x_j`` over the 8 neighbours inside the image, for (N, 1, H, W) ``x``.
+
+    The stencil is ``[1 2 1]^T [1 2 1] / 12`` minus the centre's 4/12: two separable passes of
+    shifted additions, several times faster on the CPU than a one-channel convolution.
+    """
+    padded = F.pad(x, (1, 1, 1, 1))
+    rows = (padded[..., :-2, :] + padded[..., 2:, :]).add_(padded[..., 1:-1, :], alpha=2)
+    both = (rows[..., :-2] + rows[..., 2:]).add_(rows[..., 1:-1], alpha=2)
+    return both.mul_(1 / 12).sub_(x, alpha=1 / 3)
 
 
 class _Level:
     """One grid of the multigrid hierarchy: its unknown mask, the operator's diagonal, the Jacobi step."""
 
-    def __init__(self, unknown: Tensor, weight: float = 2 / 3):
+    def __init__(self, unknown: Tensor, weight: float = 1.0):
         self.unknown = unknown
         self.diagonal = _neighbour_sum(torch.ones_like(unknown[:1]))  # D_i: 1 inside, less on the border
         self.jacobi = unknown * (weight / self.diagonal)
@@ -117,19 +134,37 @@ def _hierarchy(unknown: Tensor, coarsest: int = 8) -> list[_Level]:
     return levels
 
 
+def _restrict_axis(x: Tensor, dim: int) -> Tensor:
+    """``r_i = x_(2i) + (x_(2i-1) + x_(2i+1)) / 2`` along ``dim`` (zero outside), length ceil(n/2)."""
+    if x.shape[dim] % 2:
+        x = _pad_end(x, dim)
+    even, odd = x.unflatten(dim, (-1, 2)).unbind(dim + 1)
+    before = torch.cat([torch.zeros_like(odd.narrow(dim, 0, 1)), odd.narrow(dim, 0, odd.shape[dim] - 1)], dim)
+    return even + 0.5 * (odd + before)
+
+
+def _prolong_axis(x: Tensor, dim: int, size: int) -> Tensor:
+    """Linear interpolation along ``dim``: ``f_(2i) = x_i``, ``f_(2i+1) = (x_i + x_(i+1)) / 2``
+    (zero beyond the end); the transpose of ``_restrict_axis``. Cut to ``size``."""
+    after = torch.cat([x.narrow(dim, 1, x.shape[dim] - 1), torch.zeros_like(x.narrow(dim, 0, 1))], dim)
+    return torch.stack([x, 0.5 * (x + after)], dim + 1).flatten(dim, dim + 1).narrow(dim, 0, size)
+
+
+def _pad_end(x: Tensor, dim: int) -> Tensor:
+    return torch.cat([x, torch.zeros_like(x.narrow(dim, 0, 1))], dim)
+
+
 def _restrict(x: Tensor) -> Tensor:
     """Transpose of bilinear prolongation: (N, 1, H, W) -> (N, 1, ceil(H/2), ceil(W/2))."""
-    return F.conv2d(x, _BILINEAR.to(x)[None, None], stride=2, padding=1)
+    return _restrict_axis(_restrict_axis(x, 2), 3)
 
 
 def _prolong(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear prolongation from a coarse grid to a fine grid of ``size``."""
-    fine = F.conv_transpose2d(x, _BILINEAR.to(x)[None, None], stride=2, padding=1,
-                              output_padding=1)
-    return fine[..., : size[0], : size[1]]
+    return _prolong_axis(_prolong_axis(x, 2, size[0]), 3, size[1])
 
 
-def _v_cycle(levels: list[_Level], residual: Tensor, depth: int = 0, sweeps: int = 1) -> Tensor:
+def _v_cycle(levels: list[_Level], residual: Tensor, depth: int = 0, sweeps: int = 2) -> Tensor:
     """Symmetric multigrid V-cycle approximating ``A^-1 residual`` (the CG preconditioner)."""
     level = levels[depth]
     if depth == len(levels) - 1:
@@ -141,26 +176,28 @@ def _v_cycle(levels: list[_Level], residual: Tensor, depth: int = 0, sweeps: int
     return level.smooth(x, residual, sweeps)
 
 
-def _conjugate_gradients(levels: list[_Level], rhs: Tensor, tol: float, max_iter: int) -> Tensor:
-    """Preconditioned CG on every (N, 1, H, W) system at once; stops when all have converged."""
+def _conjugate_gradients(levels: list[_Level], rhs: Tensor, tol: float, max_iter: int) -> tuple[Tensor, int]:
+    """Preconditioned CG on every (N, 1, H, W) system at once, until all residuals are below ``tol``
+    times their right-hand side; returns the solution and the number of iterations."""
     fine = levels[0]
     dims = (1, 2, 3)
+    tiny = torch.finfo(rhs.dtype).tiny
     x = torch.zeros_like(rhs)
     residual = rhs.clone()
-    bound = (tol * rhs.square().sum(dims, keepdim=True).sqrt()).clamp(min=torch.finfo(rhs.dtype).tiny)
+    bound = (tol * rhs.square().sum(dims, keepdim=True).sqrt()).clamp(min=tiny)
     z = _v_cycle(levels, residual)
     direction = z
     rz = (residual * z).sum(dims, keepdim=True)
-    for _ in range(max_iter):
+    for iteration in range(max_iter):
         if (residual.square().sum(dims, keepdim=True).sqrt() <= bound).all():
-            return x
+            return x, iteration
         product = fine.apply(direction)
-        step = rz / (direction * product).sum(dims, keepdim=True).clamp(min=torch.finfo(rhs.dtype).tiny)
+        step = rz / (direction * product).sum(dims, keepdim=True).clamp(min=tiny)
         x = x + step * direction
         residual = residual - step * product
         z = _v_cycle(levels, residual)
         rz_next = (residual * z).sum(dims, keepdim=True)
-        direction = z + (rz_next / rz.clamp(min=torch.finfo(rhs.dtype).tiny)) * direction
+        direction = z + (rz_next / rz.clamp(min=tiny)) * direction
         rz = rz_next
     raise RuntimeError(f"noisy linear imputation did not converge in {max_iter} iterations; "
                        "raise max_iter or tol")
