@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
@@ -147,9 +146,15 @@ def max_box_accuracy(maps: Tensor, truth: Tensor, taus: Tensor | None = None,
     deltas = torch.as_tensor(iou_thresholds, device=maps.device).float()
     batch, steps = maps.shape[0], taus.numel()
     peak = maps.flatten(1).max(1).values[:, None, None, None]
-    thresholded = (maps[:, None] >= taus[None, :, None, None] * peak).flatten(0, 1)
-    predicted = _component_boxes(thresholded, reference.repeat_interleave(steps, 0), component == "largest")
-    iou = box_iou(predicted, reference.repeat_interleave(steps, 0)).view(batch, steps)
+    per_chunk = max(1, 2**24 // (steps * maps[0].numel()))  # at most ~16M thresholded pixels at once
+    ious = []
+    for start in range(0, batch, per_chunk):
+        chunk = slice(start, start + per_chunk)
+        thresholded = (maps[chunk, None] >= taus[None, :, None, None] * peak[chunk]).flatten(0, 1)
+        truth_boxes = reference[chunk].repeat_interleave(steps, 0)
+        predicted = _component_boxes(thresholded, truth_boxes, component == "largest")
+        ious.append(box_iou(predicted, truth_boxes).view(-1, steps))
+    iou = torch.cat(ious)
     hits = (iou[:, None, :] >= deltas[None, :, None]).float()  # (B, deltas, taus)
     best = hits.mean(0).argmax(1)  # first best tau per delta
     per_image = hits.gather(2, best[None, :, None].expand(batch, -1, 1))[..., 0].mean(1)
@@ -244,12 +249,14 @@ def pointing_game(maps: Tensor, truth: Tensor, tolerance: float = 15.0, seed: in
     """
     maps = _maps(maps)
     masks = ground_truth_masks(truth, maps)
-    radius = int(tolerance)
-    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float32)
-    disc = ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= tolerance ** 2).float()
-    near = F.conv2d(masks[:, None].float(), disc[None, None], padding=radius)[:, 0] > 0.5
-    peak = (pixel_ranks(maps, True, seed) == 0)
-    hit = (peak & near).flatten(1).any(1).float()
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
+    peak = (pixel_ranks(maps, True, seed) == 0).flatten(1).float().argmax(1)
+    width = maps.shape[-1]
+    ys = torch.arange(maps.shape[-2], device=maps.device)[None, :, None] - (peak // width)[:, None, None]
+    xs = torch.arange(width, device=maps.device)[None, None, :] - (peak % width)[:, None, None]
+    near = (ys**2 + xs**2) <= tolerance**2
+    hit = (near & masks).flatten(1).any(1).float()
     empty = ~masks.flatten(1).any(1)
     return MetricResult("pointing_game", torch.where(empty, torch.nan, hit), True,
                         settings={"tolerance": tolerance, "seed": seed})
