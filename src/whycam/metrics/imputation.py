@@ -82,6 +82,8 @@ def impute(images: Tensor, removed: Tensor, noise: Tensor | None = None, *, tol:
     solution, residual, iterations = torch.zeros_like(rhs), rhs, 0
     while (residual.square().sum((1, 2, 3), keepdim=True).sqrt() > bound).any():
         correction, used = _conjugate_gradients(levels, residual.float(), 1e-4, max_iter - iterations)
+        if used == 0:  # the residual is below float32's range: nothing left to correct
+            break
         iterations += used
         solution = solution + correction.double()
         residual = rhs - fine.apply(solution)

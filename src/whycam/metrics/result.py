@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MetricResult:
     """Per-image ``scores`` (B,) of metric ``name``; ``higher_is_better`` says which way is better.
 
