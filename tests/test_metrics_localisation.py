@@ -123,3 +123,13 @@ def test_bad_ground_truth_is_refused():
         metrics.mask_iou(maps, torch.tensor([[4, 0, 2, 3], [0, 0, 1, 1]]))
     with pytest.raises(ValueError, match="non-negative"):
         metrics.energy_pointing_game(maps - 1, torch.tensor([[0, 0, 2, 3], [0, 0, 1, 1]]))
+
+
+def test_top_pixels_fast_path_equals_the_seeded_ranking():
+    from whycam.metrics.ranks import pixel_ranks, top_pixels
+
+    generator = torch.Generator().manual_seed(4)
+    maps = (torch.rand(40, 9, 9, generator=generator) * 4).round()  # ties at most cuts
+    maps[:10] = torch.rand(10, 9, 9, generator=generator)  # no ties
+    counts = torch.randint(0, 82, (40,), generator=generator)
+    assert torch.equal(top_pixels(maps, counts, 3), pixel_ranks(maps, True, 3) < counts[:, None, None])

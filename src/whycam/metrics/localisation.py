@@ -16,7 +16,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-from .ranks import pixel_ranks
+from .ranks import top_pixels
 from .result import MetricResult
 
 
@@ -183,8 +183,7 @@ def _iou(a: Tensor, b: Tensor) -> Tensor:
 
 def _top_k(maps: Tensor, masks: Tensor, seed: int) -> Tensor:
     """The k most relevant pixels of each map, k = the ground truth's area (ties: seeded order)."""
-    area = masks.flatten(1).sum(1)
-    return pixel_ranks(maps, True, seed) < area[:, None, None]
+    return top_pixels(maps, masks.flatten(1).sum(1), seed)
 
 
 def topk_iou(maps: Tensor, truth: Tensor, seed: int = 0) -> MetricResult:
@@ -251,7 +250,7 @@ def pointing_game(maps: Tensor, truth: Tensor, tolerance: float = 15.0, seed: in
     masks = ground_truth_masks(truth, maps)
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
-    peak = (pixel_ranks(maps, True, seed) == 0).flatten(1).float().argmax(1)
+    peak = top_pixels(maps, torch.ones(maps.shape[0], dtype=torch.long), seed).flatten(1).float().argmax(1)
     width = maps.shape[-1]
     ys = torch.arange(maps.shape[-2], device=maps.device)[None, :, None] - (peak // width)[:, None, None]
     xs = torch.arange(width, device=maps.device)[None, None, :] - (peak % width)[:, None, None]
