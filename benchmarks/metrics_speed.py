@@ -10,6 +10,7 @@ Writes the "metrics_speed" section of docs/benchmarks.md.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -124,12 +125,14 @@ def bench_localisation() -> list[list[object]]:
 
 
 def main() -> None:
+    load_before = os.getloadavg()[0]
     peer, road_rows = bench_road()
     local_rows = bench_localisation()
+    load = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     header = ["task", "whycam", "peer", "speed-up", "max abs difference"]
     text = "\n\n".join([
-        f"Machine: {machine()}, shared with other jobs (load average about 12 on 2 cores while this "
-        "ran, so absolute times are inflated; the ratios come from the same run). Medians of 3 runs "
+        f"Machine: {machine()}, shared with other jobs (1-minute load average {load}, on 2 cores; "
+        "absolute times are inflated, the ratios come from the same run). Medians of 3 runs "
         "(ROAD, imputation; the first run included, after an untimed agreement run) or 5 runs "
         "(localisation).",
         f"ROAD and noisy linear imputation against {peer} (ResNet-18 random init, 224x224, "

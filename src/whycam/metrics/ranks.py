@@ -26,8 +26,8 @@ def top_pixels(maps: Tensor, counts: Tensor, seed: int = 0) -> Tensor:
     whose cut falls inside a tie."""
     flat = maps.flatten(1)
     counts = counts.to(flat.device).long()
-    ordered = flat.sort(dim=1, descending=True).values
-    cut = ordered.gather(1, (counts.clamp(1, flat.shape[1]) - 1)[:, None])
+    largest = flat.topk(int(counts.max().clamp(1, flat.shape[1])), dim=1).values
+    cut = largest.gather(1, (counts.clamp(1, flat.shape[1]) - 1)[:, None])
     chosen = flat >= cut
     chosen[counts == 0] = False
     tied = (chosen.sum(1) != counts).nonzero().flatten()
