@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from . import metrics
 from .data import load_images
 from .layers import LayerNotFoundError
 from .methods.base import CAMExplainer, Explainer, methods, register
@@ -31,5 +32,6 @@ __all__ = [
     "load_images",
     "load_model",
     "methods",
+    "metrics",
     "register",
 ]
