@@ -190,7 +190,6 @@ def test_results_groups_partition_the_images_by_question(untrained, task):
 
 @pytest.mark.parametrize("task", ["objects", "anomaly", "whynot"])
 def test_results_score_the_oracle_map_at_the_maximum(untrained, task):
-    pytest.importorskip("whycam.metrics")
     job = untrained.make_job(task, "val", 12, 6, seed=0)
     scores = untrained.score(job, job.data.masks.float(), faithful=0, seed=0)
     for column in ("AUPRC", "top-k IoU", "pointing", "energy pointing"):

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 
 import pytest
 import torch
 
 from whycam.evaluate import constructor_options, make_explainer
-
-needs_metrics = pytest.mark.skipif(
-    importlib.util.find_spec("whycam.metrics") is None, reason="whycam.metrics is not in this tree"
-)
 
 
 @pytest.fixture
@@ -29,7 +24,6 @@ def task():
     return model, images, masks
 
 
-@needs_metrics
 def test_a_perfect_map_scores_the_maximum_and_the_table_marks_it(task, tmp_path):
     from whycam.evaluate import evaluate
 
@@ -67,7 +61,6 @@ def test_a_perfect_map_scores_the_maximum_and_the_table_marks_it(task, tmp_path)
     }
 
 
-@needs_metrics
 def test_registered_methods_by_name_with_curves_and_notes(task):
     # eigencam at the common layer, gradcam at the layer its own options name
     from whycam.evaluate import evaluate
@@ -88,7 +81,6 @@ def test_registered_methods_by_name_with_curves_and_notes(task):
     assert all(s["time_s"] > 0 for s in result.summary)
 
 
-@needs_metrics
 def test_unknown_names_are_refused(task):
     from whycam.evaluate import evaluate
 

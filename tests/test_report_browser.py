@@ -8,7 +8,6 @@ page after load, probe results included. Skipped, with the reason, only when chr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -147,9 +146,6 @@ def test_cli_explain_report_in_the_browser(tmp_path):
     assert probe["errors"] == []
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("whycam.metrics") is None, reason="whycam.metrics is not in this tree"
-)
 def test_cli_evaluate_report_in_the_browser(tmp_path):
     from click.testing import CliRunner
     from PIL import Image
