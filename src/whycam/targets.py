@@ -75,3 +75,16 @@ def target_scores(output: Tensor, target: Target) -> tuple[Tensor, Tensor | None
         return scores, None
     classes = target_classes(output, target)
     return output.gather(1, classes[:, None]).squeeze(1), classes
+
+
+def pin_target(output: Tensor, target: Target) -> Tensor | Callable[[Tensor], Tensor]:
+    """The target fixed on the unperturbed images' ``output``: one class per image (``None`` -> the
+    predicted class), or the callable itself. Methods that run the model on many perturbed or noisy
+    copies explain the same class for every copy of an image."""
+    return target if callable(target) else target_classes(output, target)
+
+
+def target_rows(pinned: Tensor | Callable[[Tensor], Tensor], rows: Tensor) -> Target:
+    """A pinned target for an expanded batch whose row r is a copy of image ``rows[r]`` (a callable
+    target is applied to the expanded batch's output as it is)."""
+    return pinned if callable(pinned) else pinned[rows.to(pinned.device)]

@@ -1,6 +1,6 @@
 """The method families; importing this package registers every explainer."""
 
-from . import cam  # noqa: F401
+from . import cam, gradient, perturbation  # noqa: F401
 from .base import CAMExplainer, Explainer, methods, register
 
 __all__ = ["CAMExplainer", "Explainer", "methods", "register"]
