@@ -129,7 +129,7 @@ class RISE(PerturbationExplainer):
     name = "rise"
     summary = "RISE: scores of randomly masked copies, averaged with their masks as weights."
 
-    def __init__(self, model: nn.Module, *, masks: int = 4000, grid: int = 7, p: float = 0.5,
+    def __init__(self, model: nn.Module, *, masks: int = 2000, grid: int = 8, p: float = 0.5,
                  seed: int = 0, probability: bool = True, **options):
         super().__init__(model, probability=probability, **options)
         if isinstance(masks, bool) or not isinstance(masks, int) or masks < 1:
