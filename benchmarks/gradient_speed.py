@@ -12,6 +12,7 @@ batches, the structure of the authors' reference code. Writes the table into doc
 from __future__ import annotations
 
 import argparse
+import ctypes
 import math
 import os
 import sys
@@ -19,6 +20,12 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # idle OpenMP threads sleep: spinning ones stall a shared CPU
+try:  # glibc: large blocks always mmapped and returned on free, so the RSS peak of one call is its own
+    _libc = ctypes.CDLL("libc.so.6")
+    _libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD (fixed: no dynamic raise after a free)
+    _libc.mallopt(-1, 1 << 16)  # M_TRIM_THRESHOLD
+except OSError:
+    pass
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
@@ -110,8 +117,10 @@ def main() -> None:
 
     markdown = "\n\n".join([
         f"`benchmarks/gradient_speed.py`{' --quick' if args.quick else ''}: one {args.size} px image, random-init "
-        f"ResNet-18 (1000 classes), CPU ({machine()}), medians of {repeats} runs after a warm-up; peak memory "
-        "is the resident-set increase during one call. Speed-up > 1 means whycam is faster. "
+        f"ResNet-18 (1000 classes), CPU ({machine()}, OMP_WAIT_POLICY=PASSIVE), medians of {repeats} runs "
+        "after a warm-up, on a machine shared with other jobs; peak memory is the resident-set increase "
+        "during one call (glibc set to return large blocks on free, so cached memory does not hide it). "
+        "Speed-up > 1 means whycam is faster. "
         "\"max rel. diff\" is max |whycam - peer| / max |peer| of the raw attributions (SmoothGrad: the same "
         "seed is not the same noise for Captum, which draws from the global generator, so the maps differ "
         "by the Monte Carlo noise; the oracle tests feed both the same noise and agree to 1e-7).",

@@ -186,7 +186,7 @@ def test_meaningful_perturbation_is_deterministic_and_seeded(images32):
 
 PERTURBATION_METHODS = {
     "occlusion": lambda m: whycam.Occlusion(m, window=16, stride=16),
-    "rise": lambda m: whycam.RISE(m, masks=8),
+    "rise": lambda m: whycam.RISE(m, masks=8, batch_size=4),
     "meaningfulperturbation": lambda m: whycam.MeaningfulPerturbation(m, steps=2),
 }
 

@@ -53,14 +53,21 @@ def target_classes(output: Tensor, target: Target) -> Tensor:
     batch, n_classes = output.shape
     if target is None:
         return output.detach().argmax(1)
-    classes = torch.as_tensor(target, device=output.device).long().flatten()
+    classes = class_indices(target, batch, output.device)
+    if ((classes < 0) | (classes >= n_classes)).any():
+        raise ValueError(f"target class(es) {classes.tolist()} out of range: the model has {n_classes} "
+                         f"classes (0..{n_classes - 1})")
+    return classes
+
+
+def class_indices(target: int | Sequence[int] | Tensor, batch: int, device=None) -> Tensor:
+    """One class index per image (B,) from one class or one per image (the range is checked against
+    the model's output by ``target_classes``)."""
+    classes = torch.as_tensor(target, device=device).long().flatten()
     if classes.numel() == 1:
         classes = classes.expand(batch)
     if classes.numel() != batch:
         raise ValueError(f"got {classes.numel()} targets for {batch} images; give one class, or one per image")
-    if ((classes < 0) | (classes >= n_classes)).any():
-        raise ValueError(f"target class(es) {classes.tolist()} out of range: the model has {n_classes} "
-                         f"classes (0..{n_classes - 1})")
     return classes
 
 
@@ -77,11 +84,16 @@ def target_scores(output: Tensor, target: Target) -> tuple[Tensor, Tensor | None
     return output.gather(1, classes[:, None]).squeeze(1), classes
 
 
-def pin_target(output: Tensor, target: Target) -> Tensor | Callable[[Tensor], Tensor]:
-    """The target fixed on the unperturbed images' ``output``: one class per image (``None`` -> the
-    predicted class), or the callable itself. Methods that run the model on many perturbed or noisy
-    copies explain the same class for every copy of an image."""
-    return target if callable(target) else target_classes(output, target)
+def pin_target(target: Target, batch: int, predict: Callable[[], Tensor]) -> Tensor | Callable[[Tensor], Tensor]:
+    """The target fixed for a batch of ``batch`` unaltered images: one class per image, or the callable
+    itself. ``None`` becomes the predicted class, from ``predict()`` (the unaltered images' output),
+    which runs only then. Methods that run the model on many perturbed or noisy copies explain the
+    same class for every copy of an image."""
+    if callable(target):
+        return target
+    if target is None:
+        return target_classes(predict(), None)
+    return class_indices(target, batch)
 
 
 def target_rows(pinned: Tensor | Callable[[Tensor], Tensor], rows: Tensor) -> Target:

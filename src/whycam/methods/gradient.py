@@ -54,6 +54,12 @@ def input_gradient(explainer: Explainer, inputs: Tensor, target: Target) -> tupl
     return gradient, scores.detach()
 
 
+def unaltered_output(explainer: Explainer, images: Tensor) -> Tensor:
+    """The model's output for the images, without a graph (to pin a target of ``None``)."""
+    with torch.no_grad():
+        return explainer.forward(images)
+
+
 def batches(total: int, batch_size: int) -> Iterator[Tensor]:
     """Consecutive index ranges of at most ``batch_size`` rows covering ``range(total)``."""
     for start in range(0, total, batch_size):
@@ -197,8 +203,7 @@ class IntegratedGradients(PixelExplainer):
         return difference * integral
 
     def attribute_pixels(self, images, target):
-        with torch.no_grad():
-            pinned = pin_target(self.forward(images), target)
+        pinned = pin_target(target, len(images), lambda: unaltered_output(self, images))
         return self._integrate(images, self.baselines(images), pinned)
 
     def completeness(self, images: Tensor, target: Target = None) -> Completeness:
@@ -208,7 +213,7 @@ class IntegratedGradients(PixelExplainer):
             baseline = self.baselines(images)
             with torch.no_grad():
                 output = self.forward(torch.cat([images, baseline]))
-                pinned = pin_target(output[: len(images)], target)
+                pinned = pin_target(target, len(images), lambda: output[: len(images)])
                 both = torch.arange(2 * len(images)) % len(images)
                 scores, _ = target_scores(output, target_rows(pinned, both))
             attributions = self._integrate(images, baseline, pinned).detach()
@@ -370,8 +375,7 @@ class SmoothGrad(PixelExplainer):
     def _smooth(self, attribute: Callable[[Tensor, Target], list[Tensor]], images: Tensor,
                 target: Target) -> list[Tensor]:
         if self.explainer.needs_target:
-            with torch.no_grad():
-                pinned = pin_target(self.forward(images), target)
+            pinned = pin_target(target, len(images), lambda: unaltered_output(self, images))
         sigma = self.noise * (images.amax((1, 2, 3)) - images.amin((1, 2, 3)))
         generator = torch.Generator().manual_seed(self.seed)
         sums = squares = None

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..targets import OutputSelector, Target, pin_target, target_rows, target_scores
 from .base import Explainer, register
 from .baselines import BaselineSpec, blur, make_baseline
-from .gradient import batches
+from .gradient import batches, unaltered_output
 
 
 def _pair(value: int | tuple[int, int], what: str) -> tuple[int, int]:
@@ -47,12 +47,9 @@ class PerturbationExplainer(Explainer):
             output = output.softmax(1)
         return target_scores(output, target)[0]
 
-    def pin(self, images: Tensor, target: Target) -> tuple[Tensor | object, Tensor]:
-        """The pinned target and the unperturbed images' scores."""
-        with torch.no_grad():
-            output = self.forward(images)
-            pinned = pin_target(output, target)
-            return pinned, self.score(output, target_rows(pinned, torch.arange(len(images))))
+    def pin(self, images: Tensor, target: Target):
+        """The target pinned for the unperturbed images (a forward pass only for ``None``)."""
+        return pin_target(target, len(images), lambda: unaltered_output(self, images))
 
     def scores(self, perturbed: Tensor, pinned, image: Tensor) -> Tensor:
         """Scores (N,) of perturbed copies, row r a copy of image ``image[r]``, in forward passes of at
@@ -96,7 +93,9 @@ class Occlusion(PerturbationExplainer):
 
     def attribute(self, images, target):
         batch, _, height, width = images.shape
-        pinned, clean = self.pin(images, target)
+        pinned = self.pin(images, target)
+        with torch.no_grad():
+            clean = self.score(self.forward(images), pinned)
         baseline = make_baseline(images, self.baseline)
         tops, lefts = self.windows((height, width))
         rows_index = torch.arange(height, device=images.device)
@@ -156,7 +155,7 @@ class RISE(PerturbationExplainer):
 
     def attribute(self, images, target):
         batch = images.shape[0]
-        pinned, _ = self.pin(images, target)
+        pinned = self.pin(images, target)
         total = images.new_zeros((batch, *images.shape[-2:]))
         for masks in self.mask_chunks(tuple(images.shape[-2:]), max(1, self.batch_size // batch)):
             masks = masks.to(images)
@@ -212,7 +211,7 @@ class MeaningfulPerturbation(PerturbationExplainer):
 
     def attribute(self, images, target):
         size = tuple(images.shape[-2:])
-        pinned, _ = self.pin(images, target)
+        pinned = self.pin(images, target)
         blurred = blur(images, self.blur_sigma)
         generator = torch.Generator().manual_seed(self.seed)
         mask = images.new_ones((images.shape[0], 1, self.mask_size, self.mask_size)).requires_grad_(True)
