@@ -7,7 +7,7 @@ choice, the default of the unsigned gradient visualisations), ``"sum"`` (sum_c a
 the signed attributions, which keeps completeness), ``"sum_abs"`` or ``"l2"``.
 
 All gradients come from one helper, :func:`input_gradient`: ``torch.autograd.grad`` of the target
-scores with respect to a fresh copy of the input, under ``torch.enable_grad`` (so it works inside
+scores with respect to a new leaf tensor on the input's storage, under ``torch.enable_grad`` (so it works inside
 ``torch.no_grad()``), never touching parameter gradients.
 """
 
@@ -41,17 +41,17 @@ REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def input_gradient(explainer: Explainer, inputs: Tensor, target: Target) -> tuple[Tensor, Tensor]:
-    """``d y / d x`` for each image's target score y (B,), and the scores.
+def input_gradient(explainer: Explainer, inputs: Tensor, target: Target) -> Tensor:
+    """``d y / d x`` for each image's target score y.
 
     Images are independent (the model is in eval mode), so the gradient of the summed scores is
     each image's own gradient.
     """
     with torch.enable_grad():
-        x = inputs.detach().clone().requires_grad_(True)
+        x = inputs.detach().requires_grad_(True)     # a new leaf on the same storage: no copy
         scores, _ = target_scores(explainer.forward(x), target)
         (gradient,) = torch.autograd.grad(scores.sum(), x)
-    return gradient, scores.detach()
+    return gradient
 
 
 def unaltered_output(explainer: Explainer, images: Tensor) -> Tensor:
@@ -66,7 +66,8 @@ def batches(total: int, batch_size: int) -> Iterator[Tensor]:
         yield torch.arange(start, min(start + batch_size, total))
 
 
-def _positive_int(value: int, what: str) -> int:
+def positive_int(value: int, what: str) -> int:
+    """``value``, refused unless it is an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be a positive integer, got {value!r}")
     return value
@@ -108,7 +109,7 @@ class Saliency(PixelExplainer):
     default_reduce = "max_abs"
 
     def attribute_pixels(self, images, target):
-        return input_gradient(self, images, target)[0].abs()
+        return input_gradient(self, images, target).abs()
 
 
 @register
@@ -119,7 +120,7 @@ class InputXGradient(PixelExplainer):
     summary = "Input times gradient, summed over colour channels."
 
     def attribute_pixels(self, images, target):
-        return images * input_gradient(self, images, target)[0]
+        return images * input_gradient(self, images, target)
 
 
 def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
@@ -129,7 +130,7 @@ def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
     nodes linspace(0, 1, n), weights h/2, h, ..., h, h/2 with h = 1/(n-1), so they sum to 1 (Captum
     uses h = 1/n, whose weights sum to (n-1)/n). ``gausslegendre``: n-point Gauss-Legendre on [0, 1].
     """
-    steps = _positive_int(steps, "steps")
+    steps = positive_int(steps, "steps")
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         return torch.tensor(0.5 * (nodes + 1)), torch.tensor(0.5 * weights)
@@ -182,7 +183,7 @@ class IntegratedGradients(PixelExplainer):
         super().__init__(model, **options)
         self.alphas, self.weights = quadrature(method, steps)
         self.baseline, self.steps, self.method = baseline, steps, method
-        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.batch_size = positive_int(batch_size, "batch_size")
         self.blur_sigma, self.seed = blur_sigma, seed
 
     def baselines(self, images: Tensor) -> Tensor:
@@ -198,8 +199,8 @@ class IntegratedGradients(PixelExplainer):
             image, step = rows // self.steps, rows % self.steps
             image_dev = image.to(images.device)
             points = baseline[image_dev] + alphas[step].view(-1, 1, 1, 1) * difference[image_dev]
-            gradient, _ = input_gradient(self, points, target_rows(pinned, image))
-            integral.index_add_(0, image_dev, gradient * weights[step].view(-1, 1, 1, 1))
+            gradient = input_gradient(self, points, target_rows(pinned, image))
+            integral.index_add_(0, image_dev, gradient.mul_(weights[step].view(-1, 1, 1, 1)))
         return difference * integral
 
     def attribute_pixels(self, images, target):
@@ -305,7 +306,7 @@ class GuidedBackprop(PixelExplainer):
 
     def attribute_pixels(self, images, target):
         with guided_relus(self.model):
-            return input_gradient(self, images, target)[0]
+            return input_gradient(self, images, target)
 
 
 @register
@@ -358,8 +359,8 @@ class SmoothGrad(PixelExplainer):
         if not noise >= 0:
             raise ValueError(f"noise is a fraction of each image's value range and must be >= 0, got {noise}")
         self.explainer, self.noise, self.variant, self.seed = explainer, float(noise), variant, seed
-        self.samples = _positive_int(samples, "samples")
-        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.samples = positive_int(samples, "samples")
+        self.batch_size = positive_int(batch_size, "batch_size")
         self.needs_target = explainer.needs_target
 
     def attribute(self, images, target):

@@ -19,14 +19,14 @@ from torch import Tensor, nn
 from ..targets import OutputSelector, Target, pin_target, target_rows, target_scores
 from .base import Explainer, register
 from .baselines import BaselineSpec, blur, make_baseline
-from .gradient import batches, unaltered_output
+from .gradient import batches, positive_int, unaltered_output
 
 
 def _pair(value: int | tuple[int, int], what: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
+    if len(pair) != 2:
         raise ValueError(f"{what} must be a positive integer or a pair of them, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return positive_int(pair[0], what), positive_int(pair[1], what)
 
 
 class PerturbationExplainer(Explainer):
@@ -37,9 +37,7 @@ class PerturbationExplainer(Explainer):
     def __init__(self, model: nn.Module, *, batch_size: int = 64, probability: bool = False,
                  output: OutputSelector = None):
         super().__init__(model, output=output)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.batch_size, self.probability = batch_size, probability
+        self.batch_size, self.probability = positive_int(batch_size, "batch_size"), probability
 
     def score(self, output: Tensor, target: Target) -> Tensor:
         """The explained score (B,) from the model's output."""
@@ -131,13 +129,10 @@ class RISE(PerturbationExplainer):
     def __init__(self, model: nn.Module, *, masks: int = 2000, grid: int = 8, p: float = 0.5,
                  seed: int = 0, probability: bool = True, **options):
         super().__init__(model, probability=probability, **options)
-        if isinstance(masks, bool) or not isinstance(masks, int) or masks < 1:
-            raise ValueError(f"masks must be a positive integer, got {masks!r}")
-        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
-            raise ValueError(f"grid must be a positive integer, got {grid!r}")
         if not 0 < p <= 1:
             raise ValueError(f"p is the probability of keeping a cell and must be in (0, 1], got {p}")
-        self.masks, self.grid, self.p, self.seed = masks, grid, float(p), seed
+        self.masks, self.grid = positive_int(masks, "masks"), positive_int(grid, "grid")
+        self.p, self.seed = float(p), seed
 
     def mask_chunks(self, size: tuple[int, int], chunk: int) -> Iterator[Tensor]:
         """The N masks (m, H, W), ``chunk`` at a time, on the CPU."""
@@ -189,12 +184,10 @@ class MeaningfulPerturbation(PerturbationExplainer):
                  blur_sigma: float | None = None, jitter: int = 4, seed: int = 0,
                  probability: bool = True, output: OutputSelector = None):
         super().__init__(model, probability=probability, output=output)
-        for value, what in ((mask_size, "mask_size"), (steps, "steps")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{what} must be a positive integer, got {value!r}")
         if not (isinstance(jitter, int) and jitter >= 0):
             raise ValueError(f"jitter must be an integer >= 0, got {jitter!r}")
-        self.mask_size, self.steps, self.lr, self.jitter, self.seed = mask_size, steps, lr, jitter, seed
+        self.mask_size, self.steps = positive_int(mask_size, "mask_size"), positive_int(steps, "steps")
+        self.lr, self.jitter, self.seed = lr, jitter, seed
         self.area, self.smoothness, self.tv_beta, self.blur_sigma = area, smoothness, tv_beta, blur_sigma
 
     def upsample(self, mask: Tensor, size: tuple[int, int], shift: tuple[int, int] = (0, 0)) -> Tensor:
