@@ -73,7 +73,7 @@ def main() -> None:
     image = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     target = 1
     repeats = 2 if args.quick else 3
-    steps, samples, masks = (8, 4, 64) if args.quick else (50, 25, 500)
+    steps, samples, masks = (8, 4, 64) if args.quick else (50, 25, 200)
     sigma = 0.15 * float(image.max() - image.min())
 
     cases = [
@@ -88,10 +88,10 @@ def main() -> None:
          [("Captum NoiseTunnel", lambda: ca.NoiseTunnel(ca.Saliency(model)).attribute(
              image, nt_type="smoothgrad", nt_samples=samples, nt_samples_batch_size=32, stdevs=sigma,
              target=target))]),
-        ("Occlusion, window 32, stride 16, batch 32",
-         lambda: whycam.Occlusion(model, window=32, stride=16, batch_size=32)(image, target, raw=True),
+        ("Occlusion, window 48, stride 24, batch 32",
+         lambda: whycam.Occlusion(model, window=48, stride=24, batch_size=32)(image, target, raw=True),
          [("Captum", lambda: ca.Occlusion(model).attribute(
-             image, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16), baselines=0.0, target=target,
+             image, sliding_window_shapes=(3, 48, 48), strides=(3, 24, 24), baselines=0.0, target=target,
              perturbations_per_eval=32)[:, 0])]),
         (f"RISE, {masks} masks, grid 8, batch 32",
          lambda: whycam.RISE(model, masks=masks, grid=8, batch_size=32)(image, target, raw=True),
