@@ -15,7 +15,9 @@ import argparse
 import ctypes
 import math
 import os
+import statistics
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -31,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median_time, peak_memory, table, write_section  # noqa: E402
+from common import machine, peak_memory, table, write_section  # noqa: E402
 
 import whycam  # noqa: E402
 
@@ -98,18 +100,29 @@ def main() -> None:
          [("all masks first (no Captum RISE)", lambda: naive_rise(model, image, target, masks, 8, 0.5, 32, 0))]),
     ]
 
-    def measure(fn):
-        """Median time, peak memory, and the result of one call (kept from the memory run)."""
-        result = []
-        seconds = median_time(fn, repeats=repeats, warmup=1)
-        memory = peak_memory(lambda: result.append(fn()))
-        return seconds, memory, result[0]
+    def paired(ours, peer):
+        """Median times of ours and the peer, run alternately (ours first, then the peer first) after a
+        warm-up of each, so that the load of a shared machine falls on both; then each one's peak memory
+        and result from one more call."""
+        for fn in (ours, peer):
+            fn()
+        times = {ours: [], peer: []}
+        for round_ in range(repeats):
+            for fn in ((ours, peer) if round_ % 2 == 0 else (peer, ours)):
+                start = time.perf_counter()
+                fn()
+                times[fn].append(time.perf_counter() - start)
+        measured = []
+        for fn in (ours, peer):
+            result: list = []
+            memory = peak_memory(lambda fn=fn, result=result: result.append(fn()))
+            measured.append((statistics.median(times[fn]), memory, result[0]))
+        return measured
 
     rows = []
     for label, ours, peers in cases:
-        ours_time, ours_memory, ours_result = measure(ours)
         for peer_label, peer in peers:
-            peer_time, peer_memory, peer_result = measure(peer)
+            (ours_time, ours_memory, ours_result), (peer_time, peer_memory, peer_result) = paired(ours, peer)
             agreement = "—" if "RISE" in label else f"{relative_difference(ours_result, peer_result):.1e}"
             rows.append([label, peer_label, f"{ours_time:.2f}", f"{peer_time:.2f}", f"{peer_time / ours_time:.2f}x",
                          f"{ours_memory:.0f}", f"{peer_memory:.0f}", agreement])
@@ -118,8 +131,9 @@ def main() -> None:
     markdown = "\n\n".join([
         f"`benchmarks/gradient_speed.py`{' --quick' if args.quick else ''}: one {args.size} px image, random-init "
         f"ResNet-18 (1000 classes), CPU ({machine()}, OMP_WAIT_POLICY=PASSIVE), medians of {repeats} runs "
-        "after a warm-up, on a machine shared with other jobs; peak memory is the resident-set increase "
-        "during one call (glibc set to return large blocks on free, so cached memory does not hide it). "
+        "after a warm-up, whycam and the peer alternating so that the load of the shared machine falls on "
+        "both; peak memory is the resident-set increase during one call (glibc set to return large "
+        "blocks on free, so cached memory does not hide it). "
         "Speed-up > 1 means whycam is faster. "
         "\"max rel. diff\" is max |whycam - peer| / max |peer| of the raw attributions (SmoothGrad: the same "
         "seed is not the same noise for Captum, which draws from the global generator, so the maps differ "
