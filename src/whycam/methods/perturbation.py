@@ -143,10 +143,8 @@ class RISE(PerturbationExplainer):
             cells = (torch.rand((len(rows), 1, self.grid, self.grid), generator=grids) < self.p).float()
             up = F.interpolate(cells, size=((self.grid + 1) * cell[0], (self.grid + 1) * cell[1]),
                                mode="bilinear", align_corners=False)[:, 0]
-            shift = (torch.rand((len(rows), 2), generator=shifts) * torch.tensor(cell)).long()
-            row_index = shift[:, :1] + torch.arange(size[0])
-            col_index = shift[:, 1:] + torch.arange(size[1])
-            yield up[torch.arange(len(rows))[:, None, None], row_index[:, :, None], col_index[:, None, :]]
+            shift = (torch.rand((len(rows), 2), generator=shifts) * torch.tensor(cell)).long().tolist()
+            yield torch.stack([mask[top:top + size[0], left:left + size[1]] for mask, (top, left) in zip(up, shift)])
 
     def attribute(self, images, target):
         batch = images.shape[0]
