@@ -8,6 +8,15 @@ from .layers import LayerNotFoundError
 from .methods.base import CAMExplainer, Explainer, methods, register
 from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from .methods.diffcam import DiffCAM
+from .methods.gradient import (
+    GuidedBackprop,
+    GuidedGradCAM,
+    InputXGradient,
+    IntegratedGradients,
+    Saliency,
+    SmoothGrad,
+)
+from .methods.perturbation import RISE, MeaningfulPerturbation, Occlusion
 from .methods.score import AblationCAM, ScoreCAM
 from .models import load_model
 from .reference import ReferenceBank, ReferenceStats
@@ -21,12 +30,21 @@ __all__ = [
     "Explainer",
     "GradCAM",
     "GradCAMPlusPlus",
+    "GuidedBackprop",
+    "GuidedGradCAM",
     "HiResCAM",
+    "InputXGradient",
+    "IntegratedGradients",
     "LayerCAM",
     "LayerNotFoundError",
+    "MeaningfulPerturbation",
+    "Occlusion",
+    "RISE",
     "ReferenceBank",
     "ReferenceStats",
+    "Saliency",
     "ScoreCAM",
+    "SmoothGrad",
     "XGradCAM",
     "__version__",
     "load_images",

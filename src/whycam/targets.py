@@ -48,20 +48,26 @@ def select_output(output: object, selector: OutputSelector = None) -> Tensor:
 def target_classes(output: Tensor, target: Target) -> Tensor:
     """One class index per image (B,) for a class target; ``None`` gives the argmax."""
     if output.dim() != 2:
-        raise ValueError("a class target needs a (B, classes) output, the model gives "
-                         f"{tuple(output.shape)}; pass target=<callable mapping the output to (B,) scores>")
+        raise ValueError(f"a class target needs a (B, classes) output, the model gives {tuple(output.shape)}; "
+                         "pass target=<callable mapping the output to (B,) scores>")
     batch, n_classes = output.shape
     if target is None:
         return output.detach().argmax(1)
-    classes = torch.as_tensor(target, device=output.device).long().flatten()
-    if classes.numel() == 1:
-        classes = classes.expand(batch)
-    if classes.numel() != batch:
-        raise ValueError(f"got {classes.numel()} targets for {batch} images; "
-                         "give one class, or one per image")
+    classes = class_indices(target, batch, output.device)
     if ((classes < 0) | (classes >= n_classes)).any():
         raise ValueError(f"target class(es) {classes.tolist()} out of range: the model has {n_classes} "
                          f"classes (0..{n_classes - 1})")
+    return classes
+
+
+def class_indices(target: int | Sequence[int] | Tensor, batch: int, device=None) -> Tensor:
+    """One class index per image (B,) from one class or one per image (the range is checked against
+    the model's output by ``target_classes``)."""
+    classes = torch.as_tensor(target, device=device).long().flatten()
+    if classes.numel() == 1:
+        classes = classes.expand(batch)
+    if classes.numel() != batch:
+        raise ValueError(f"got {classes.numel()} targets for {batch} images; give one class, or one per image")
     return classes
 
 
@@ -71,8 +77,26 @@ def target_scores(output: Tensor, target: Target) -> tuple[Tensor, Tensor | None
         scores = target(output)
         if not isinstance(scores, Tensor) or scores.dim() != 1 or scores.shape[0] != output.shape[0]:
             shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ValueError("a callable target must return one score per image, "
-                             f"shape ({output.shape[0]},); it returned {shape}")
+            raise ValueError(f"a callable target must return one score per image, shape ({output.shape[0]},); "
+                             f"it returned {shape}")
         return scores, None
     classes = target_classes(output, target)
     return output.gather(1, classes[:, None]).squeeze(1), classes
+
+
+def pin_target(target: Target, batch: int, predict: Callable[[], Tensor]) -> Tensor | Callable[[Tensor], Tensor]:
+    """The target fixed for a batch of ``batch`` unaltered images: one class per image, or the callable
+    itself. ``None`` becomes the predicted class, from ``predict()`` (the unaltered images' output),
+    which runs only then. Methods that run the model on many perturbed or noisy copies explain the
+    same class for every copy of an image."""
+    if callable(target):
+        return target
+    if target is None:
+        return target_classes(predict(), None)
+    return class_indices(target, batch)
+
+
+def target_rows(pinned: Tensor | Callable[[Tensor], Tensor], rows: Tensor) -> Target:
+    """A pinned target for an expanded batch whose row r is a copy of image ``rows[r]`` (a callable
+    target is applied to the expanded batch's output as it is)."""
+    return pinned if callable(pinned) else pinned[rows.to(pinned.device)]
