@@ -11,16 +11,23 @@ def test_version_is_a_release_string():
 
 def test_registry_offers_every_cam_method_by_name():
     registry = whycam.methods()
-    for name in ("cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"):
+    for name in ("cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam",
+                 "ablationcam", "diffcam", "saliency", "inputxgradient", "smoothgrad", "integratedgradients",
+                 "guidedbackprop", "guidedgradcam", "occlusion", "rise", "meaningfulperturbation"):
         assert issubclass(registry[name], whycam.Explainer)
         assert registry[name].name == name
         assert registry[name].summary
 
 
+# The contract does not depend on how many masks or steps a method takes: light settings keep this fast.
+LIGHT = {"rise": {"masks": 64}, "meaningfulperturbation": {"steps": 5}, "integratedgradients": {"steps": 8},
+         "smoothgrad": {"samples": 4}}
+
+
 def test_every_registered_method_keeps_the_output_contract(resnet18, images):
     references = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     for name, method in whycam.methods().items():
-        explainer = method(resnet18)
+        explainer = method(resnet18, **LIGHT.get(name, {}))
         if callable(getattr(explainer, "fit", None)):  # a reference-group method (DiffCAM) is fitted first
             explainer.fit(references)
         maps = explainer(images, target=[1, 2] if method.needs_target else None)
