@@ -293,3 +293,14 @@ def test_training_mode_warns():
 def test_cam_refuses_a_callable_target_with_the_reason(resnet18, images):
     with pytest.raises(ValueError, match="class index"):
         whycam.CAM(resnet18)(images, target=lambda out: out[:, 0] - out[:, 1])
+
+
+def test_a_model_in_training_mode_keeps_its_batchnorm_statistics(images):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).train()
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    with pytest.warns(UserWarning, match="training mode"):
+        whycam.GradCAM(model)(images, target=1)
+    assert model.training
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, before[name]), name

@@ -71,11 +71,15 @@ class Tap:
 
 @contextmanager
 def preserved(model: nn.Module):
-    """Give the model back exactly as it was: train/eval modes, ``requires_grad`` flags, and hooks.
+    """Give the model back exactly as it was: train/eval modes, ``requires_grad`` flags, hooks, and
+    the buffers of modules in training mode (BatchNorm's running statistics move at every forward
+    pass in training mode; they are copied before and written back after).
 
     Any hook registered inside the block is removed on exit, also when the block raises.
     """
     modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for m in model.modules() if m.training
+               for b in m.buffers(recurse=False)]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     hook_dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                   "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
@@ -85,6 +89,9 @@ def preserved(model: nn.Module):
     finally:
         for module, mode in modes:
             module.training = mode
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
         for param, flag in flags:
             param.requires_grad_(flag)
         for module, name, keys in hooks:
