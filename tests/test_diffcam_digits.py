@@ -82,7 +82,7 @@ def test_why_not_a_one_on_the_shipped_digits_cnn():
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     train, held_out = order[: int(0.8 * len(order))], order[int(0.8 * len(order)) :]
     sevens = inputs[held_out][labels[held_out] == 7]
-    dc = DiffCAM(loaded.model, loaded.layer).fit((inputs[train], labels[train]))
+    dc = DiffCAM(loaded.model, loaded.layer, shrinkage="ledoit-wolf").fit((inputs[train], labels[train]))
     why = _top_fraction(dc.why(sevens, 7))
     why_not_one = _top_fraction(dc.why_not(sevens, 1))
     assert why_not_one.mean() > why.mean() + 0.03
