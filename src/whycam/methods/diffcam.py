@@ -54,8 +54,8 @@ class DiffCAM(CAMExplainer):
     mean patch token), ``"avg"``, ``"max"``, ``"cls"`` (a ViT's class token), or a callable
     ``(B, K, h, w) -> (B, K)``. ``normalize``: L2-normalise z. ``shrinkage``: a fixed intensity in [0, 1]
     (default 0.5, chosen on the validation splits of docs/results.md; 1 = no whitening, w = z - mu up
-    to scale), ``"ledoit-wolf"``, ``"oas"`` or ``("ridge", value)``. ``k``: use, for each image, only its k nearest references (keeps the
-    reference embeddings, memory O(n K)). The call's ``target`` is ignored: the reference group is the
+    to scale), ``"ledoit-wolf"``, ``"oas"`` or ``("ridge", value)``. ``k``: use, for each image, only
+    its k nearest references (keeps the reference embeddings, memory O(n K)). The call's ``target`` is ignored: the reference group is the
     question (``why``, ``why_not``, ``unusual``, ``contrast`` pick it from a bank).
     """
 
