@@ -52,11 +52,12 @@ class DiffCAM(CAMExplainer):
     ``embedding``: how the layer's map becomes the vector z: ``"auto"`` (what the model itself pools
     after the layer: the spatial max if its global pooling is a max, else the average; for a ViT the
     mean patch token), ``"avg"``, ``"max"``, ``"cls"`` (a ViT's class token), or a callable
-    ``(B, K, h, w) -> (B, K)``. ``normalize``: L2-normalise z. ``shrinkage``: a fixed intensity in [0, 1]
-    (default 0.5, chosen on the validation splits of docs/results.md; 1 = no whitening, w = z - mu up
-    to scale), ``"ledoit-wolf"``, ``"oas"`` or ``("ridge", value)``. ``k``: use, for each image, only
-    its k nearest references (keeps the reference embeddings, memory O(n K)). The call's ``target`` is ignored: the reference group is the
-    question (``why``, ``why_not``, ``unusual``, ``contrast`` pick it from a bank).
+    ``(B, K, h, w) -> (B, K)``. ``normalize``: L2-normalise z. ``shrinkage``: a fixed intensity in
+    [0, 1] (default 0.5, chosen on the validation splits of docs/results.md; 1 = no whitening,
+    w = z - mu up to scale), ``"ledoit-wolf"``, ``"oas"`` or ``("ridge", value)``. ``k``: use, for
+    each image, only its k nearest references (keeps the reference embeddings, memory O(n K)).
+    The call's ``target`` is ignored: the reference group is the question (``why``, ``why_not``,
+    ``unusual``, ``contrast`` pick it from a bank).
     """
 
     name = "diffcam"
