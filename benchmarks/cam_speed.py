@@ -152,8 +152,8 @@ def report(args: argparse.Namespace, rows: list[list[object]]) -> str:
         "2048 passes per image, is not run: it takes tens of minutes on two cores). "
         "Speed-up: the peer's time / whycam's. Peak: resident-memory increase during the warm-up "
         "call. Max diff: max abs difference of the min-max normalised maps with whycam's, in this "
-        "run. The machine was shared with other jobs while measuring: ratios come from interleaved "
-        "runs on the same inputs, absolute times are noisy.",
+        f"run. 1-minute load average {os.getloadavg()[0]:.1f} on the machine's cores when this table was "
+        "written; ratios come from interleaved runs on the same inputs.",
         "",
         table(header, rows),
         "",
