@@ -15,7 +15,7 @@ again (the fusion rule of pytorch-grad-cam); ``per_layer`` returns the maps one 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -43,6 +43,19 @@ def methods() -> dict[str, type[Explainer]]:
     from .. import methods as _families  # noqa: F401  (importing the families registers them)
 
     return dict(sorted(_REGISTRY.items()))
+
+
+def positive_int(value: int, what: str) -> int:
+    """``value``, refused unless it is an integer >= 1 (batch sizes, steps, samples, masks)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def batches(total: int, batch_size: int) -> Iterator[Tensor]:
+    """Consecutive index ranges of at most ``batch_size`` rows covering ``range(total)``."""
+    for start in range(0, total, batch_size):
+        yield torch.arange(start, min(start + batch_size, total))
 
 
 def normalize_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:

@@ -29,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 from ..layers import LayerSpec
 from ..taps import preserved
 from ..targets import OutputSelector, Target, pin_target, target_rows, target_scores
-from .base import Explainer, check_images, register
+from .base import Explainer, batches, check_images, positive_int, register
 from .baselines import BaselineSpec, make_baseline
 from .cam import GradCAM
 
@@ -58,19 +58,6 @@ def unaltered_output(explainer: Explainer, images: Tensor) -> Tensor:
     """The model's output for the images, without a graph (to pin a target of ``None``)."""
     with torch.no_grad():
         return explainer.forward(images)
-
-
-def batches(total: int, batch_size: int) -> Iterator[Tensor]:
-    """Consecutive index ranges of at most ``batch_size`` rows covering ``range(total)``."""
-    for start in range(0, total, batch_size):
-        yield torch.arange(start, min(start + batch_size, total))
-
-
-def positive_int(value: int, what: str) -> int:
-    """``value``, refused unless it is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return value
 
 
 class PixelExplainer(Explainer):

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..targets import OutputSelector, Target, pin_target, target_rows, target_scores
-from .base import Explainer, register
+from .base import Explainer, batches, positive_int, register
 from .baselines import BaselineSpec, blur, make_baseline
-from .gradient import batches, positive_int, unaltered_output
+from .gradient import unaltered_output
 
 
 def _pair(value: int | tuple[int, int], what: str) -> tuple[int, int]:

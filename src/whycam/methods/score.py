@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import CAMExplainer, LayerPass, register
+from .base import CAMExplainer, LayerPass, positive_int, register
 
 
 class ForwardScoreCAM(CAMExplainer):
@@ -24,9 +24,7 @@ class ForwardScoreCAM(CAMExplainer):
 
     def __init__(self, model: nn.Module, layer=None, *, batch_size: int = 32, **options):
         super().__init__(model, layer, **options)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int (rows per forward pass), not {batch_size!r}")
-        self.batch_size = batch_size
+        self.batch_size = positive_int(batch_size, "batch_size (rows per forward pass)")
 
     def row_scores(self, output: Tensor, classes: Tensor | None, step: LayerPass) -> Tensor:
         """The explained score of every row of a chunk's selected output (classes: each row's class)."""

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from ..methods.base import check_images
+from ..methods.base import check_images, positive_int
 from ..taps import preserved
 from ..targets import OutputSelector, Target, select_output, target_classes
 from .imputation import impute, noise_fields
@@ -46,8 +46,7 @@ class _Scorer:
                  output: OutputSelector, batch_size: int):
         if score not in ("probability", "logit"):
             raise ValueError(f"score must be 'probability' or 'logit', not {score!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        positive_int(batch_size, "batch_size")
         self.model, self.score, self.output, self.batch_size = model, score, output, batch_size
         self.target = target
         with evaluating(model):
@@ -167,8 +166,7 @@ def _reveal(model: nn.Module, images: Tensor, maps: Tensor, targets: Target, sta
             end: Tensor, name: str, higher_is_better: bool, steps: int, score: str, batch_size: int,
             output: OutputSelector, seed: int) -> MetricResult:
     """Move pixels from ``start`` to ``end`` in map order over ``steps`` steps; AUC of the score."""
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    positive_int(steps, "steps")
     ranks = pixel_ranks(maps, True, seed)
     pixels = maps[0].numel()
     count = torch.tensor([math.floor(pixels * s / steps + 0.5) for s in range(steps + 1)],
