@@ -98,3 +98,41 @@ def test_options_reach_only_the_constructors_that_take_them(task):
     assert {"layer", "output", "reshape", "classifier"} <= constructor_options(whycam.CAM)
     explainer = make_explainer("cam", model, "features", classifier="classifier", unrelated=3)
     assert explainer.classifier == "classifier" and explainer.layer == "features"
+
+
+def test_score_maps_gives_each_metric_its_own_truth_options_and_images(task):
+    """A box metric scored against boxes, the rest against masks; metric options reach the metric;
+    faithfulness scores only the first ``faithful`` images and leaves the rest NaN."""
+    from whycam import metrics
+    from whycam.evaluate import score_maps
+
+    model, images, masks = task
+    boxes = torch.tensor([[8, 4 + 2 * i, 20, 14 + 2 * i] for i in range(6)])
+    maps = torch.rand(6, 32, 32, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 1, 2, 0, 1, 2])
+    scored = score_maps(
+        model,
+        images,
+        maps,
+        targets,
+        ["auprc", "energy_pointing_game", "pointing_game", "average_drop"],
+        {"auprc": masks, "energy_pointing_game": boxes, "pointing_game": masks},
+        options={"pointing_game": {"tolerance": 40.0}, "average_drop": {"batch_size": 2}},
+        faithful=4,
+        seed=3,
+    )
+    expected = {
+        "auprc": metrics.auprc(maps, masks),
+        "energy_pointing_game": metrics.energy_pointing_game(maps, boxes),
+        "pointing_game": metrics.pointing_game(maps, masks, tolerance=40.0),
+        "average_drop": metrics.average_drop(model, images[:4], maps[:4], targets[:4]),
+    }
+    for name, result in expected.items():
+        value, low, high = scored.summary[name]
+        assert value == pytest.approx(result.value) and (low, high) == pytest.approx(result.interval(seed=3))
+        assert torch.allclose(scored.per_image[name][: len(result.scores)], result.scores.double())
+    assert scored.summary["pointing_game"][0] == 1.0             # every maximum lies within 40 px
+    assert scored.per_image["average_drop"][4:].isnan().all()
+    assert scored.higher_is_better == {
+        "auprc": True, "energy_pointing_game": True, "pointing_game": True, "average_drop": False
+    }

@@ -8,6 +8,9 @@ method's time per image, plus a summary per method: each metric's headline value
 percentile bootstrap interval over the images (``MetricResult.interval``) and whether higher is
 better.
 
+``score_maps(model, images, maps, targets, metrics, truth)`` is the scoring alone, for maps made
+elsewhere (``benchmarks/results.py`` explains each group of images against its own reference).
+
 Methods are registry names (``whycam.methods()``) or ready explainers by name. An explainer with a
 ``fit`` method (DiffCAM) is fitted on ``reference`` (a tensor of images or saved statistics); with
 no reference it is fitted on the evaluated images themselves, and the summary says so.
@@ -98,15 +101,22 @@ def metric_functions(names: Sequence[str]) -> dict[str, object]:
 
 
 def call_metric(
-    function, model: nn.Module, images: Tensor, maps: Tensor, targets: Tensor, truth: Tensor | None
+    function,
+    model: nn.Module,
+    images: Tensor,
+    maps: Tensor,
+    targets: Tensor,
+    truth: Tensor | None,
+    **options,
 ) -> object:
     """Call a metric as ``whycam.metrics`` defines it: faithfulness metrics take
-    ``(model, images, maps, targets)``, localisation metrics ``(maps, truth)`` (masks or boxes)."""
+    ``(model, images, maps, targets)``, localisation metrics ``(maps, truth)`` (masks or boxes);
+    ``options`` are the metric's own keyword arguments."""
     if is_faithfulness(function):
-        return function(model, images, maps, targets)
+        return function(model, images, maps, targets, **options)
     if truth is None:
         raise ValueError(f"{function.__name__} needs ground truth (masks or boxes)")
-    return function(maps, truth)
+    return function(maps, truth, **options)
 
 
 def is_faithfulness(function) -> bool:
@@ -249,6 +259,65 @@ def explain_all(
     return torch.cat(maps), seconds / max(images.shape[0], 1)
 
 
+@dataclass
+class Scores:
+    """One method's maps scored by several metrics.
+
+    ``summary[metric]`` is ``(value, low, high)``: the headline value and its 95% bootstrap
+    interval; ``per_image[metric]`` the (N,) scores (NaN where a metric did not score an image);
+    ``curves[metric]`` the mean curves of curve metrics, ``{"steps": [...], name: [...]}``.
+    """
+
+    summary: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    per_image: dict[str, Tensor] = field(default_factory=dict)
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
+
+
+def score_maps(
+    model: nn.Module,
+    images: Tensor,
+    maps: Tensor,
+    targets: Tensor,
+    metrics: Sequence[str] | Mapping[str, object],
+    truth: Tensor | Mapping[str, Tensor] | None = None,
+    *,
+    options: Mapping[str, Mapping[str, object]] | None = None,
+    faithful: int | None = None,
+    seed: int = 0,
+    resamples: int = 1000,
+) -> Scores:
+    """Score maps (N, H, W) of ``images`` with each metric, each over all N images at once.
+
+    ``truth``: the ground truth of every localisation metric, or a mapping from metric name to its
+    own (e.g. masks for AUPRC, boxes for MaxBoxAcc); ``options``: each metric's keyword arguments,
+    e.g. ``{"pointing_game": {"tolerance": 4.0}}``; ``faithful``: faithfulness metrics (which run
+    the model, ROAD the costliest) score only the first ``faithful`` images of ``targets``' classes.
+    """
+    functions = metrics if isinstance(metrics, Mapping) else metric_functions(metrics)
+    n = maps.shape[0]
+    scored = Scores()
+    for metric, function in functions.items():
+        kwargs = dict((options or {}).get(metric, {}))
+        if is_faithfulness(function):
+            k = n if faithful is None else min(faithful, n)
+            result = call_metric(function, model, images[:k], maps[:k], targets[:k], None, **kwargs)
+        else:
+            given = truth.get(metric) if isinstance(truth, Mapping) else truth
+            result = call_metric(function, model, images, maps, targets, given, **kwargs)
+        values = torch.full((n,), float("nan"), dtype=torch.float64)
+        values[: result.scores.shape[0]] = result.scores.detach().double().cpu()
+        scored.per_image[metric] = values
+        scored.summary[metric] = (result.value, *result.interval(resamples=resamples, seed=seed))
+        scored.higher_is_better[metric] = bool(result.higher_is_better)
+        if result.curves and result.steps is not None:
+            scored.curves[metric] = {"steps": result.steps.double().cpu().tolist()}
+            scored.curves[metric].update(
+                {k: v.double().nanmean(0).cpu().tolist() for k, v in result.curves.items()}
+            )
+    return scored
+
+
 def evaluate(
     model: nn.Module,
     images: Tensor,
@@ -262,6 +331,7 @@ def evaluate(
     layer: str | None = None,
     reference: object = None,
     options: Mapping[str, Mapping[str, object]] | None = None,
+    metric_options: Mapping[str, Mapping[str, object]] | None = None,
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = True,
@@ -275,7 +345,8 @@ def evaluate(
     pixels; ``labels``: (N,) true classes, for the accuracy; ``names``: image names for the rows;
     ``layer``: the layer of the layer-based methods (default: each method's automatic choice);
     ``options``: per-method constructor options, e.g. ``{"rise": {"masks": 500}}`` (a ``"layer"``
-    there overrides ``layer`` for that method).
+    there overrides ``layer`` for that method); ``metric_options``: per-metric keyword arguments,
+    e.g. ``{"pointing_game": {"tolerance": 4.0}}``.
     Localisation metrics are skipped, with a note, when there is no ground truth. Each method's maps
     are computed for every image first, then every metric is computed once over all of them.
     ``skip_failures``: a method that raises is left out, its error kept in ``failures``, instead of
@@ -307,31 +378,23 @@ def evaluate(
                 else _explainer(method, model, layer, options or {}, reference, images, evaluation)
             )
             maps, seconds = explain_all(explainer, images, targets, batch_size, seed, bar)
-            summary: dict = {"method": method, "n": n, "time_s": seconds}
-            scores, curves = {}, {}
-            for metric, function in functions.items():
-                result = call_metric(function, model, images, maps, targets, truth)
-                evaluation.higher_is_better[metric] = bool(result.higher_is_better)
-                scores[metric] = result.scores.detach().double().cpu()
-                summary[metric] = (result.value, *result.interval(seed=seed))
-                if result.curves and result.steps is not None:
-                    curves[metric] = {"steps": result.steps.double().cpu().tolist()}
-                    curves[metric].update(
-                        {k: v.double().nanmean(0).cpu().tolist() for k, v in result.curves.items()}
-                    )
+            scored = score_maps(
+                model, images, maps, targets, functions, truth, options=metric_options, seed=seed
+            )
         except Exception as error:
             if not skip_failures:
                 raise
             evaluation.failures[method] = f"{type(error).__name__}: {error}"
             continue
-        for metric, curve in curves.items():
+        evaluation.higher_is_better.update(scored.higher_is_better)
+        for metric, curve in scored.curves.items():
             evaluation.curves.setdefault(metric, {})[method] = curve
         if keep_maps:
             evaluation.maps[method] = maps[:keep_maps].cpu()
-        evaluation.summary.append(summary)
+        evaluation.summary.append({"method": method, "n": n, "time_s": seconds, **scored.summary})
         for i in range(n):
             row = {"image": names[i], "method": method, "target": int(targets[i]), "time_s": seconds}
-            row.update({metric: scores[metric][i].item() for metric in scores})
+            row.update({metric: values[i].item() for metric, values in scored.per_image.items()})
             evaluation.rows.append(row)
     bar.close()
     return evaluation
