@@ -3,13 +3,15 @@
     python benchmarks/results.py --quick      # small test sets, under 10 minutes on 2 CPU cores
     python benchmarks/results.py              # the full run
     python benchmarks/results.py --tasks anomaly --methods gradcam diffcam
+    python benchmarks/results.py --quick --check   # does a quick run reproduce the committed table?
 
 For each task (``tasks.py``) it loads the task's model (``train_tasks.py``: from the cache, or trains
 it), explains the test images with every method of ``whycam.methods()`` and scores the maps:
 localisation against the exact ground truth (AUPRC, top-k IoU, MaxBoxAcc, pointing game, energy
 pointing game) and faithfulness to the model (ROAD combined, deletion, insertion, average drop),
-through ``whycam.evaluate.score_maps``, the scoring of ``whycam evaluate``; plus the time per image. Each cell is the mean over images with a 95%
-percentile-bootstrap interval; the best mean per column is in bold. DiffCAM is fitted on the
+through ``whycam.evaluate.score_maps``, the scoring of ``whycam evaluate``; plus the time per
+image. Each cell is the mean over images with a 95% percentile-bootstrap interval; the best mean
+per column is in bold. DiffCAM is fitted on the
 task's reference group (objects: the training images of every other label class; anomaly: healthy
 training images; why-not: training images of the contrast class). Its options are ablated on the
 validation split, never the test split: each factor alone from the defaults, then every factor's
@@ -47,6 +49,7 @@ QUICK = {"images": 40, "references": 100, "faithful": 10}
 FULL = {"images": 500, "references": 300, "faithful": 100}
 METRIC_BATCH = 64
 FIGURE_IMAGES = 4
+CHECK = train_tasks.CACHE / "check"          # where --check writes its tables (git-ignored)
 # column -> whycam.metrics function
 LOCALISATION = {
     "AUPRC": "auprc",
@@ -267,7 +270,10 @@ def figure(job: Job, shown: dict[str, Tensor], path: Path) -> None:
     plt.close(fig)
 
 
-def run_task(task: str, names: list[str], n: int, references: int, seed: int, faithful: int) -> str:
+def run_task(task: str, names: list[str], n: int, references: int, seed: int, faithful: int,
+             out: Path) -> str:
+    """Explain and score one task's test images with every method; its CSV and figure go to ``out``,
+    its Markdown section is returned."""
     job = make_job(task, "test", n, references, seed)
     faithful = min(faithful, len(job.data))
     registry = whycam.methods()
@@ -285,9 +291,9 @@ def run_task(task: str, names: list[str], n: int, references: int, seed: int, fa
         print(f"{task}: {name} {per_image * 1000:.1f} ms/image"
               + (f", fit {fit:.1f} s" if fit else "") + f", AUPRC {rows[name]['AUPRC'][0]:.3f}")
     rows["random (baseline)"] = score(job, random_maps(job, seed), faithful, seed)
-    write_csv(DOCS / "results" / f"{task}.csv", job, rows, times)
+    write_csv(out / f"{task}.csv", job, rows, times)
     if shown:
-        figure(job, shown, DOCS / "results" / f"{task}.png")
+        figure(job, shown, out / f"{task}.png")
     picture = f"\n\n![{task}: the maps of each method](results/{task}.png)" if shown else ""
     return report(job, rows, times, seed, failures, faithful) + picture
 
@@ -322,6 +328,28 @@ def ablation(task: str, n: int, references: int, seed: int) -> tuple[str, dict]:
     return markdown, chosen
 
 
+def read_cells(path: Path) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """A results CSV's cells with intervals: (method, metric) -> (mean, low, high)."""
+    with path.open() as f:
+        return {(r["method"], r["metric"]): (float(r["mean"]), float(r["ci_low"]), float(r["ci_high"]))
+                for r in csv.DictReader(f) if r["ci_low"]}
+
+
+def check(task: str, new: Path, committed: Path) -> bool:
+    """Whether this run reproduces the committed table: every cell's 95% interval overlaps the
+    committed one's. Prints the count, how many new means lie inside the committed intervals, and
+    every disagreeing cell."""
+    ours, theirs = read_cells(new), read_cells(committed)
+    shared = sorted(ours.keys() & theirs.keys())
+    apart = [k for k in shared if ours[k][1] > theirs[k][2] or theirs[k][1] > ours[k][2]]
+    inside = sum(theirs[k][1] <= ours[k][0] <= theirs[k][2] for k in shared)
+    print(f"{task}: {len(shared) - len(apart)} of {len(shared)} cells overlap the committed intervals; "
+          f"{inside} of {len(shared)} means lie inside them")
+    for method, metric in apart:
+        print(f"  {method} / {metric}: {ours[method, metric]} against committed {theirs[method, metric]}")
+    return not apart
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"presets {QUICK} instead of {FULL}")
@@ -332,6 +360,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, help="test images explained per task")
     parser.add_argument("--references", type=int, help="DiffCAM references per group")
     parser.add_argument("--faithful", type=int, help="images scored for faithfulness (0: none)")
+    parser.add_argument("--check", action="store_true",
+                        help="compare with the committed docs/results/<task>.csv instead of writing docs/ "
+                             f"(tables go to {CHECK}); exit 1 if any cell's interval misses the committed one")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     preset = QUICK if args.quick else FULL
@@ -341,14 +372,21 @@ def main() -> None:
     names = args.methods or list(registry)
     start = time.perf_counter()
     sections = {}
+    out = CHECK if args.check else DOCS / "results"
     for task in args.tasks:
-        sections[task] = run_task(task, names, n, references, args.seed, faithful)
+        sections[task] = run_task(task, names, n, references, args.seed, faithful, out)
+        if args.check:
+            continue
         if "diffcam" in registry and "diffcam" in names:
             markdown, chosen = ablation(task, n, references, args.seed)
             verdict = (f"every winner together beats the defaults: {json.dumps(chosen)}" if chosen
                        else "every winner together does not beat whycam.DiffCAM's defaults; they stay")
             sections[task] += "\n\n" + markdown + f"\n\nOn validation, {verdict}."
     minutes = (time.perf_counter() - start) / 60
+    if args.check:
+        agree = [check(task, CHECK / f"{task}.csv", DOCS / "results" / f"{task}.csv") for task in args.tasks]
+        print(f"done in {minutes:.1f} min")
+        sys.exit(0 if all(agree) else 1)
     command = " ".join(["python benchmarks/results.py", *sys.argv[1:]])
     for task, markdown in sections.items():
         footer = (f"_`{command}`: {n} images, {references} references per group, faithfulness on "

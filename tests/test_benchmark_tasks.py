@@ -196,3 +196,22 @@ def test_results_score_the_oracle_map_at_the_maximum(untrained, task):
         assert scores[column][0] == pytest.approx(1.0), column
     chance = untrained.score(job, untrained.random_maps(job, 0), faithful=0, seed=0)
     assert chance["AUPRC"][0] < 0.5
+
+
+def test_results_check_passes_overlapping_intervals_and_names_the_cells_that_miss(tmp_path, capsys):
+    import results
+
+    def write(path, cells):
+        path.write_text("task,method,metric,mean,ci_low,ci_high,n\n" + "".join(
+            f"objects,{m},{k},{v},{lo},{hi},40\n" for (m, k), (v, lo, hi) in cells.items())
+            + "objects,gradcam,seconds per image,0.01,,,40\n")
+
+    committed = {("gradcam", "AUPRC"): (0.43, 0.40, 0.46), ("diffcam", "AUPRC"): (0.42, 0.39, 0.45)}
+    write(tmp_path / "committed.csv", committed)
+    write(tmp_path / "close.csv", {("gradcam", "AUPRC"): (0.47, 0.38, 0.55), ("diffcam", "AUPRC"): (0.41, 0.33, 0.49)})
+    write(tmp_path / "apart.csv", {("gradcam", "AUPRC"): (0.60, 0.50, 0.70), ("diffcam", "AUPRC"): (0.41, 0.33, 0.49)})
+    assert results.check("objects", tmp_path / "close.csv", tmp_path / "committed.csv")
+    assert "2 of 2 cells overlap" in capsys.readouterr().out
+    assert not results.check("objects", tmp_path / "apart.csv", tmp_path / "committed.csv")
+    out = capsys.readouterr().out
+    assert "1 of 2 cells overlap" in out and "gradcam / AUPRC" in out and "diffcam / AUPRC" not in out
