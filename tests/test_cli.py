@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -372,3 +373,96 @@ def test_demo_quick(tmp_path):
     assert result.stdout.strip().endswith("report.html")
     html = (tmp_path / "demo" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 and "CC0" in html
+
+
+def _bank(tmp_path: Path) -> Path:
+    root = tmp_path / "classes"
+    for k, label in enumerate(("ant", "bee", "cat", "dog")):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            _image(root / label / f"{i}.png", 200 + 10 * k + i)
+    bank = tmp_path / "bank.safetensors"
+    assert invoke("reference", "build", root, "--per-class", "--model", TINY, "--out", bank).returncode == 0
+    return bank
+
+
+def test_questions_to_a_bank_are_diffcams_own(photos, tmp_path):
+    """--question why / why-not / unusual gives the maps of DiffCAM.why / why_not / unusual, each image
+    asked about its own predicted class, the bank's labels matched to the model's class names."""
+    from whycam import DiffCAM
+    from whycam.cli import Failures, _read_images
+    from whycam.reference import ReferenceBank
+
+    bank = _bank(tmp_path)
+    loaded = whycam.models.load_model(TINY)
+    names, _, inputs = _read_images([photos], loaded.preprocess, Failures())
+    x = torch.stack(inputs)
+    predicted = [loaded.class_name(int(p)) for p in loaded.model(x).argmax(1)]
+    diffcam = DiffCAM(loaded.model, "features").fit(ReferenceBank.load(bank))
+    expected = {
+        "why": [diffcam.why(x[i : i + 1], c)[0] for i, c in enumerate(predicted)],
+        "unusual": [diffcam.unusual(x[i : i + 1], c)[0] for i, c in enumerate(predicted)],
+        "why-not": list(diffcam.why_not(x, "dog")),
+    }
+    for question, maps in expected.items():
+        out = tmp_path / question
+        extra = ["--versus", "3"] if question == "why-not" else []  # class 3 is "dog"
+        result = invoke("explain", photos, "--model", TINY, "--method", "diffcam,gradcam", "--reference", bank,
+                        "--question", question, *extra, "--out", out)
+        assert result.returncode == 0, result.stderr
+        summary = json.loads((out / "summary.json").read_text())
+        for i, name in enumerate(names):
+            got = torch.from_numpy(np.load(out / f"{name}_diffcam.npy"))
+            assert torch.allclose(got, maps[i], atol=1e-5), (question, name)
+            record = summary["images"][i]["results"]
+            asked = "dog" if question == "why-not" else predicted[i]
+            assert record[0]["question"] == [question, asked] and record[1]["question"] is None
+
+
+def test_question_misuse_is_a_usage_error(photos, tmp_path):
+    bank = _bank(tmp_path)
+    stats = tmp_path / "one_group.safetensors"
+    assert invoke("reference", "build", _reference_folder(tmp_path), "--model", TINY, "--out", stats).returncode == 0
+    base = ["explain", photos, "--model", TINY, "--out", tmp_path / "o"]
+    cases = {
+        "go together": ["--method", "diffcam", "--reference", bank, "--question", "why-not"],
+        "--per-class": ["--method", "diffcam", "--reference", stats, "--question", "why"],
+        "has no class 'eel'": ["--method", "diffcam", "--reference", bank, "--question", "why-not", "--versus", "eel"],
+        "add diffcam": ["--method", "gradcam", "--question", "why"],
+    }
+    for message, args in cases.items():
+        result = invoke(*base, *args)
+        assert result.returncode == 2 and message in result.stderr, (message, result.stderr)
+
+
+def test_method_options_reach_the_method_and_bad_ones_stop_the_command(photos, tmp_path):
+    refs = _reference_folder(tmp_path)
+    maps = {}
+    for shrinkage in ("0.5", "1.0"):
+        out = tmp_path / shrinkage
+        result = invoke("explain", photos, "--model", TINY, "--method", "diffcam", "--reference", refs,
+                        "--option", f"diffcam.shrinkage={shrinkage}", "--out", out)
+        assert result.returncode == 0, result.stderr
+        maps[shrinkage] = np.load(out / "one_diffcam.npy")
+    from whycam import DiffCAM
+    from whycam.cli import Failures, _read_images
+
+    loaded = whycam.models.load_model(TINY)
+    names, _, inputs = _read_images([photos], loaded.preprocess, Failures())
+    one = inputs[names.index("one")][None]
+    references = torch.stack(_read_images([refs], loaded.preprocess, Failures())[2])
+    direct = DiffCAM(loaded.model, "features", shrinkage=1.0).fit(references)(one)[0]
+    assert np.allclose(maps["1.0"], direct.numpy(), atol=1e-5) and not np.allclose(maps["0.5"], maps["1.0"])
+    base = ["explain", photos, "--model", TINY, "--method", "diffcam", "--reference", refs, "--out", tmp_path / "o"]
+    cases = {
+        "not METHOD.KEY=VALUE": "diffcam.shrinkage",
+        "which is not run here": "rise.masks=10",
+        "no option 'nosuch'": "diffcam.nosuch=1",
+        "shrinkage": "diffcam.shrinkage=2",
+    }
+    for message, item in cases.items():
+        result = invoke(*base, "--option", item)
+        assert result.returncode == 2 and message in result.stderr and "--option" in result.stderr, item
+    result = invoke("evaluate", _mask_dataset(tmp_path), "--model", TINY, "--method", "rise", "--metrics", "auprc",
+                    "--option", "rise.masks=0", "--out", tmp_path / "e")
+    assert result.returncode == 2 and "rise" in result.stderr

@@ -7,6 +7,7 @@ nothing to process).
 
 from __future__ import annotations
 
+import ast
 import json
 import sys
 import time
@@ -122,6 +123,91 @@ def _fit_reference(explainer, reference: str, loaded, failures: Failures, batch_
         ) from None
 
 
+def _parse_value(text: str) -> object:
+    """A Python literal (number, bool, None, tuple) where the text is one, else the text itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _method_options(items: Sequence[str], names: Sequence[str], model, layer) -> dict[str, dict]:
+    """``--option METHOD.KEY=VALUE`` items as ``{method: {key: value}}``; each method is built once
+    with its options here, so an unknown key or a bad value stops the command before any work."""
+    from .evaluate import constructor_options, make_explainer
+    from .methods.base import methods
+
+    registry, options = methods(), {}
+    for item in items:
+        head, equals, text = item.partition("=")
+        method, dot, key = head.strip().partition(".")
+        if not equals or not dot or not key:
+            raise click.BadParameter(
+                f"{item!r} is not METHOD.KEY=VALUE (e.g. diffcam.shrinkage=ledoit-wolf)", param_hint="--option"
+            )
+        if method not in names:
+            raise click.BadParameter(
+                f"{item!r} sets an option of {method!r}, which is not run here (methods: {', '.join(names)})",
+                param_hint="--option",
+            )
+        accepted = sorted(constructor_options(registry[method]) - {"layer"})
+        if key not in accepted:
+            raise click.BadParameter(
+                f"{method} has no option {key!r} (the layer is --layer); its options: {', '.join(accepted)}",
+                param_hint="--option",
+            )
+        options.setdefault(method, {})[key] = _parse_value(text.strip())
+    for method, settings in options.items():
+        try:
+            make_explainer(method, model, layer, **settings)
+        except (ValueError, TypeError) as error:
+            raise click.BadParameter(f"{method}: {error}", param_hint="--option") from None
+    return options
+
+
+OPTION_HELP = (
+    "A method's option as METHOD.KEY=VALUE, repeatable, e.g. diffcam.shrinkage=ledoit-wolf, "
+    "diffcam.k=50, rise.masks=2000 (the keyword arguments of its class; see docs/)."
+)
+
+
+QUESTIONS = ("why", "why-not", "unusual")
+
+
+def _bank_label(bank, target: str | int, loaded) -> object:
+    """The bank's label of a class given by index or name: the bank's labels may be class indices,
+    indices as text (folder names such as "5"), or the model's class names."""
+    index = None
+    try:
+        index = loaded.class_index(target)
+    except ValueError:
+        pass
+    candidates = [target, str(target)]
+    if index is not None:
+        candidates += [index, str(index), loaded.class_name(index)]
+    for candidate in candidates:
+        if candidate in bank.classes:
+            return candidate
+    raise click.BadParameter(
+        f"the reference bank has no class {target!r}; its classes: {', '.join(map(str, bank.labels))}",
+        param_hint="--versus/--target",
+    )
+
+
+def _ask(explainer, question: str, batch: torch.Tensor, labels: list, versus) -> torch.Tensor:
+    """DiffCAM's bank question for every image of a batch; images with the same label asked together."""
+    if question == "why-not":
+        return explainer.why_not(batch, versus)
+    ask = explainer.why if question == "why" else explainer.unusual
+    maps = None
+    for label in dict.fromkeys(labels):
+        rows = [i for i, other in enumerate(labels) if other == label]
+        part = ask(batch[rows], label)
+        maps = part.new_zeros((len(batch), *part.shape[1:])) if maps is None else maps
+        maps[rows] = part
+    return maps
+
+
 MODEL_OPTIONS = [
     click.option(
         "--model",
@@ -215,19 +301,45 @@ def demo(ctx: click.Context, out: str, quick: bool) -> None:
     type=click.Path(exists=True),
     help="Reference group for DiffCAM: a folder of images or a statistics file.",
 )
+@click.option(
+    "--question",
+    type=click.Choice(QUESTIONS),
+    default=None,
+    help="DiffCAM's question to a per-class --reference bank (`whycam reference build --per-class`): "
+    "why is the image its target class (reference: every other class), why is it not --versus "
+    "(reference: that class), what is unusual about it (reference: its own class).",
+)
+@click.option("--versus", default=None, help="The class of --question why-not: a class of the bank.")
+@click.option("--option", "option_items", multiple=True, metavar="METHOD.KEY=VALUE", help=OPTION_HELP)
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--report", is_flag=True, help="Also write report.html.")
 @click.option("--batch-size", default=8, show_default=True)
 @click.pass_context
 def explain(
-    ctx, images, model_spec, weights, download, method_text, layer, target, reference, out, report, batch_size
+    ctx,
+    images,
+    model_spec,
+    weights,
+    download,
+    method_text,
+    layer,
+    target,
+    reference,
+    question,
+    versus,
+    option_items,
+    out,
+    report,
+    batch_size,
 ) -> None:
     """Explain IMAGES (files or folders): overlays (PNG), raw maps (.npy) and summary.json.
 
     \b
-    Example:
+    Examples:
       whycam explain photos/ --model efficientnet-lite0 --method gradcam,diffcam \\
           --reference references/ --out out/explain --report
+      whycam explain threes/ --model digits-cnn --method diffcam --reference digits_bank.safetensors \\
+          --question why-not --versus 5 --option diffcam.shrinkage=ledoit-wolf --out out/why_not_5
     """
     from .evaluate import make_explainer, needs_reference
     from .viz import overlay_figure, save_png
@@ -236,6 +348,9 @@ def explain(
     names = _method_names(method_text)
     loaded = _load_model(model_spec, weights, download)
     layer = _check_layer(loaded, layer)
+    options = _method_options(option_items, names, loaded.model, layer)
+    if (question == "why-not") != (versus is not None):
+        raise click.UsageError("--question why-not and --versus CLASS go together")
     target_index = None
     if target is not None:
         try:
@@ -244,7 +359,7 @@ def explain(
             raise click.BadParameter(str(error), param_hint="--target") from None
     explainers, questions = {}, {}
     for name in names:
-        explainer = make_explainer(name, loaded.model, layer)
+        explainer = make_explainer(name, loaded.model, layer, **options.get(name, {}))
         if isinstance(loaded.model, torch.jit.ScriptModule) and hasattr(explainer, "layers"):
             raise click.UsageError(
                 f"{name} reads a layer through hooks, which TorchScript models do not support; use a "
@@ -257,7 +372,19 @@ def explain(
                     "(build statistics with `whycam reference build`)"
                 )
             questions[name] = _fit_reference(explainer, reference, loaded, failures, batch_size)
+            if question is not None:
+                bank = getattr(explainer, "bank", None)
+                if bank is None:
+                    raise click.UsageError(
+                        f"--question needs per-class statistics as --reference; {reference} holds one group "
+                        "(build a bank with `whycam reference build --per-class`)"
+                    )
+                if versus is not None:
+                    versus = _bank_label(bank, versus, loaded)
+                questions[name] += f"; question: {question}" + (f" {versus}" if versus is not None else "")
         explainers[name] = explainer
+    if question is not None and not questions:
+        raise click.UsageError("--question is DiffCAM's: add diffcam to --method")
     image_names, shown, inputs = _read_images(images, loaded.preprocess, failures)
     if not inputs:
         raise click.UsageError("no readable image among the inputs; nothing to explain")
@@ -285,8 +412,14 @@ def explain(
             batch = torch.stack(inputs[start : start + batch_size])
             chunk = targets[start : start + batch_size]
             try:
+                asked = question is not None and method in questions
+                labels = [_bank_label(explainer.bank, int(t), loaded) for t in chunk] if asked else None
                 clock = time.perf_counter()
-                maps = explainer(batch, chunk if explainer.needs_target else None)
+                maps = (
+                    _ask(explainer, question, batch, labels, versus)
+                    if asked
+                    else explainer(batch, chunk if explainer.needs_target else None)
+                )
                 seconds = (time.perf_counter() - clock) / len(batch)
             except Exception as error:  # noqa: BLE001 (one failing batch must not lose the others)
                 failures.add(f"{method} on {', '.join(image_names[start : start + len(batch)])}", error)
@@ -298,7 +431,11 @@ def explain(
                 stem = f"{image_names[i]}_{method}"
                 np.save(out_dir / f"{stem}.npy", saliency.cpu().numpy().astype(np.float32))
                 title = (
-                    f"{method}: {loaded.class_name(int(chunk[offset]))}" if explainer.needs_target else method
+                    f"{method}: {question} {versus if question == 'why-not' else labels[offset]}"
+                    if asked
+                    else f"{method}: {loaded.class_name(int(chunk[offset]))}"
+                    if explainer.needs_target
+                    else method
                 )
                 save_png(out_dir / f"{stem}.png", overlay_figure(shown[i], saliency, title))
                 records[i]["results"].append(
@@ -310,6 +447,9 @@ def explain(
                         if explainer.needs_target
                         else None,
                         "reference": questions.get(method),
+                        "question": [question, versus if question == "why-not" else labels[offset]]
+                        if asked
+                        else None,
                         "time_s": seconds,
                         "overlay": f"{stem}.png",
                         "map": f"{stem}.npy",
@@ -507,6 +647,7 @@ def _evaluate_command(
     metric_text,
     layer,
     reference,
+    option_items,
     out,
     batch_size,
     title,
@@ -518,6 +659,7 @@ def _evaluate_command(
     failures = Failures()
     loaded = _load_model(model_spec, weights, download)
     layer = _check_layer(loaded, layer)
+    options = _method_options(option_items, method_names, loaded.model, layer)
     metric_names = [m.strip() for m in metric_text.split(",") if m.strip()]
     names, shown, inputs, masks, labels = _dataset_tensors(dataset, loaded, failures)
     known = [label for label in labels if label is not None]
@@ -538,6 +680,7 @@ def _evaluate_command(
             names=names,
             layer=layer,
             reference=reference_images,
+            options=options,
             batch_size=batch_size,
             skip_failures=True,
             keep_maps=6,
@@ -604,11 +747,23 @@ def _evaluate_command(
     type=click.Path(exists=True, file_okay=False),
     help="Reference images for DiffCAM (default: the dataset's own images).",
 )
+@click.option("--option", "option_items", multiple=True, metavar="METHOD.KEY=VALUE", help=OPTION_HELP)
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.pass_context
 def evaluate(
-    ctx, dataset, model_spec, weights, download, method_text, metric_text, layer, reference, out, batch_size
+    ctx,
+    dataset,
+    model_spec,
+    weights,
+    download,
+    method_text,
+    metric_text,
+    layer,
+    reference,
+    option_items,
+    out,
+    batch_size,
 ) -> None:
     """Score methods with metrics on a dataset with ground truth: CSV/JSON tables, curves, report.html.
 
@@ -628,6 +783,7 @@ def evaluate(
         metric_text,
         layer,
         reference,
+        option_items,
         out,
         batch_size,
         "whycam evaluate",
@@ -645,11 +801,12 @@ def evaluate(
     help="Metrics, comma-separated; default: every localisation and faithfulness metric.",
 )
 @click.option("--reference", default=None, type=click.Path(exists=True, file_okay=False))
+@click.option("--option", "option_items", multiple=True, metavar="METHOD.KEY=VALUE", help=OPTION_HELP)
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.pass_context
 def benchmark(
-    ctx, dataset, model_spec, weights, download, layer, metric_text, reference, out, batch_size
+    ctx, dataset, model_spec, weights, download, layer, metric_text, reference, option_items, out, batch_size
 ) -> None:
     """Run every registered method on a dataset with ground truth; write the table (Markdown, CSV).
 
@@ -670,6 +827,7 @@ def benchmark(
         metric_text or ",".join(DEFAULT_METRICS),
         layer,
         reference,
+        option_items,
         out,
         batch_size,
         "whycam benchmark",
