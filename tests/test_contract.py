@@ -304,3 +304,24 @@ def test_a_model_in_training_mode_keeps_its_batchnorm_statistics(images):
     assert model.training
     for name, buffer in model.named_buffers():
         assert torch.equal(buffer, before[name]), name
+
+
+def test_a_stopping_tap_ends_the_pass_at_its_layers_and_counts_calls():
+    """Tap(stop=True) ends the forward pass once every tapped layer has run: later layers never run,
+    the rest of the ``with`` block is skipped quietly, the hooks are gone; a plain tap counts calls."""
+    from whycam.taps import Tap
+
+    torch.manual_seed(0)
+    act = nn.ReLU()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), act, nn.Conv2d(4, 4, 3), act, nn.Flatten())
+    ran_after = []
+    model[2].register_forward_hook(lambda *args: ran_after.append(1))
+    x = torch.randn(2, 3, 12, 12)
+    with Tap([model[1]], stop=True) as tap:
+        model(x)
+        ran_after.append("block")
+    assert ran_after == [] and torch.equal(tap.captured()[0], torch.relu(model[0](x)))
+    assert tap.calls == [1] and not act._forward_hooks
+    with Tap([act]) as tap:                       # a shared module: the whole pass, the last call kept
+        model(x)
+    assert tap.calls == [2] and torch.equal(tap.captured()[0], model(x).view(2, 4, 8, 8))

@@ -8,7 +8,9 @@ through the layers above it: never into the network's early layers, never into p
 The network downstream receives a copy of the captured tensor, so an in-place operation after the
 layer (DenseNet's ``relu(norm5(x), inplace=True)``) cannot overwrite what was captured.
 Hooks are removed on exit, also when the forward pass raises. If a layer runs several times in one
-forward pass, the last call is kept.
+forward pass, the last call is kept, and ``calls`` counts them. With ``stop=True`` the forward pass
+ends as soon as every tapped layer has run once (the rest of the network never runs; the ``with``
+block ends there quietly): for a reader of activations that needs no output.
 """
 
 from __future__ import annotations
@@ -20,13 +22,19 @@ import torch
 from torch import Tensor, nn
 
 
+class _LayersReached(Exception):
+    """Raised by a stopping tap once every tapped layer has run; its ``with`` block swallows it."""
+
+
 class Tap:
     """Context manager that records the outputs of ``modules`` (in the given order)."""
 
-    def __init__(self, modules: Sequence[nn.Module], grad: bool = False):
+    def __init__(self, modules: Sequence[nn.Module], grad: bool = False, stop: bool = False):
         self.modules = list(modules)
         self.grad = grad
+        self.stop = stop
         self.activations: list[Tensor | None] = [None] * len(self.modules)
+        self.calls = [0] * len(self.modules)
         self._handles: list = []
         self._graph_started = False
 
@@ -36,13 +44,15 @@ class Tap:
                 lambda m, inputs, output, index=index: self._capture(index, output)))
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, error, trace) -> bool:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        return kind is _LayersReached
 
     def reset(self) -> None:
         self.activations = [None] * len(self.modules)
+        self.calls = [0] * len(self.modules)
         self._graph_started = False
 
     def _capture(self, index: int, output) -> Tensor:
@@ -50,8 +60,11 @@ class Tap:
             raise TypeError(
                 f"the tapped layer returns {type(output).__name__}, not a tensor; tap a layer that "
                 "returns a tensor (e.g. one of its sub-modules)")
+        self.calls[index] += 1
         if not self.grad:
             self.activations[index] = output.detach()
+            if self.stop and all(a is not None for a in self.activations):
+                raise _LayersReached
             return output.clone()
         if not self._graph_started:
             self._graph_started = True

@@ -32,17 +32,13 @@ from ..reference import (
     nearest_solve,
     parse_shrinkage,
 )
-from ..taps import preserved
+from ..taps import Tap, preserved
 from ..targets import Target
 from .base import CAMExplainer, check_images, register
 
 Embedding = str | Callable[[Tensor], Tensor]
 EMBEDDINGS = ("auto", "avg", "max", "cls")
 References = Tensor | ReferenceStats | ReferenceBank | Iterable
-
-
-class _LayerReached(Exception):
-    """Raised by the hook that stops the forward pass once the explained layer has run."""
 
 
 @register
@@ -221,33 +217,13 @@ class DiffCAM(CAMExplainer):
         """The layer's output. The forward pass stops there (the rest of the model never runs), unless
         the layer is a module the model calls several times (a shared activation): then the whole pass
         runs and the last call is kept, as every CAM reads it. The first pass counts the calls."""
-        name, module = self.layers(images)[0]
-        captured: list[object] = []
-
-        def capture(module: nn.Module, inputs: object, output: object) -> object:
-            captured.append(output)
-            if self._stop_early:
-                raise _LayerReached
-            # the network goes on with a copy: an in-place operation downstream cannot alter the capture
-            return output.clone() if isinstance(output, Tensor) else None
-
-        handle = module.register_forward_hook(capture)
-        try:
-            with torch.no_grad():
-                self.model(images)
-        except _LayerReached:
-            pass
-        finally:
-            handle.remove()
-        if not captured:
-            raise RuntimeError(f"the layer {name!r} did not run in the forward pass; "
-                               "choose a layer the model calls")
+        module = self.layers(images)[0][1]
+        with torch.no_grad(), Tap([module], stop=bool(self._stop_early)) as tap:
+            self.model(images)
+        activation = tap.captured()[0]
         if self._stop_early is None:
-            self._stop_early = len(captured) == 1
-        if not isinstance(captured[-1], Tensor):
-            raise TypeError(f"the layer returns {type(captured[-1]).__name__}, not a tensor; tap a layer "
-                            "that returns a tensor (e.g. one of its sub-modules)")
-        return captured[-1]
+            self._stop_early = tap.calls[0] == 1
+        return activation
 
     def _pool(self, activation: Tensor, spatial: Tensor, images: Tensor) -> Tensor:
         if self.embedding == "auto" and self._pooling is None:
