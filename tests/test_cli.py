@@ -466,3 +466,30 @@ def test_method_options_reach_the_method_and_bad_ones_stop_the_command(photos, t
     result = invoke("evaluate", _mask_dataset(tmp_path), "--model", TINY, "--method", "rise", "--metrics", "auprc",
                     "--option", "rise.masks=0", "--out", tmp_path / "e")
     assert result.returncode == 2 and "rise" in result.stderr
+
+
+def test_a_voc_dataset_gives_the_box_metrics_every_object_of_the_class(tmp_path):
+    """Each image's boxes of the explained class reach the box metrics as (N, M, 4), moved by the
+    model's preprocessing and padded with empty boxes; the other metrics read their union as a mask."""
+    from whycam.cli import Failures, _dataset_tensors
+
+    root = tmp_path / "voc"
+    root.mkdir()
+    objects = {"a": [("cat", (4, 4, 20, 20)), ("dog", (0, 0, 8, 8)), ("cat", (40, 40, 60, 60))],
+               "b": [("ant", (10, 10, 30, 30))]}
+    for stem, items in objects.items():
+        _image(root / f"{stem}.png", 7, size=(64, 64))
+        (root / f"{stem}.xml").write_text("<annotation>" + "".join(
+            f"<object><name>{name}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+            f"<ymax>{y1}</ymax></bndbox></object>" for name, (x0, y0, x1, y1) in items) + "</annotation>")
+    loaded = whycam.models.load_model(TINY)            # 64 px images become 32 px inputs
+    names, _, _, masks, labels, boxes = _dataset_tensors(str(root), loaded, Failures())
+    assert names == ["a", "b"] and labels == [2, 0]    # cat, ant
+    assert boxes.tolist() == [[[2, 2, 10, 10], [20, 20, 30, 30]], [[5, 5, 15, 15], [0, 0, 0, 0]]]
+    assert masks[0].sum() == 64 + 100 and masks[1].sum() == 100 and not masks[0, 0, 0]
+    out = tmp_path / "eval"
+    result = invoke("evaluate", root, "--model", TINY, "--method", "gradcam", "--metrics",
+                    "max_box_accuracy,box_accuracy,auprc", "--out", out)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((out / "results.json").read_text())["per_image"]
+    assert len(rows) == 2 and all(0 <= r["max_box_accuracy"] <= 1 for r in rows)

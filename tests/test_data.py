@@ -125,8 +125,21 @@ def test_voc_dataset(tmp_path):
     assert dataset.kind == "voc" and len(dataset) == 1
     sample = dataset.samples[0]
     assert sample.boxes == [(4, 5, 20, 15), (30, 0, 40, 10)] and sample.label == "tabby"
+    mask = sample.mask((30, 40))  # the explained class's boxes only: the dog is not where the tabby is
+    assert sample.explained_boxes == [(4, 5, 20, 15)]
+    assert mask.sum() == 16 * 10 and mask[5, 4] and not mask[4, 4] and not mask[0, 35]
+
+
+def test_several_objects_of_the_explained_class_are_all_ground_truth(tmp_path):
+    _rgb(40, 30).save(tmp_path / "cats.jpg")
+    boxes = [("tabby", (2, 2, 10, 8)), ("dog", (12, 2, 20, 8)), ("tabby", (30, 20, 38, 28))]
+    (tmp_path / "cats.xml").write_text("<annotation>" + "".join(
+        f"<object><name>{name}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+        f"<ymax>{y1}</ymax></bndbox></object>" for name, (x0, y0, x1, y1) in boxes) + "</annotation>")
+    sample = load_dataset(tmp_path).samples[0]
+    assert sample.explained_boxes == [(2, 2, 10, 8), (30, 20, 38, 28)]
     mask = sample.mask((30, 40))
-    assert mask.sum() == 16 * 10 + 10 * 10 and mask[5, 4] and not mask[4, 4]
+    assert mask.sum() == 8 * 6 + 8 * 8 and mask[2, 2] and mask[27, 37] and not mask[2, 12]
 
 
 def test_csv_dataset(tmp_path):

@@ -133,3 +133,29 @@ def test_top_pixels_fast_path_equals_the_seeded_ranking():
     maps[:10] = torch.rand(10, 9, 9, generator=generator)  # no ties
     counts = torch.randint(0, 82, (40,), generator=generator)
     assert torch.equal(top_pixels(maps, counts, 3), pixel_ranks(maps, True, 3) < counts[:, None, None])
+
+
+def test_several_boxes_per_image_are_their_union_for_pixels_and_the_best_match_for_boxes():
+    """(B, M, 4) boxes, padded with empty boxes: pixel metrics see the union of the boxes; the box
+    metrics score the map's box against whichever object it fits best, so a map on the second object
+    of an image scores as if that object were the only one."""
+    maps = torch.zeros(2, 40, 40)
+    maps[0, 22:34, 24:36] = 1.0                       # image 0: on its second object
+    maps[1, 2:12, 3:15] = 1.0                         # image 1: on its only object
+    boxes = torch.tensor([[[2, 2, 14, 12], [24, 22, 36, 34]],
+                          [[3, 2, 15, 12], [0, 0, 0, 0]]], dtype=torch.float32)
+    union = torch.zeros(2, 40, 40, dtype=torch.bool)
+    union[0, 2:12, 2:14] = union[0, 22:34, 24:36] = union[1, 2:12, 3:15] = True
+    assert torch.equal(ground_truth_masks(boxes, maps), union)
+    for name in ("auprc", "pointing_game", "energy_pointing_game", "topk_iou", "mask_iou"):
+        several, masked = getattr(metrics, name)(maps, boxes), getattr(metrics, name)(maps, union)
+        assert torch.equal(several.scores, masked.scores), name
+    matched = torch.stack([boxes[0, 1], boxes[1, 0]])  # the object each map lies on, alone
+    for name in ("box_accuracy", "max_box_accuracy"):
+        several, alone = getattr(metrics, name)(maps, boxes), getattr(metrics, name)(maps, matched)
+        assert several.value == alone.value == 1.0, name
+        assert getattr(metrics, name)(maps, union).value < 1.0, name   # the union's bounding box misses
+    with pytest.raises(ValueError, match="pad with 0, 0, 0, 0"):
+        metrics.max_box_accuracy(maps, torch.tensor([[[5.0, 5, 1, 1]], [[0, 0, 4, 4]]]))
+    with pytest.raises(ValueError, match=r"\(2, M, 4\) boxes"):
+        metrics.auprc(maps, torch.zeros(3, 2, 4))

@@ -608,14 +608,15 @@ def reference_info(file: str) -> None:
 
 def _dataset_tensors(dataset_path: str, loaded, failures: Failures):
     """Read a ground-truth dataset through the model's preprocessing: names, display images, inputs,
-    masks (N, h, w) and labels (class indices, or None where a label is not a class of the model)."""
+    masks (N, h, w), labels (class indices, or None where a label is not a class of the model), and
+    the explained class's boxes (N, M, 4), padded with empty boxes (None for a mask dataset)."""
     from .data import load_dataset, read_image, to_tensor
 
     try:
         dataset = load_dataset(dataset_path)
     except (OSError, ValueError) as error:
         raise click.BadParameter(str(error), param_hint="DATASET") from None
-    names, shown, inputs, masks, labels = [], [], [], [], []
+    names, shown, inputs, masks, labels, boxes = [], [], [], [], [], []
     for sample in tqdm(dataset, desc="read", unit="image", leave=False):
         try:
             image = to_tensor(read_image(sample.path))
@@ -623,6 +624,8 @@ def _dataset_tensors(dataset_path: str, loaded, failures: Failures):
         except (OSError, ValueError) as error:
             failures.add(sample.path, error)
             continue
+        moved = loaded.preprocess.boxes(sample.explained_boxes, tuple(image.shape[-2:]))
+        boxes.append(torch.tensor(moved, dtype=torch.float32).reshape(-1, 4))
         display = loaded.preprocess.geometry(image)
         names.append(sample.path.stem)
         shown.append(display)
@@ -634,7 +637,9 @@ def _dataset_tensors(dataset_path: str, loaded, failures: Failures):
             labels.append(None)
     if not inputs:
         raise click.UsageError(f"no readable image in the dataset {dataset_path}")
-    return names, shown, torch.stack(inputs), torch.stack(masks), labels
+    most = max(len(b) for b in boxes)
+    padded = torch.stack([torch.cat([b, b.new_zeros(most - len(b), 4)]) for b in boxes]) if most else None
+    return names, shown, torch.stack(inputs), torch.stack(masks), labels, padded
 
 
 def _evaluate_command(
@@ -652,7 +657,7 @@ def _evaluate_command(
     batch_size,
     title,
 ) -> None:
-    from .evaluate import evaluate
+    from .evaluate import BOX_METRICS, evaluate
     from .report import Report
     from .viz import curve_figure, grid_figure, save_png
 
@@ -661,7 +666,9 @@ def _evaluate_command(
     layer = _check_layer(loaded, layer)
     options = _method_options(option_items, method_names, loaded.model, layer)
     metric_names = [m.strip() for m in metric_text.split(",") if m.strip()]
-    names, shown, inputs, masks, labels = _dataset_tensors(dataset, loaded, failures)
+    names, shown, inputs, masks, labels, boxes = _dataset_tensors(dataset, loaded, failures)
+    # the box metrics match the map's box with each object's box; the rest read the mask (their union)
+    truth = masks if boxes is None else {m: boxes if m in BOX_METRICS else masks for m in metric_names}
     known = [label for label in labels if label is not None]
     targets = torch.tensor(labels) if len(known) == len(labels) else None
     reference_images = None
@@ -675,7 +682,7 @@ def _evaluate_command(
             targets,
             methods=method_names,
             metrics=metric_names,
-            truth=masks,
+            truth=truth,
             labels=targets,
             names=names,
             layer=layer,

@@ -199,9 +199,17 @@ class Sample:
         """The label of the first object (the one explained), if any."""
         return self.labels[0] if self.labels else None
 
+    @property
+    def explained_boxes(self) -> list[Box]:
+        """The boxes of the explained object's class: every box labelled like the first object (all
+        boxes when they carry no labels). The ground truth of "where is the class?"."""
+        if not self.labels:
+            return list(self.boxes)
+        return [box for box, label in zip(self.boxes, self.labels, strict=False) if label == self.label]
+
     def mask(self, size: tuple[int, int]) -> Tensor:
         """The ground truth as a (H, W) boolean mask at the image's ``size`` (H, W): the PNG mask, or
-        the union of the boxes."""
+        the union of ``explained_boxes``."""
         height, width = size
         if self.mask_path is not None:
             try:
@@ -216,7 +224,7 @@ class Sample:
                 )
             return torch.from_numpy(array > 0)
         mask = torch.zeros(height, width, dtype=torch.bool)
-        for xmin, ymin, xmax, ymax in self.boxes:
+        for xmin, ymin, xmax, ymax in self.explained_boxes:
             mask[
                 max(int(ymin), 0) : max(int(round(ymax)), 0), max(int(xmin), 0) : max(int(round(xmax)), 0)
             ] = True

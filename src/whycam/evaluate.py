@@ -42,6 +42,7 @@ LOCALISATION = (
     "pointing_game",
     "energy_pointing_game",
 )
+BOX_METRICS = ("box_accuracy", "max_box_accuracy")   # they compare boxes: given several, each object's
 FAITHFULNESS = ("road", "deletion", "insertion", "average_drop", "increase_in_confidence")
 DEFAULT_METRICS = (
     "auprc",
@@ -325,7 +326,7 @@ def evaluate(
     *,
     methods: Sequence[str] | Mapping[str, Explainer] | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
-    truth: Tensor | None = None,
+    truth: Tensor | Mapping[str, Tensor] | None = None,
     labels: Tensor | None = None,
     names: Sequence[str] | None = None,
     layer: str | None = None,
@@ -341,8 +342,9 @@ def evaluate(
     """Score ``methods`` (default: every registered method) with ``metrics`` on ``images``.
 
     ``images``: (N, C, H, W) model inputs; ``targets``: (N,) classes explained (default: the
-    prediction); ``truth``: (N, H, W) boolean masks or (N, 4) boxes ``(x0, y0, x1, y1)`` in input
-    pixels; ``labels``: (N,) true classes, for the accuracy; ``names``: image names for the rows;
+    prediction); ``truth``: (N, H, W) boolean masks, (N, 4) or (N, M, 4) boxes ``(x0, y0, x1, y1)``
+    in input pixels, or a mapping from metric name to its own such ground truth; ``labels``: (N,)
+    true classes, for the accuracy; ``names``: image names for the rows;
     ``layer``: the layer of the layer-based methods (default: each method's automatic choice);
     ``options``: per-method constructor options, e.g. ``{"rise": {"masks": 500}}`` (a ``"layer"``
     there overrides ``layer`` for that method); ``metric_options``: per-metric keyword arguments,

@@ -1,8 +1,11 @@
 """Localisation: does the map fall on the object? Maps (B, H, W) against ground truth.
 
 Ground truth is given as boxes (B, 4) ``x0, y0, x1, y1`` in pixels, covering the pixels
-``x0 <= x < x1, y0 <= y < y1`` (half-open, so a box's area is ``(x1 - x0) * (y1 - y0)``), or as
-boolean masks (B, H, W); every metric accepts either. No model is needed. A map that is zero
+``x0 <= x < x1, y0 <= y < y1`` (half-open, so a box's area is ``(x1 - x0) * (y1 - y0)``), as
+several boxes per image (B, M, 4) (pad with empty boxes such as ``0, 0, 0, 0``), or as boolean
+masks (B, H, W); every metric accepts each. Pixel metrics read several boxes as their union; the
+box metrics match the map's box with the best-fitting ground-truth box (a hit on any object, as
+Choe et al.'s MaxBoxAccV2). No model is needed. A map that is zero
 everywhere (whycam's output for a constant map) is read as uniform: it points nowhere in
 particular, so it scores at chance. Ties are broken by a random order seeded with
 ``seed + image index``. Everything is vectorised in torch except the connected components of the
@@ -29,23 +32,27 @@ def _maps(maps: Tensor) -> Tensor:
     return maps.float()
 
 
+def _is_boxes(truth: Tensor, batch: int) -> bool:
+    return truth.shape[0] == batch and truth.shape[-1] == 4 and truth.dim() in (2, 3)
+
+
 def ground_truth_masks(truth: Tensor, maps: Tensor) -> Tensor:
-    """Ground truth as a bool (B, H, W) mask: a mask is checked, (B, 4) boxes are drawn."""
+    """Ground truth as a bool (B, H, W) mask: a mask is checked, (B, 4) or (B, M, 4) boxes are drawn
+    (several boxes: their union)."""
     batch, height, width = maps.shape
     if not isinstance(truth, Tensor):
-        raise TypeError(f"ground truth must be (B, 4) boxes or (B, H, W) masks, not {type(truth).__name__}")
-    if truth.dim() == 2 and truth.shape == (batch, 4):
-        boxes = truth.to(maps.device).float()
-        if ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
-            raise ValueError("boxes must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1")
-        ys = torch.arange(height, device=maps.device)[None, :, None]
-        xs = torch.arange(width, device=maps.device)[None, None, :]
-        x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))
-        return (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+        raise TypeError("ground truth must be (B, 4) or (B, M, 4) boxes or (B, H, W) masks, not "
+                        f"{type(truth).__name__}")
     if truth.shape == maps.shape:
         return truth.to(maps.device).bool()
-    raise ValueError(f"ground truth {tuple(truth.shape)} fits neither ({batch}, 4) boxes nor "
-                     f"{tuple(maps.shape)} masks matching the maps")
+    if _is_boxes(truth, batch):
+        boxes = _truth_boxes(truth, maps)
+        ys = torch.arange(height, device=maps.device)[None, None, :, None]
+        xs = torch.arange(width, device=maps.device)[None, None, None, :]
+        x0, y0, x1, y1 = (boxes[..., i, None, None] for i in range(4))
+        return ((xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)).any(1)
+    raise ValueError(f"ground truth {tuple(truth.shape)} fits neither ({batch}, 4) or ({batch}, M, 4) boxes "
+                     f"nor {tuple(maps.shape)} masks matching the maps")
 
 
 def _boxes_of(masks: Tensor) -> Tensor:
@@ -76,9 +83,14 @@ def _uniform_if_zero(maps: Tensor) -> Tensor:
     return torch.where(zero, torch.ones_like(maps), maps)
 
 
+def _best_iou(boxes: Tensor, truth_boxes: Tensor) -> Tensor:
+    """IoU of each box (N, 4) with the best-fitting of its ground-truth boxes (N, M, 4)."""
+    return box_iou(boxes[:, None], truth_boxes).amax(1)
+
+
 def _component_boxes(masks: Tensor, truth_boxes: Tensor, largest: bool) -> Tensor:
     """Box per (N, H, W) mask: of its largest 8-connected component, or of the component best matching
-    ``truth_boxes`` (N, 4) in IoU (MaxBoxAccV2's multi-contour rule)."""
+    any of its ``truth_boxes`` (N, M, 4) in IoU (MaxBoxAccV2's multi-contour rule)."""
     count = masks.shape[0]
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = True  # 8-connectivity within a plane, none across planes
@@ -92,7 +104,7 @@ def _component_boxes(masks: Tensor, truth_boxes: Tensor, largest: bool) -> Tenso
     if largest:
         quality = torch.from_numpy(np.bincount(labels.ravel(), minlength=n + 1)[1:]).to(masks.device).float()
     else:
-        quality = box_iou(boxes, truth_boxes[plane])
+        quality = _best_iou(boxes, truth_boxes[plane])
     best = torch.full((count,), -1.0, device=masks.device).scatter_reduce(0, plane, quality, "amax")
     index = torch.arange(n, device=masks.device)
     candidate = torch.where(quality == best[plane], index, n)
@@ -101,22 +113,29 @@ def _component_boxes(masks: Tensor, truth_boxes: Tensor, largest: bool) -> Tenso
     return padded[first]
 
 
-def _truth_boxes(truth: Tensor, masks: Tensor) -> Tensor:
-    return truth.to(masks.device).float() if truth.dim() == 2 else _boxes_of(masks)
+def _truth_boxes(truth: Tensor, maps: Tensor) -> Tensor:
+    """The ground-truth boxes (B, M, 4) for (B, H, W) maps: the boxes given, or each mask's bounding
+    box (M = 1)."""
+    if not isinstance(truth, Tensor) or truth.shape == maps.shape or not _is_boxes(truth, maps.shape[0]):
+        return _boxes_of(ground_truth_masks(truth, maps))[:, None]
+    boxes = truth.to(maps.device).float()
+    boxes = boxes[:, None] if boxes.dim() == 2 else boxes
+    if not torch.isfinite(boxes).all() or ((boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])).any():
+        raise ValueError("boxes must be finite x0, y0, x1, y1 with x0 <= x1 and y0 <= y1 (pad with 0, 0, 0, 0)")
+    return boxes
 
 
 def box_accuracy(maps: Tensor, truth: Tensor, tau: float = 0.2, iou_threshold: float = 0.5) -> MetricResult:
     """Box accuracy, the CAM protocol (Zhou et al., CVPR 2016): higher is better.
 
     The map is thresholded at ``tau * max``; the bounding box of its largest 8-connected component
-    is a hit when its IoU with the ground-truth box (or the mask's bounding box) is at least
-    ``iou_threshold``. Per image 1 (hit) or 0; the summary is the fraction of hits.
+    is a hit when its IoU with a ground-truth box (the best-fitting of several, or the mask's bounding
+    box) is at least ``iou_threshold``. Per image 1 (hit) or 0; the summary is the fraction of hits.
     """
     maps = _uniform_if_zero(_maps(maps))
-    masks = ground_truth_masks(truth, maps)
-    reference = _truth_boxes(truth, masks)
+    reference = _truth_boxes(truth, maps)
     predicted = _component_boxes(maps >= tau * maps.flatten(1).max(1).values[:, None, None], reference, True)
-    iou = box_iou(predicted, reference)
+    iou = _best_iou(predicted, reference)
     return MetricResult("box_accuracy", (iou >= iou_threshold).float(), True, {"iou": iou[:, None]},
                         settings={"tau": tau, "iou_threshold": iou_threshold})
 
@@ -139,8 +158,7 @@ def max_box_accuracy(maps: Tensor, truth: Tensor, taus: Tensor | None = None,
     if component not in ("best", "largest"):
         raise ValueError(f"component must be 'best' or 'largest', not {component!r}")
     maps = _uniform_if_zero(_maps(maps))
-    masks = ground_truth_masks(truth, maps)
-    reference = _truth_boxes(truth, masks)
+    reference = _truth_boxes(truth, maps)
     taus = torch.arange(100, dtype=torch.float64) / 100 if taus is None else torch.as_tensor(taus)
     taus = taus.to(maps.device).float()
     deltas = torch.as_tensor(iou_thresholds, device=maps.device).float()
@@ -153,7 +171,7 @@ def max_box_accuracy(maps: Tensor, truth: Tensor, taus: Tensor | None = None,
         thresholded = (maps[chunk, None] >= taus[None, :, None, None] * peak[chunk]).flatten(0, 1)
         truth_boxes = reference[chunk].repeat_interleave(steps, 0)
         predicted = _component_boxes(thresholded, truth_boxes, component == "largest")
-        ious.append(box_iou(predicted, truth_boxes).view(-1, steps))
+        ious.append(_best_iou(predicted, truth_boxes).view(-1, steps))
     iou = torch.cat(ious)
     hits = (iou[:, None, :] >= deltas[None, :, None]).float()  # (B, deltas, taus)
     best = hits.mean(0).argmax(1)  # first best tau per delta
