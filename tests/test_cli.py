@@ -493,3 +493,13 @@ def test_a_voc_dataset_gives_the_box_metrics_every_object_of_the_class(tmp_path)
     assert result.returncode == 0, result.stderr
     rows = json.loads((out / "results.json").read_text())["per_image"]
     assert len(rows) == 2 and all(0 <= r["max_box_accuracy"] <= 1 for r in rows)
+
+
+def test_device_option_moves_the_model_and_refuses_what_is_not_there(photos, tmp_path):
+    result = invoke("explain", photos, "--model", TINY, "--device", "cpu", "--out", tmp_path / "cpu")
+    assert result.returncode == 0, result.stderr
+    assert invoke("explain", photos, "--model", TINY, "--device", "toaster", "--out", tmp_path / "o").returncode == 2
+    if not torch.cuda.is_available():
+        dataset = _mask_dataset(tmp_path)
+        result = invoke("evaluate", dataset, "--model", TINY, "--device", "cuda", "--out", tmp_path / "e")
+        assert result.returncode == 2 and "cuda is not available" in result.stderr and "--device cpu" in result.stderr

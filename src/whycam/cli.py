@@ -42,13 +42,28 @@ class Failures:
             ctx.exit(EXIT_PARTIAL)
 
 
-def _load_model(spec: str, weights: str | None, download: bool):
+def _load_model(spec: str, weights: str | None, download: bool, device: str = "cpu"):
+    """The model, moved to ``device``; its preprocessing then puts every input there too."""
+    from dataclasses import replace
+
     from .models import ModelSpecError, load_model
 
     try:
-        return load_model(spec, weights, download=download)
+        where = torch.device(device)
+    except (RuntimeError, ValueError) as error:
+        raise click.BadParameter(f"{device!r} is not a device ({error}); e.g. cpu, cuda, cuda:1, mps",
+                                 param_hint="--device") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(where.type, True):
+        raise click.BadParameter(f"{where.type} is not available on this machine; use --device cpu",
+                                 param_hint="--device")
+    try:
+        loaded = load_model(spec, weights, download=download)
     except ModelSpecError as error:
         raise click.BadParameter(str(error), param_hint="--model/--weights") from None
+    loaded.model.to(where)
+    loaded.preprocess = replace(loaded.preprocess, device=str(where))
+    return loaded
 
 
 def _check_layer(loaded, layer: str | None) -> str | None:
@@ -226,6 +241,9 @@ MODEL_OPTIONS = [
     click.option(
         "--download", is_flag=True, help="Let torchvision/timm download pretrained weights (needs internet)."
     ),
+    click.option(
+        "--device", default="cpu", show_default=True, help="Where the model runs: cpu, cuda, cuda:1, mps."
+    ),
 ]
 
 
@@ -321,6 +339,7 @@ def explain(
     model_spec,
     weights,
     download,
+    device,
     method_text,
     layer,
     target,
@@ -346,7 +365,7 @@ def explain(
 
     failures = Failures()
     names = _method_names(method_text)
-    loaded = _load_model(model_spec, weights, download)
+    loaded = _load_model(model_spec, weights, download, device)
     layer = _check_layer(loaded, layer)
     options = _method_options(option_items, names, loaded.model, layer)
     if (question == "why-not") != (versus is not None):
@@ -520,7 +539,7 @@ def reference() -> None:
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .safetensors (or .npz).")
 @click.option("--batch-size", default=32, show_default=True)
 @click.pass_context
-def reference_build(ctx, folders, model_spec, weights, download, layer, per_class, out, batch_size) -> None:
+def reference_build(ctx, folders, model_spec, weights, download, device, layer, per_class, out, batch_size) -> None:
     """Summarise reference images (count, sum, sum of outer products) for DiffCAM.
 
     \b
@@ -531,7 +550,7 @@ def reference_build(ctx, folders, model_spec, weights, download, layer, per_clas
     from .data import find_images
 
     failures = Failures()
-    loaded = _load_model(model_spec, weights, download)
+    loaded = _load_model(model_spec, weights, download, device)
     layer = _check_layer(loaded, layer)
     from .evaluate import make_explainer
 
@@ -648,6 +667,7 @@ def _evaluate_command(
     model_spec,
     weights,
     download,
+    device,
     method_names,
     metric_text,
     layer,
@@ -662,7 +682,7 @@ def _evaluate_command(
     from .viz import curve_figure, grid_figure, save_png
 
     failures = Failures()
-    loaded = _load_model(model_spec, weights, download)
+    loaded = _load_model(model_spec, weights, download, device)
     layer = _check_layer(loaded, layer)
     options = _method_options(option_items, method_names, loaded.model, layer)
     metric_names = [m.strip() for m in metric_text.split(",") if m.strip()]
@@ -670,7 +690,7 @@ def _evaluate_command(
     # the box metrics match the map's box with each object's box; the rest read the mask (their union)
     truth = masks if boxes is None else {m: boxes if m in BOX_METRICS else masks for m in metric_names}
     known = [label for label in labels if label is not None]
-    targets = torch.tensor(labels) if len(known) == len(labels) else None
+    targets = torch.tensor(labels, device=inputs.device) if len(known) == len(labels) else None
     reference_images = None
     if reference is not None:
         _, _, ref_inputs = _read_images([reference], loaded.preprocess, failures, "reference")
@@ -764,6 +784,7 @@ def evaluate(
     model_spec,
     weights,
     download,
+    device,
     method_text,
     metric_text,
     layer,
@@ -786,6 +807,7 @@ def evaluate(
         model_spec,
         weights,
         download,
+    device,
         _method_names(method_text),
         metric_text,
         layer,
@@ -813,7 +835,7 @@ def evaluate(
 @click.option("--batch-size", default=8, show_default=True)
 @click.pass_context
 def benchmark(
-    ctx, dataset, model_spec, weights, download, layer, metric_text, reference, option_items, out, batch_size
+    ctx, dataset, model_spec, weights, download, device, layer, metric_text, reference, option_items, out, batch_size
 ) -> None:
     """Run every registered method on a dataset with ground truth; write the table (Markdown, CSV).
 
@@ -830,6 +852,7 @@ def benchmark(
         model_spec,
         weights,
         download,
+    device,
         list(methods()),
         metric_text or ",".join(DEFAULT_METRICS),
         layer,
@@ -849,7 +872,7 @@ def benchmark(
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
-def sanity(ctx, images, model_spec, weights, download, method_text, layer, out, seed) -> None:
+def sanity(ctx, images, model_spec, weights, download, device, method_text, layer, out, seed) -> None:
     """Model-randomisation sanity check: do the maps change when the weights do? (Adebayo, 2018)
 
     \b
@@ -863,7 +886,7 @@ def sanity(ctx, images, model_spec, weights, download, method_text, layer, out, 
 
     failures = Failures()
     names = _method_names(method_text)
-    loaded = _load_model(model_spec, weights, download)
+    loaded = _load_model(model_spec, weights, download, device)
     layer = _check_layer(loaded, layer)
     _, _, inputs = _read_images(images, loaded.preprocess, failures)
     if not inputs:

@@ -39,9 +39,9 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 class Preprocess:
     """Resize the shorter side to ``resize``, centre-crop ``crop`` (h, w), then normalise.
 
-    Called on a (3, H, W) image in [0, 1] it returns the model's input (C, h, w); ``geometry`` alone
-    gives the resized, cropped image in [0, 1] that the maps are drawn on. ``channels=1`` averages
-    RGB into one gray channel.
+    Called on a (3, H, W) image in [0, 1] it returns the model's input (C, h, w) on ``device``;
+    ``geometry`` alone gives the resized, cropped image in [0, 1] that the maps are drawn on.
+    ``channels=1`` averages RGB into one gray channel.
     """
 
     resize: int | None = 256
@@ -49,6 +49,7 @@ class Preprocess:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     channels: int = 3
+    device: str = "cpu"
 
     def __call__(self, image: Tensor) -> Tensor:
         return self.normalize(self.geometry(image))
@@ -71,7 +72,7 @@ class Preprocess:
             image = image.mean(0, keepdim=True)
         mean = torch.tensor(self.mean, dtype=image.dtype)[:, None, None]
         std = torch.tensor(self.std, dtype=image.dtype)[:, None, None]
-        return (image - mean) / std
+        return ((image - mean) / std).to(self.device)
 
     def _scaled(self, hw: tuple[int, int]) -> tuple[int, int]:
         if self.resize is None:
