@@ -215,3 +215,15 @@ def test_results_check_passes_overlapping_intervals_and_names_the_cells_that_mis
     assert not results.check("objects", tmp_path / "apart.csv", tmp_path / "committed.csv")
     out = capsys.readouterr().out
     assert "1 of 2 cells overlap" in out and "gradcam / AUPRC" in out and "diffcam / AUPRC" not in out
+
+
+def test_results_ablation_varies_each_factor_then_tries_the_winners_together(untrained):
+    markdown, chosen = untrained.ablation("whynot", 12, 60, seed=0)   # k up to 50 needs 50 references
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "factor" not in line]
+    settings = sum(len(v) for v in untrained.ABLATION.values())
+    assert len(rows) == 1 + settings + 1 and rows[0].startswith("| defaults")
+    together = rows[-1]
+    assert together.startswith("| every winner together")
+    for factor in untrained.ABLATION:                    # one bold winner per factor
+        assert sum("**" in r for r in rows if r.startswith(f"| {factor} |")) == 1, factor
+    assert (chosen != {}) == ("**" in together)          # kept only when it beats the defaults
