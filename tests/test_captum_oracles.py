@@ -121,8 +121,8 @@ def test_occlusion_matches_captum(model, images32, window, stride):
                          [("smoothgrad", "smoothgrad"), ("smoothgrad2", "smoothgrad_sq"), ("vargrad", "vargrad")])
 def test_smoothgrad_matches_noise_tunnel_with_the_same_noise(model, images32, ours_variant, captum_variant):
     """Identical noise, honestly: Captum draws torch.normal(0, sigma) for the n copies of the image from
-    the global generator; ours draws standard normals from a torch.Generator with the same seed, in
-    the same order (image by image, sample by sample), times sigma. Same stream, same noise."""
+    the global generator; ours draws n standard-normal fields from a torch.Generator with the same
+    seed, in the same order (sample by sample), times sigma. Same stream, same noise."""
     image = images32[:1]
     noise, samples, seed = 0.2, 8, 11
     sigma = noise * float(image.max() - image.min())

@@ -241,6 +241,15 @@ def test_smoothgrad_same_seed_same_map_other_seed_other_map(resnet18, images):
     assert not torch.equal(first, whycam.SmoothGrad(resnet18, samples=4, seed=8)(images, 1))
 
 
+def test_smoothgrad_map_of_an_image_does_not_depend_on_its_batch(resnet18, images):
+    """The noise fields are shared by every image, so explaining an image alone, or second in a batch
+    beside another image, gives the same map."""
+    smooth = whycam.SmoothGrad(resnet18, samples=4, seed=3, batch_size=3)
+    together = smooth(images, [1, 2])
+    alone = torch.cat([smooth(images[i : i + 1], [t]) for i, t in enumerate([1, 2])])
+    assert torch.allclose(together, alone, atol=1e-6)
+
+
 def test_smoothgrad_without_noise_is_the_wrapped_explainer(resnet18, images):
     for inner in (whycam.InputXGradient(resnet18), whycam.GradCAM(resnet18)):
         smooth = whycam.SmoothGrad(inner, noise=0.0, samples=2)

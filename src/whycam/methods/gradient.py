@@ -327,8 +327,10 @@ class SmoothGrad(PixelExplainer):
     et al. 2019) or ``"vargrad"`` (variance, Adebayo et al. 2018). A pixel explainer is smoothed per
     channel, then reduced over channels by its own ``reduce``; any other explainer (CAM methods,
     DiffCAM) is smoothed on its raw maps. ``SmoothGrad(model)`` smooths ``Saliency(model)``.
-    The noise comes from a generator seeded with ``seed``, drawn image by image, sample by sample;
-    a target of ``None`` is pinned to the class predicted for the noise-free image.
+    The ``samples`` standard-normal noise fields come from a generator seeded with ``seed``, drawn
+    once per call and shared by every image (each scaled by its own sigma), so an image's map does
+    not depend on the other images of its batch; a target of ``None`` is pinned to the class
+    predicted for the noise-free image.
     """
 
     name = "smoothgrad"
@@ -366,12 +368,13 @@ class SmoothGrad(PixelExplainer):
             pinned = pin_target(target, len(images), lambda: unaltered_output(self, images))
         sigma = self.noise * (images.amax((1, 2, 3)) - images.amin((1, 2, 3)))
         generator = torch.Generator().manual_seed(self.seed)
+        fields = torch.randn((self.samples, *images.shape[1:]), generator=generator, dtype=images.dtype)
+        fields = fields.to(images.device)
         sums = squares = None
         for rows in batches(images.shape[0] * self.samples, self.batch_size):
             image = rows // self.samples
-            image_dev = image.to(images.device)
-            noise = torch.randn((len(rows), *images.shape[1:]), generator=generator, dtype=images.dtype)
-            noisy = images[image_dev] + noise.to(images.device) * sigma[image_dev].view(-1, 1, 1, 1)
+            image_dev, sample = image.to(images.device), (rows % self.samples).to(images.device)
+            noisy = images[image_dev] + fields[sample] * sigma[image_dev].view(-1, 1, 1, 1)
             rows_target = target_rows(pinned, image) if self.explainer.needs_target else target
             maps = [m.detach().double() for m in attribute(noisy, rows_target)]
             if sums is None:
