@@ -179,16 +179,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = []
     for task in args.tasks:
         _, record = load_or_train(task, args.seed, args.source, args.retrain)
+        print(json.dumps({"task": task, **{k: record[k] for k in ("source", "sizes", "val_accuracy",
+                                                                 "test_accuracy", "seconds")}}))
+    rows = []
+    for task in RECIPES:                 # the table shows every cached model, trained now or before
+        if task not in args.tasks and not cache_path(task, args.seed, args.source).exists():
+            continue
+        record = load_or_train(task, args.seed, args.source)[1]
         recipe, sizes = record["recipe"], record["sizes"]
         rows.append([task, record["source"], recipe["classes"], recipe["pool"], recipe["epochs"],
                      " / ".join(str(sizes[s]) for s in ("train", "val", "test")),
                      f"{record['val_accuracy']:.3f}", f"{record['test_accuracy']:.3f}",
-                     f"{record['seconds']:.0f} s ({record['threads']} threads, torch {record['torch']})"])
-        print(json.dumps({"task": task, **{k: record[k] for k in ("source", "sizes", "val_accuracy",
-                                                                 "test_accuracy", "seconds")}}))
+                     f"{record['seconds']:.0f} s ({record['threads']} thread{'s' * (record['threads'] != 1)}, "
+                     f"torch {record['torch']})"])
     header = ["task", "data", "classes", "pooling", "epochs", "train / val / test", "val accuracy",
               "test accuracy", "training time"]
     write_section("results.md", "models", f"Seed {args.seed}.\n\n" + table(header, rows))
