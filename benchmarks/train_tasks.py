@@ -179,15 +179,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    records = {}
     for task in args.tasks:
-        _, record = load_or_train(task, args.seed, args.source, args.retrain)
+        records[task] = record = load_or_train(task, args.seed, args.source, args.retrain)[1]
         print(json.dumps({"task": task, **{k: record[k] for k in ("source", "sizes", "val_accuracy",
                                                                  "test_accuracy", "seconds")}}))
-    rows = []
     for task in RECIPES:                 # the table shows every cached model, trained now or before
-        if task not in args.tasks and not cache_path(task, args.seed, args.source).exists():
-            continue
-        record = load_or_train(task, args.seed, args.source)[1]
+        if task not in records and cache_path(task, args.seed, args.source).exists():
+            records[task] = load_or_train(task, args.seed, args.source)[1]
+    rows = []
+    for task in (task for task in RECIPES if task in records):
+        record = records[task]
         recipe, sizes = record["recipe"], record["sizes"]
         rows.append([task, record["source"], recipe["classes"], recipe["pool"], recipe["epochs"],
                      " / ".join(str(sizes[s]) for s in ("train", "val", "test")),
