@@ -50,7 +50,7 @@ def runners(method: str, model: torch.nn.Module, images: torch.Tensor, classes: 
     """One callable per library returning (B, H, W) maps in [0, 1]; each peer gets its own model copy."""
     ours, grad_cam_class, torchcam_class = METHODS[method]
     explainer = ours(model, "layer4")
-    peer_model = copy.deepcopy(model)                      # pytorch-grad-cam keeps hooks on its model
+    peer_model = copy.deepcopy(model)  # pytorch-grad-cam keeps hooks on its model
     grad_cam = grad_cam_class(model=peer_model, target_layers=[peer_model.layer4])
     targets = [ClassifierOutputTarget(c) for c in classes]
     torchcam_model = copy.deepcopy(model)
@@ -60,8 +60,9 @@ def runners(method: str, model: torch.nn.Module, images: torch.Tensor, classes: 
         with torch.set_grad_enabled(method != "scorecam"):
             scores = torchcam_model(images)
         (maps,) = extractor(class_idx=classes, scores=scores)
-        return minmax(F.interpolate(maps.detach()[:, None], size=images.shape[-2:], mode="bilinear",
-                                    align_corners=False)[:, 0])
+        return minmax(
+            F.interpolate(maps.detach()[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        )
 
     return {
         "whycam": lambda: explainer(images, target=classes),
@@ -83,8 +84,10 @@ def measure(functions: dict, repeats: int) -> dict[str, tuple[float, float, torc
     for _ in range(repeats):
         for name, fn in functions.items():
             times[name].append(median_time(fn, repeats=1, warmup=0))
-    return {name: (statistics.median(times[name]) if repeats else first[name], memory[name], maps[name])
-            for name in functions}
+    return {
+        name: (statistics.median(times[name]) if repeats else first[name], memory[name], maps[name])
+        for name in functions
+    }
 
 
 def main() -> None:
@@ -96,16 +99,19 @@ def main() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], environment)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed runs after the warm-up (gradient methods)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up (gradient methods)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     rows: list[list[object]] = []
-    plan = [("resnet18", 1, "scorecam")]        # 512 forward passes per image: batch 1, one timed run
-    plan += [(arch, batch, method) for arch in ("resnet18", "resnet50") for batch in (1, 8)
-             for method in ("gradcam", "gradcam++", "layercam")]
+    plan = [("resnet18", 1, "scorecam")]  # 512 forward passes per image: batch 1, one timed run
+    plan += [
+        (arch, batch, method)
+        for arch in ("resnet18", "resnet50")
+        for batch in (1, 8)
+        for method in ("gradcam", "gradcam++", "layercam")
+    ]
     for arch, batch, method in plan:
         torch.manual_seed(0)
         model = getattr(torchvision.models, arch)().eval()
@@ -118,13 +124,17 @@ def main() -> None:
         for peer in ("pytorch-grad-cam", "torchcam"):
             seconds, memory, maps = results[peer]
             difference = (maps - ours_maps).abs().max().item()
-            cells += [f"{seconds * 1000:.0f} ms", f"{seconds / ours_time:.2f}x",
-                      f"{memory:.0f} MiB", f"{difference:.1e}"]
+            cells += [
+                f"{seconds * 1000:.0f} ms",
+                f"{seconds / ours_time:.2f}x",
+                f"{memory:.0f} MiB",
+                f"{difference:.1e}",
+            ]
         rows.append(cells)
         print(" | ".join(str(c) for c in cells), flush=True)
 
         markdown = report(args, rows)
-        if not args.no_write:       # after every row: an interrupted run keeps what it measured
+        if not args.no_write:  # after every row: an interrupted run keeps what it measured
             write_section("benchmarks.md", "cam_speed", markdown)
     print(markdown)
 
@@ -139,26 +149,41 @@ def report(args: argparse.Namespace, rows: list[list[object]]) -> str:
         "On a score scaled so that it is negligible, the maps agree within 1e-5 "
         "(tests/test_cam_oracles.py).",
         "torchcam's Score-CAM normalises each channel before upsampling with align_corners=False; "
-        "whycam gives torchcam's map with `align_corners=False, normalize_at=\"feature\"` "
+        'whycam gives torchcam\'s map with `align_corners=False, normalize_at="feature"` '
         "(tests/test_cam_oracles.py) at the same cost.",
     ]
-    header = ["model", "batch", "method", "whycam", "whycam peak", "pytorch-grad-cam", "speed-up",
-              "peak", "max diff", "torchcam", "speed-up", "peak", "max diff"]
-    markdown = "\n".join([
-        f"`python benchmarks/cam_speed.py --threads {args.threads} --repeats {args.repeats}`: "
-        f"{machine()}. Random-init torchvision models, layer4, seeded 224 px inputs, CPU. "
-        f"Times: median of {args.repeats} runs after a warm-up run, the libraries taking turns "
-        "(Score-CAM: one run, batch 1 only, 512 forward passes per image; Score-CAM on ResNet-50, "
-        "2048 passes per image, is not run: it takes tens of minutes on two cores). "
-        "Speed-up: the peer's time / whycam's. Peak: resident-memory increase during the warm-up "
-        "call. Max diff: max abs difference of the min-max normalised maps with whycam's, in this "
-        f"run. 1-minute load average {os.getloadavg()[0]:.1f} on the machine's cores when this table was "
-        "written; ratios come from interleaved runs on the same inputs.",
-        "",
-        table(header, rows),
-        "",
-        *[f"- {note}" for note in notes],
-    ])
+    header = [
+        "model",
+        "batch",
+        "method",
+        "whycam",
+        "whycam peak",
+        "pytorch-grad-cam",
+        "speed-up",
+        "peak",
+        "max diff",
+        "torchcam",
+        "speed-up",
+        "peak",
+        "max diff",
+    ]
+    markdown = "\n".join(
+        [
+            f"`python benchmarks/cam_speed.py --threads {args.threads} --repeats {args.repeats}`: "
+            f"{machine()}. Random-init torchvision models, layer4, seeded 224 px inputs, CPU. "
+            f"Times: median of {args.repeats} runs after a warm-up run, the libraries taking turns "
+            "(Score-CAM: one run, batch 1 only, 512 forward passes per image; Score-CAM on ResNet-50, "
+            "2048 passes per image, is not run: it takes tens of minutes on two cores). "
+            "Speed-up: the peer's time / whycam's. Peak: resident-memory increase during the warm-up "
+            "call. Max diff: max abs difference of the min-max normalised maps with whycam's, in this "
+            f"run. 1-minute load average {os.getloadavg()[0]:.1f} on the machine's cores when this table was "
+            "written; ratios come from interleaved runs on the same inputs.",
+            "",
+            table(header, rows),
+            "",
+            *[f"- {note}" for note in notes],
+        ]
+    )
     return markdown
 
 

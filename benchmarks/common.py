@@ -57,8 +57,7 @@ def peak_memory(fn: Callable[[], object], interval: float = 0.002) -> float:
 
 def machine() -> str:
     """One line naming the machine and the thread count a figure used."""
-    return (f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    return f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def write_section(page: str, section: str, markdown: str) -> Path:

@@ -67,15 +67,35 @@ def measure(name: str, model: torch.nn.Module, repeats: int, n_references: int) 
         with torch.no_grad():
             model(images)
 
-    t_forward, t_diffcam, t_gradcam, t_batch = interleaved({
-        "forward": forward, "diffcam": lambda: dc(images), "gradcam": lambda: gradcam(images),
-        "partial_fit": lambda: streaming.partial_fit(images)}, repeats).values()
-    print(f"{name}: forward {t_forward:.3f}s diffcam {t_diffcam:.3f}s gradcam {t_gradcam:.3f}s "
-          f"partial_fit {t_batch:.3f}s fit {fit_seconds:.2f}s", flush=True)
-    return [name, f"`{layer}`", dc.reference.dim, f"{t_forward * 1000:.0f}", f"{t_diffcam * 1000:.0f}",
-            f"**{t_diffcam / t_forward:.2f}x**", f"{t_gradcam * 1000:.0f}", f"{t_gradcam / t_forward:.2f}x",
-            f"{8 / t_batch:.1f}", f"{8 / t_forward:.1f}", f"{t_forward / t_batch:.2f}",
-            f"{fit_seconds:.1f}", f"{factor_seconds * 1000:.0f}"]
+    t_forward, t_diffcam, t_gradcam, t_batch = interleaved(
+        {
+            "forward": forward,
+            "diffcam": lambda: dc(images),
+            "gradcam": lambda: gradcam(images),
+            "partial_fit": lambda: streaming.partial_fit(images),
+        },
+        repeats,
+    ).values()
+    print(
+        f"{name}: forward {t_forward:.3f}s diffcam {t_diffcam:.3f}s gradcam {t_gradcam:.3f}s "
+        f"partial_fit {t_batch:.3f}s fit {fit_seconds:.2f}s",
+        flush=True,
+    )
+    return [
+        name,
+        f"`{layer}`",
+        dc.reference.dim,
+        f"{t_forward * 1000:.0f}",
+        f"{t_diffcam * 1000:.0f}",
+        f"**{t_diffcam / t_forward:.2f}x**",
+        f"{t_gradcam * 1000:.0f}",
+        f"{t_gradcam / t_forward:.2f}x",
+        f"{8 / t_batch:.1f}",
+        f"{8 / t_forward:.1f}",
+        f"{t_forward / t_batch:.2f}",
+        f"{fit_seconds:.1f}",
+        f"{factor_seconds * 1000:.0f}",
+    ]
 
 
 def main() -> None:
@@ -86,34 +106,50 @@ def main() -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     load_before = os.getloadavg()[0]
-    models = {"ResNet-50 (random init)": torchvision.models.resnet50().eval(),
-              "EfficientNet-Lite0 (ImageNet)": efficientnet_lite0()}
+    models = {
+        "ResNet-50 (random init)": torchvision.models.resnet50().eval(),
+        "EfficientNet-Lite0 (ImageNet)": efficientnet_lite0(),
+    }
     rows = [measure(name, model, args.repeats, args.references) for name, model in models.items()]
-    header = ["model", "layer", "K", "forward ms", "DiffCAM ms", "DiffCAM / forward", "Grad-CAM ms",
-              "Grad-CAM / forward", "fitting images/s", "forward images/s", "fitting / forward throughput",
-              "fit(N) s, all included", "Cholesky ms (once)"]
-    markdown = "\n".join([
-        f"Batch of 8 images at 224x224, CPU, {machine()}; medians of {args.repeats} runs after one warm-up, "
-        "the methods timed in alternating rounds. "
-        "DiffCAM uses fitted statistics (Ledoit-Wolf, automatic layer and embedding); its Cholesky factor is "
-        "computed once per reference group and cached (last column, not in the per-call time). "
-        "Grad-CAM is whycam's, on the same layer, in the same run. Fitting throughput is the median "
-        "`partial_fit` of a batch of 8 (embedding + outer products) against the forward pass of the same "
-        f"batch; `fit(N)` is one complete `fit` on N = {args.references} references in batches of 8, "
-        "including the one-off layer resolution, model fingerprint (a hash of every weight) and pooling "
-        "detection (one forward pass of one image each).",
-        "",
-        table(header, rows),
-        "",
-        "DiffCAM stops the forward pass at the explained layer when that layer runs once (ResNet-50's "
-        "`layer4`: the head never runs). EfficientNet-Lite0's automatic layer is its `_swish` module, "
-        "which the model calls twice (stem and head), so the whole pass runs and the last call is read. "
-        "The extra work is the pooling, a K x 8 triangular solve and the weighted sum of K maps. "
-        f"The machine is shared with other jobs (load average {load_before:.1f} at the start, "
-        f"{os.getloadavg()[0]:.1f} at the end, on 2 cores), so absolute times are several times those of an "
-        "idle machine and vary between runs; the ratios are taken within one run, and Grad-CAM's ratio, "
-        "whose extra work is also small, shows the noise.",
-    ])
+    header = [
+        "model",
+        "layer",
+        "K",
+        "forward ms",
+        "DiffCAM ms",
+        "DiffCAM / forward",
+        "Grad-CAM ms",
+        "Grad-CAM / forward",
+        "fitting images/s",
+        "forward images/s",
+        "fitting / forward throughput",
+        "fit(N) s, all included",
+        "Cholesky ms (once)",
+    ]
+    markdown = "\n".join(
+        [
+            f"Batch of 8 images at 224x224, CPU, {machine()}; medians of {args.repeats} runs after one warm-up, "
+            "the methods timed in alternating rounds. "
+            "DiffCAM uses fitted statistics (Ledoit-Wolf, automatic layer and embedding); its Cholesky factor is "
+            "computed once per reference group and cached (last column, not in the per-call time). "
+            "Grad-CAM is whycam's, on the same layer, in the same run. Fitting throughput is the median "
+            "`partial_fit` of a batch of 8 (embedding + outer products) against the forward pass of the same "
+            f"batch; `fit(N)` is one complete `fit` on N = {args.references} references in batches of 8, "
+            "including the one-off layer resolution, model fingerprint (a hash of every weight) and pooling "
+            "detection (one forward pass of one image each).",
+            "",
+            table(header, rows),
+            "",
+            "DiffCAM stops the forward pass at the explained layer when that layer runs once (ResNet-50's "
+            "`layer4`: the head never runs). EfficientNet-Lite0's automatic layer is its `_swish` module, "
+            "which the model calls twice (stem and head), so the whole pass runs and the last call is read. "
+            "The extra work is the pooling, a K x 8 triangular solve and the weighted sum of K maps. "
+            f"The machine is shared with other jobs (load average {load_before:.1f} at the start, "
+            f"{os.getloadavg()[0]:.1f} at the end, on 2 cores), so absolute times are several times those of an "
+            "idle machine and vary between runs; the ratios are taken within one run, and Grad-CAM's ratio, "
+            "whose extra work is also small, shows the noise.",
+        ]
+    )
     write_section("benchmarks.md", "diffcam_speed", markdown)
     print(markdown)
 

@@ -21,7 +21,7 @@ import time
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # idle OpenMP threads sleep: spinning ones stall a shared CPU
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: spinning ones stall a shared CPU
 try:  # glibc: large blocks always mmapped and returned on free, so the RSS peak of one call is its own
     _libc = ctypes.CDLL("libc.so.6")
     _libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD (fixed: no dynamic raise after a free)
@@ -46,13 +46,18 @@ def naive_rise(model, image, target, masks, grid, p, batch_size, seed):
     cell = (math.ceil(height / grid), math.ceil(width / grid))
     generator = torch.Generator().manual_seed(seed)
     cells = (torch.rand((masks, 1, grid, grid), generator=generator) < p).float()
-    up = F.interpolate(cells, size=((grid + 1) * cell[0], (grid + 1) * cell[1]), mode="bilinear",
-                       align_corners=False)[:, 0]
+    up = F.interpolate(cells, size=((grid + 1) * cell[0], (grid + 1) * cell[1]), mode="bilinear", align_corners=False)[
+        :, 0
+    ]
     shift = (torch.rand((masks, 2), generator=generator) * torch.tensor(cell)).long()
-    all_masks = torch.stack([up[i, s[0]:s[0] + height, s[1]:s[1] + width] for i, s in enumerate(shift)])
+    all_masks = torch.stack([up[i, s[0] : s[0] + height, s[1] : s[1] + width] for i, s in enumerate(shift)])
     with torch.no_grad():
-        scores = torch.cat([model(all_masks[i:i + batch_size, None] * image).softmax(1)[:, target]
-                            for i in range(0, masks, batch_size)])
+        scores = torch.cat(
+            [
+                model(all_masks[i : i + batch_size, None] * image).softmax(1)[:, target]
+                for i in range(0, masks, batch_size)
+            ]
+        )
     return (scores[:, None, None] * all_masks).sum(0) / (masks * p)
 
 
@@ -79,25 +84,63 @@ def main() -> None:
     sigma = 0.15 * float(image.max() - image.min())
 
     cases = [
-        (f"Integrated Gradients, {steps} steps, batch 32",
-         lambda: whycam.IntegratedGradients(model, steps=steps, batch_size=32).per_channel(image, target),
-         [("Captum, internal_batch_size=32", lambda: ca.IntegratedGradients(model).attribute(
-             image, target=target, n_steps=steps, internal_batch_size=32)),
-          ("Captum, default (all steps in one pass)", lambda: ca.IntegratedGradients(model).attribute(
-              image, target=target, n_steps=steps))]),
-        (f"SmoothGrad (saliency), {samples} samples, batch 32",
-         lambda: whycam.SmoothGrad(whycam.Saliency(model), samples=samples, batch_size=32).per_channel(image, target),
-         [("Captum NoiseTunnel", lambda: ca.NoiseTunnel(ca.Saliency(model)).attribute(
-             image, nt_type="smoothgrad", nt_samples=samples, nt_samples_batch_size=32, stdevs=sigma,
-             target=target))]),
-        ("Occlusion, window 48, stride 24, batch 32",
-         lambda: whycam.Occlusion(model, window=48, stride=24, batch_size=32)(image, target, raw=True),
-         [("Captum", lambda: ca.Occlusion(model).attribute(
-             image, sliding_window_shapes=(3, 48, 48), strides=(3, 24, 24), baselines=0.0, target=target,
-             perturbations_per_eval=32)[:, 0])]),
-        (f"RISE, {masks} masks, grid 8, batch 32",
-         lambda: whycam.RISE(model, masks=masks, grid=8, batch_size=32)(image, target, raw=True),
-         [("all masks first (no Captum RISE)", lambda: naive_rise(model, image, target, masks, 8, 0.5, 32, 0))]),
+        (
+            f"Integrated Gradients, {steps} steps, batch 32",
+            lambda: whycam.IntegratedGradients(model, steps=steps, batch_size=32).per_channel(image, target),
+            [
+                (
+                    "Captum, internal_batch_size=32",
+                    lambda: ca.IntegratedGradients(model).attribute(
+                        image, target=target, n_steps=steps, internal_batch_size=32
+                    ),
+                ),
+                (
+                    "Captum, default (all steps in one pass)",
+                    lambda: ca.IntegratedGradients(model).attribute(image, target=target, n_steps=steps),
+                ),
+            ],
+        ),
+        (
+            f"SmoothGrad (saliency), {samples} samples, batch 32",
+            lambda: whycam.SmoothGrad(whycam.Saliency(model), samples=samples, batch_size=32).per_channel(
+                image, target
+            ),
+            [
+                (
+                    "Captum NoiseTunnel",
+                    lambda: ca.NoiseTunnel(ca.Saliency(model)).attribute(
+                        image,
+                        nt_type="smoothgrad",
+                        nt_samples=samples,
+                        nt_samples_batch_size=32,
+                        stdevs=sigma,
+                        target=target,
+                    ),
+                )
+            ],
+        ),
+        (
+            "Occlusion, window 48, stride 24, batch 32",
+            lambda: whycam.Occlusion(model, window=48, stride=24, batch_size=32)(image, target, raw=True),
+            [
+                (
+                    "Captum",
+                    lambda: ca.Occlusion(model).attribute(
+                        image,
+                        sliding_window_shapes=(3, 48, 48),
+                        strides=(3, 24, 24),
+                        baselines=0.0,
+                        target=target,
+                        perturbations_per_eval=32,
+                    )[:, 0],
+                )
+            ],
+        ),
+        (
+            f"RISE, {masks} masks, grid 8, batch 32",
+            lambda: whycam.RISE(model, masks=masks, grid=8, batch_size=32)(image, target, raw=True),
+            [("all masks first (no Captum RISE)", lambda: naive_rise(model, image, target, masks, 8, 0.5, 32, 0))],
+        ),
     ]
 
     def paired(ours, peer):
@@ -108,7 +151,7 @@ def main() -> None:
             fn()
         times = {ours: [], peer: []}
         for round_ in range(repeats):
-            for fn in ((ours, peer) if round_ % 2 == 0 else (peer, ours)):
+            for fn in (ours, peer) if round_ % 2 == 0 else (peer, ours):
                 start = time.perf_counter()
                 fn()
                 times[fn].append(time.perf_counter() - start)
@@ -124,23 +167,36 @@ def main() -> None:
         for peer_label, peer in peers:
             (ours_time, ours_memory, ours_result), (peer_time, peer_memory, peer_result) = paired(ours, peer)
             agreement = "—" if "RISE" in label else f"{relative_difference(ours_result, peer_result):.1e}"
-            rows.append([label, peer_label, f"{ours_time:.2f}", f"{peer_time:.2f}", f"{peer_time / ours_time:.2f}x",
-                         f"{ours_memory:.0f}", f"{peer_memory:.0f}", agreement])
+            rows.append(
+                [
+                    label,
+                    peer_label,
+                    f"{ours_time:.2f}",
+                    f"{peer_time:.2f}",
+                    f"{peer_time / ours_time:.2f}x",
+                    f"{ours_memory:.0f}",
+                    f"{peer_memory:.0f}",
+                    agreement,
+                ]
+            )
             print(" | ".join(rows[-1]), flush=True)
 
-    markdown = "\n\n".join([
-        f"`benchmarks/gradient_speed.py`{' --quick' if args.quick else ''}: one {args.size} px image, random-init "
-        f"ResNet-18 (1000 classes), CPU ({machine()}, OMP_WAIT_POLICY=PASSIVE), medians of {repeats} runs "
-        "after a warm-up, whycam and the peer alternating so that the load of the shared machine falls on "
-        "both; peak memory is the resident-set increase during one call (glibc set to return large "
-        "blocks on free, so cached memory does not hide it). "
-        "Speed-up > 1 means whycam is faster. "
-        "\"max rel. diff\" is max |whycam - peer| / max |peer| of the raw attributions (SmoothGrad: the same "
-        "seed is not the same noise for Captum, which draws from the global generator, so the maps differ "
-        "by the Monte Carlo noise; the oracle tests feed both the same noise and agree to 1e-7).",
-        table(["method", "peer", "whycam s", "peer s", "speed-up", "whycam MiB", "peer MiB", "max rel. diff"],
-              rows),
-    ])
+    markdown = "\n\n".join(
+        [
+            f"`benchmarks/gradient_speed.py`{' --quick' if args.quick else ''}: one {args.size} px image, random-init "
+            f"ResNet-18 (1000 classes), CPU ({machine()}, OMP_WAIT_POLICY=PASSIVE), medians of {repeats} runs "
+            "after a warm-up, whycam and the peer alternating so that the load of the shared machine falls on "
+            "both; peak memory is the resident-set increase during one call (glibc set to return large "
+            "blocks on free, so cached memory does not hide it). "
+            "Speed-up > 1 means whycam is faster. "
+            '"max rel. diff" is max |whycam - peer| / max |peer| of the raw attributions (SmoothGrad: the same '
+            "seed is not the same noise for Captum, which draws from the global generator, so the maps differ "
+            "by the Monte Carlo noise; the oracle tests feed both the same noise and agree to 1e-7).",
+            table(
+                ["method", "peer", "whycam s", "peer s", "speed-up", "whycam MiB", "peer MiB", "max rel. diff"], rows
+            ),
+        ]
+    )
     path = write_section("benchmarks.md", "gradient_speed", markdown)
     print(f"wrote {path}")
 

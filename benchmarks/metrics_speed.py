@@ -70,25 +70,35 @@ def bench_road() -> tuple[str, list[list[object]]]:
 
     targets = [ClassifierOutputSoftmaxTarget(c) for c in classes]
     ours_time = median_time(lambda: metrics.road(model, images, maps, classes), repeats=3, warmup=0)
-    peer_time = median_time(lambda: ROADCombined(PERCENTAGES)(images, maps.numpy(), targets, model),
-                            repeats=3, warmup=0)
+    peer_time = median_time(
+        lambda: ROADCombined(PERCENTAGES)(images, maps.numpy(), targets, model), repeats=3, warmup=0
+    )
     print(f"ROAD timed: {ours_time:.1f} s vs {peer_time:.1f} s", flush=True)
 
     removed = pixel_ranks(maps, True) < round(0.5 * maps[0].numel())
     imputer = NoisyLinearImputer(noise=0.0)
     ours_imp = median_time(lambda: metrics.noisy_linear_impute(images, removed, noise=0.0), repeats=3)
-    peer_imp = median_time(lambda: [imputer(images[i], (~removed[i]).float()) for i in range(len(images))],
-                           repeats=3)
+    peer_imp = median_time(lambda: [imputer(images[i], (~removed[i]).float()) for i in range(len(images))], repeats=3)
     filled = metrics.noisy_linear_impute(images, removed, noise=0.0)
     reference = torch.stack([imputer(images[i], (~removed[i]).float()) for i in range(len(images))])
     imp_gap = float((filled - reference).abs().max())
 
     count = len(images)
     rows = [
-        [f"ROAD, {count} image, 9 percentages x MoRF/LeRF", f"{ours_time:.2f} s", f"{peer_time:.2f} s",
-         f"{peer_time / ours_time:.1f}x", f"curves {gap:.1e}, combined {combined_gap:.1e}"],
-        [f"imputation alone, {count} image x 3 channels, 50% removed", f"{ours_imp:.2f} s",
-         f"{peer_imp:.2f} s", f"{peer_imp / ours_imp:.1f}x", f"{imp_gap:.1e}"],
+        [
+            f"ROAD, {count} image, 9 percentages x MoRF/LeRF",
+            f"{ours_time:.2f} s",
+            f"{peer_time:.2f} s",
+            f"{peer_time / ours_time:.1f}x",
+            f"curves {gap:.1e}, combined {combined_gap:.1e}",
+        ],
+        [
+            f"imputation alone, {count} image x 3 channels, 50% removed",
+            f"{ours_imp:.2f} s",
+            f"{peer_imp:.2f} s",
+            f"{peer_imp / ours_imp:.1f}x",
+            f"{imp_gap:.1e}",
+        ],
     ]
     return "pytorch-grad-cam 1.5.7", rows
 
@@ -107,20 +117,36 @@ def bench_localisation() -> list[list[object]]:
     a, s = maps[:, None].numpy(), masks[:, None].numpy().astype(np.float32)
     options = {"normalise": False, "abs": False, "disable_warnings": True}
     pairs = [
-        ("pointing game (tolerance 0)", lambda: metrics.pointing_game(maps, masks, tolerance=0),
-         quantus.PointingGame(**options)),
-        ("relevance rank accuracy", lambda: metrics.relevance_rank_accuracy(maps, masks),
-         quantus.RelevanceRankAccuracy(**options)),
-        ("energy pointing game", lambda: metrics.energy_pointing_game(maps, masks),
-         quantus.RelevanceMassAccuracy(**options)),
+        (
+            "pointing game (tolerance 0)",
+            lambda: metrics.pointing_game(maps, masks, tolerance=0),
+            quantus.PointingGame(**options),
+        ),
+        (
+            "relevance rank accuracy",
+            lambda: metrics.relevance_rank_accuracy(maps, masks),
+            quantus.RelevanceRankAccuracy(**options),
+        ),
+        (
+            "energy pointing game",
+            lambda: metrics.energy_pointing_game(maps, masks),
+            quantus.RelevanceMassAccuracy(**options),
+        ),
     ]
     rows = []
     for name, ours, peer in pairs:
         run_peer = lambda peer=peer: peer(model=None, x_batch=x, y_batch=y, a_batch=a, s_batch=s)  # noqa: E731
         gap = float(np.abs(ours().scores.numpy() - np.asarray(run_peer(), dtype=float)).max())
         ours_time, peer_time = median_time(ours), median_time(run_peer)
-        rows.append([f"{name}, {count} maps {size}x{size}", f"{ours_time * 1e3:.1f} ms",
-                     f"{peer_time * 1e3:.1f} ms", f"{peer_time / ours_time:.1f}x", f"{gap:.1e}"])
+        rows.append(
+            [
+                f"{name}, {count} maps {size}x{size}",
+                f"{ours_time * 1e3:.1f} ms",
+                f"{peer_time * 1e3:.1f} ms",
+                f"{peer_time / ours_time:.1f}x",
+                f"{gap:.1e}",
+            ]
+        )
     return rows
 
 
@@ -130,20 +156,22 @@ def main() -> None:
     local_rows = bench_localisation()
     load = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     header = ["task", "whycam", "peer", "speed-up", "max abs difference"]
-    text = "\n\n".join([
-        f"Machine: {machine()}, shared with other jobs (1-minute load average {load}, on 2 cores; "
-        "absolute times are inflated, the ratios come from the same run). Medians of 3 runs "
-        "(ROAD, imputation; the first run included, after an untimed agreement run) or 5 runs "
-        "(localisation).",
-        f"ROAD and noisy linear imputation against {peer} (ResNet-18 random init, 224x224, "
-        "Grad-CAM maps with a 1e-6 jitter so that no two pixels tie; agreement measured with the noise "
-        "off, timing with the default noise 0.01). whycam removes exactly round(p% x H x W) pixels, the "
-        "peer the pixels at or above a numpy percentile: on continuous maps the two differ by at most "
-        "one pixel per step, hence the small differences in the curves.",
-        table(header, road_rows),
-        "Localisation against Quantus 0.6.0 (normalise=False, abs=False), masks from random boxes:",
-        table(header, local_rows),
-    ])
+    text = "\n\n".join(
+        [
+            f"Machine: {machine()}, shared with other jobs (1-minute load average {load}, on 2 cores; "
+            "absolute times are inflated, the ratios come from the same run). Medians of 3 runs "
+            "(ROAD, imputation; the first run included, after an untimed agreement run) or 5 runs "
+            "(localisation).",
+            f"ROAD and noisy linear imputation against {peer} (ResNet-18 random init, 224x224, "
+            "Grad-CAM maps with a 1e-6 jitter so that no two pixels tie; agreement measured with the noise "
+            "off, timing with the default noise 0.01). whycam removes exactly round(p% x H x W) pixels, the "
+            "peer the pixels at or above a numpy percentile: on continuous maps the two differ by at most "
+            "one pixel per step, hence the small differences in the curves.",
+            table(header, road_rows),
+            "Localisation against Quantus 0.6.0 (normalise=False, abs=False), masks from random boxes:",
+            table(header, local_rows),
+        ]
+    )
     write_section("benchmarks.md", "metrics_speed", text)
     print(text)
 

@@ -102,20 +102,23 @@ def main() -> None:
     chance = torch.rand(masks.shape, generator=torch.Generator().manual_seed(0))
     rows.append(["random (baseline)", *[f"{fn(chance, masks).value:.3f}" for fn in METRICS.values()], "-"])
 
-    predictions = ", ".join(f"{n}: {classes[int(c)]} ({float(probabilities[i, c]):.2f})"
-                            for i, (n, c) in enumerate(zip(names, predicted)))
+    predictions = ", ".join(
+        f"{n}: {classes[int(c)]} ({float(probabilities[i, c]):.2f})" for i, (n, c) in enumerate(zip(names, predicted))
+    )
     coverage = ", ".join(f"{n} {float(m.float().mean()):.0%}" for n, m in zip(names, masks))
-    text = "\n\n".join([
-        f"### Real model: EfficientNet-Lite0 (ImageNet) on {len(names)} photographs\n\n"
-        f"Each photograph's predicted class is explained at layer `{loaded.layer}`; the ground truth is one "
-        f"box per photograph (benchmarks/photo_boxes.json), {coverage} of the 224x224 input. Predictions: "
-        f"{predictions}. Pointing tolerance 15 px; box accuracy at tau = 0.2, IoU 0.5. With "
-        f"{len(names)} images these are per-image anecdotes, not estimates: no intervals are given.",
-        table(["method", *METRICS, "s / image"], rows),
-        "\n".join(f"- {note}" for note in notes) if notes else "",
-        f"_`python benchmarks/photos.py --threads {args.threads}`: {machine()}; whole run "
-        f"{(time.perf_counter() - start) / 60:.1f} min._",
-    ])
+    text = "\n\n".join(
+        [
+            f"### Real model: EfficientNet-Lite0 (ImageNet) on {len(names)} photographs\n\n"
+            f"Each photograph's predicted class is explained at layer `{loaded.layer}`; the ground truth is one "
+            f"box per photograph (benchmarks/photo_boxes.json), {coverage} of the 224x224 input. Predictions: "
+            f"{predictions}. Pointing tolerance 15 px; box accuracy at tau = 0.2, IoU 0.5. With "
+            f"{len(names)} images these are per-image anecdotes, not estimates: no intervals are given.",
+            table(["method", *METRICS, "s / image"], rows),
+            "\n".join(f"- {note}" for note in notes) if notes else "",
+            f"_`python benchmarks/photos.py --threads {args.threads}`: {machine()}; whole run "
+            f"{(time.perf_counter() - start) / 60:.1f} min._",
+        ]
+    )
     write_section("results.md", "results-photos", text)
     print(text)
 

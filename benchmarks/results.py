@@ -50,7 +50,7 @@ QUICK = {"images": 40, "references": 100, "faithful": 10}
 FULL = {"images": 500, "references": 300, "faithful": 100}
 METRIC_BATCH = 64
 FIGURE_IMAGES = 4
-CHECK = train_tasks.CACHE / "check"          # where --check writes its tables (git-ignored)
+CHECK = train_tasks.CACHE / "check"  # where --check writes its tables (git-ignored)
 # column -> whycam.metrics function
 LOCALISATION = {
     "AUPRC": "auprc",
@@ -60,7 +60,7 @@ LOCALISATION = {
     "energy pointing": "energy_pointing_game",
 }
 FAITHFULNESS = {"ROAD": "road", "deletion": "deletion", "insertion": "insertion", "average drop": "average_drop"}
-BOXED = {"max_box_accuracy", "energy_pointing_game"}   # scored against the box; the rest against the mask
+BOXED = {"max_box_accuracy", "energy_pointing_game"}  # scored against the box; the rest against the mask
 # One factor at a time from whycam.DiffCAM's defaults (issue 6 option names), scored by lesion /
 # object / why-not AUPRC on the validation split.
 ABLATION = {
@@ -101,8 +101,9 @@ def _sample(images: Tensor, n: int, seed: int) -> Tensor:
 
 
 def logit_difference(a: int, b: int) -> Callable[[Tensor], Tensor]:
-    """"Why a, not b": the score y_a - y_b of every image, for any batch (methods that expand the
+    """ "Why a, not b": the score y_a - y_b of every image, for any batch (methods that expand the
     batch with perturbed copies call it on their larger output)."""
+
     def score(output: Tensor) -> Tensor:
         return output[:, a] - output[:, b]
 
@@ -116,28 +117,53 @@ def make_job(task: str, split: str, n: int, references: int, seed: int) -> Job:
         data = tasks.objects(split, n, seed)
         labels = range(len(data.classes))
         train = tasks.objects("train", references * len(labels), seed)
-        groups = [Group((data.labels == c).nonzero().flatten(),
-                        _sample(train.images[train.labels != c], references, seed), c) for c in labels]
-        return Job(task, model, record, data, groups,
-                   ["target: the label",
-                    "DiffCAM's reference group: training scenes of every other label class"])
+        groups = [
+            Group((data.labels == c).nonzero().flatten(), _sample(train.images[train.labels != c], references, seed), c)
+            for c in labels
+        ]
+        return Job(
+            task,
+            model,
+            record,
+            data,
+            groups,
+            ["target: the label", "DiffCAM's reference group: training scenes of every other label class"],
+        )
     if task == "anomaly":
         data = tasks.anomaly(split, 2 * n, seed)
         data = data.subset(data.labels == 1)
         healthy = tasks.anomaly("train", 2 * references, seed)
         groups = [Group(torch.arange(len(data)), healthy.images[healthy.labels == 0], 1)]
-        return Job(task, model, record, data, groups,
-                   ["only diseased images are explained (target: diseased)",
-                    "DiffCAM's reference group: healthy training crops"])
+        return Job(
+            task,
+            model,
+            record,
+            data,
+            groups,
+            [
+                "only diseased images are explained (target: diseased)",
+                "DiffCAM's reference group: healthy training crops",
+            ],
+        )
     data = tasks.whynot(split, n, seed)
     train = tasks.plain_items("train", data.source, train_tasks.RECIPES["whynot"].train)
     questions = sorted({(int(a), int(b)) for a, b in zip(data.labels, data.contrast, strict=True)})
-    groups = [Group(((data.labels == a) & (data.contrast == b)).nonzero().flatten(),
-                    _sample(train.images[train.labels == b], references, seed), logit_difference(a, b))
-              for a, b in questions]
-    return Job(task, model, record, data, groups,
-               ["target: the logit difference y_a - y_b",
-                "DiffCAM's reference group: training items of class b"])
+    groups = [
+        Group(
+            ((data.labels == a) & (data.contrast == b)).nonzero().flatten(),
+            _sample(train.images[train.labels == b], references, seed),
+            logit_difference(a, b),
+        )
+        for a, b in questions
+    ]
+    return Job(
+        task,
+        model,
+        record,
+        data,
+        groups,
+        ["target: the logit difference y_a - y_b", "DiffCAM's reference group: training items of class b"],
+    )
 
 
 def explainer(cls: type, model: nn.Module, seed: int, **options) -> whycam.Explainer:
@@ -180,25 +206,45 @@ class Cell(NamedTuple):
     higher_is_better: bool
 
 
-def score(job: Job, maps: Tensor, faithful: int, seed: int,
-          columns: tuple[str, ...] | None = None) -> dict[str, Cell]:
+def score(job: Job, maps: Tensor, faithful: int, seed: int, columns: tuple[str, ...] | None = None) -> dict[str, Cell]:
     """Each column's cell, through ``whycam.evaluate.score_maps`` (the engine of ``whycam evaluate``):
     the mean of per-image scores, or MaxBoxAcc's dataset-level best threshold. Localisation uses
     every image of the job, faithfulness the first ``faithful`` (ROAD is the costly one), on the
     softmax probability of the explained class (the label)."""
-    chosen = {c: m for c, m in {**LOCALISATION, **(FAITHFULNESS if faithful else {})}.items()
-              if columns is None or c in columns}
+    chosen = {
+        c: m
+        for c, m in {**LOCALISATION, **(FAITHFULNESS if faithful else {})}.items()
+        if columns is None or c in columns
+    }
     truth = {m: job.data.boxes if m in BOXED else job.data.masks for m in chosen.values()}
     # the pointing game's 15 px tolerance is for 224 px images: scaled to ours
-    options = {"pointing_game": {"tolerance": 15 * maps.shape[-1] / 224},
-               **{m: {"batch_size": METRIC_BATCH} for m in FAITHFULNESS.values()}}
-    scored = score_maps(job.model, job.data.images, maps, job.data.labels, list(chosen.values()), truth,
-                        options=options, faithful=faithful, seed=seed, resamples=BOOTSTRAP)
+    options = {
+        "pointing_game": {"tolerance": 15 * maps.shape[-1] / 224},
+        **{m: {"batch_size": METRIC_BATCH} for m in FAITHFULNESS.values()},
+    }
+    scored = score_maps(
+        job.model,
+        job.data.images,
+        maps,
+        job.data.labels,
+        list(chosen.values()),
+        truth,
+        options=options,
+        faithful=faithful,
+        seed=seed,
+        resamples=BOOTSTRAP,
+    )
     return {c: Cell(*scored.summary[m], scored.higher_is_better[m]) for c, m in chosen.items()}
 
 
-def report(job: Job, rows: dict[str, dict[str, Cell]], times: dict[str, float],
-           seed: int, failures: dict[str, str], faithful: int) -> str:
+def report(
+    job: Job,
+    rows: dict[str, dict[str, Cell]],
+    times: dict[str, float],
+    seed: int,
+    failures: dict[str, str],
+    faithful: int,
+) -> str:
     """The Markdown section of one task: the table, best per column in bold, and how it was made."""
     columns = [c for c in (*LOCALISATION, *FAITHFULNESS) if any(c in r for r in rows.values())]
     higher = {c: cells[c].higher_is_better for cells in rows.values() for c in cells}
@@ -220,12 +266,17 @@ def report(job: Job, rows: dict[str, dict[str, Cell]], times: dict[str, float],
         body.append(line)
     header = ["method", *(f"{c} {'↑' if higher[c] else '↓'}" for c in columns), "ms / image"]
     record = job.record
-    lines = [f"### {job.task} ({job.data.source}, {job.data.split} split)", "",
-             f"N = {len(job.data)} images explained "
-             f"({f'faithfulness: the first {faithful}' if faithful else 'faithfulness not scored'}); "
-             f"model test accuracy {record['test_accuracy']:.3f} (validation {record['val_accuracy']:.3f}, "
-             f"{record['sizes']['test']} test images); "
-             f"seed {seed}; {'; '.join(job.notes)}.", "", table(header, body)]
+    lines = [
+        f"### {job.task} ({job.data.source}, {job.data.split} split)",
+        "",
+        f"N = {len(job.data)} images explained "
+        f"({f'faithfulness: the first {faithful}' if faithful else 'faithfulness not scored'}); "
+        f"model test accuracy {record['test_accuracy']:.3f} (validation {record['val_accuracy']:.3f}, "
+        f"{record['sizes']['test']} test images); "
+        f"seed {seed}; {'; '.join(job.notes)}.",
+        "",
+        table(header, body),
+    ]
     if failures:
         lines += ["", "Not run: " + "; ".join(f"{m}: {e}" for m, e in failures.items())]
     return "\n".join(lines)
@@ -238,11 +289,9 @@ def write_csv(path: Path, job: Job, rows: dict, times: dict[str, float]) -> None
         writer.writerow(["task", "method", "metric", "mean", "ci_low", "ci_high", "n"])
         for method, cells in rows.items():
             for column, (mean, low, high, _) in cells.items():
-                writer.writerow([job.task, method, column, f"{mean:.6f}", f"{low:.6f}", f"{high:.6f}",
-                                 len(job.data)])
+                writer.writerow([job.task, method, column, f"{mean:.6f}", f"{low:.6f}", f"{high:.6f}", len(job.data)])
             if method in times:
-                writer.writerow([job.task, method, "seconds per image", f"{times[method]:.6f}", "", "",
-                                 len(job.data)])
+                writer.writerow([job.task, method, "seconds per image", f"{times[method]:.6f}", "", "", len(job.data)])
 
 
 def figure(job: Job, shown: dict[str, Tensor], path: Path) -> None:
@@ -271,8 +320,16 @@ def figure(job: Job, shown: dict[str, Tensor], path: Path) -> None:
     plt.close(fig)
 
 
-def run_task(task: str, names: list[str], n: int, references: int, seed: int, faithful: int,
-             out: Path, chosen: dict | None = None) -> str:
+def run_task(
+    task: str,
+    names: list[str],
+    n: int,
+    references: int,
+    seed: int,
+    faithful: int,
+    out: Path,
+    chosen: dict | None = None,
+) -> str:
     """Explain and score one task's test images with every method, plus DiffCAM with the options
     ``chosen`` on the validation split (a row of its own) when they differ from its defaults; the
     CSV and figure go to ``out``, the Markdown section is returned."""
@@ -286,15 +343,18 @@ def run_task(task: str, names: list[str], n: int, references: int, seed: int, fa
     for name, (cls, options) in runs.items():
         try:
             maps, per_image, fit = explain(cls, job, seed, **options)
-        except (TypeError, ValueError, RuntimeError) as error:      # e.g. CAM with a logit-difference target
+        except (TypeError, ValueError, RuntimeError) as error:  # e.g. CAM with a logit-difference target
             failures[name] = str(error).split("\n")[0]
             print(f"{task}: {name} not run: {failures[name]}")
             continue
         times[name] = per_image
         shown[name] = maps[:FIGURE_IMAGES]
         rows[name] = score(job, maps, faithful, seed)
-        print(f"{task}: {name} {per_image * 1000:.1f} ms/image"
-              + (f", fit {fit:.1f} s" if fit else "") + f", AUPRC {rows[name]['AUPRC'][0]:.3f}")
+        print(
+            f"{task}: {name} {per_image * 1000:.1f} ms/image"
+            + (f", fit {fit:.1f} s" if fit else "")
+            + f", AUPRC {rows[name]['AUPRC'][0]:.3f}"
+        )
     rows["random (baseline)"] = score(job, random_maps(job, seed), faithful, seed)
     write_csv(out / f"{task}.csv", job, rows, times)
     if shown:
@@ -331,16 +391,24 @@ def ablation(task: str, n: int, references: int, seed: int) -> tuple[str, dict]:
     chosen, best = max(candidates, key=lambda c: c[1].mean)
     body.append(["every winner together", json.dumps(combined), cell(together, chosen is combined)])
     chosen = {} if best.mean <= default.mean else chosen
-    markdown = "\n".join([f"#### DiffCAM ablation: {task} (validation split, N = {len(job.data)}, AUPRC)", "",
-                          table(["factor", "options", "AUPRC ↑"], body)])
+    markdown = "\n".join(
+        [
+            f"#### DiffCAM ablation: {task} (validation split, N = {len(job.data)}, AUPRC)",
+            "",
+            table(["factor", "options", "AUPRC ↑"], body),
+        ]
+    )
     return markdown, chosen
 
 
 def read_cells(path: Path) -> dict[tuple[str, str], tuple[float, float, float]]:
     """A results CSV's cells with intervals: (method, metric) -> (mean, low, high)."""
     with path.open() as f:
-        return {(r["method"], r["metric"]): (float(r["mean"]), float(r["ci_low"]), float(r["ci_high"]))
-                for r in csv.DictReader(f) if r["ci_low"]}
+        return {
+            (r["method"], r["metric"]): (float(r["mean"]), float(r["ci_low"]), float(r["ci_high"]))
+            for r in csv.DictReader(f)
+            if r["ci_low"]
+        }
 
 
 def check(task: str, new: Path, committed: Path) -> bool:
@@ -351,8 +419,10 @@ def check(task: str, new: Path, committed: Path) -> bool:
     shared = sorted(ours.keys() & theirs.keys())
     apart = [k for k in shared if ours[k][1] > theirs[k][2] or theirs[k][1] > ours[k][2]]
     inside = sum(theirs[k][1] <= ours[k][0] <= theirs[k][2] for k in shared)
-    print(f"{task}: {len(shared) - len(apart)} of {len(shared)} cells overlap the committed intervals; "
-          f"{inside} of {len(shared)} means lie inside them")
+    print(
+        f"{task}: {len(shared) - len(apart)} of {len(shared)} cells overlap the committed intervals; "
+        f"{inside} of {len(shared)} means lie inside them"
+    )
     for method, metric in apart:
         print(f"  {method} / {metric}: {ours[method, metric]} against committed {theirs[method, metric]}")
     return not apart
@@ -368,14 +438,18 @@ def main() -> None:
     parser.add_argument("--images", type=int, help="test images explained per task")
     parser.add_argument("--references", type=int, help="DiffCAM references per group")
     parser.add_argument("--faithful", type=int, help="images scored for faithfulness (0: none)")
-    parser.add_argument("--check", action="store_true",
-                        help="compare with the committed docs/results/<task>.csv instead of writing docs/ "
-                             f"(tables go to {CHECK}); exit 1 if any cell's interval misses the committed one")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="compare with the committed docs/results/<task>.csv instead of writing docs/ "
+        f"(tables go to {CHECK}); exit 1 if any cell's interval misses the committed one",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     preset = QUICK if args.quick else FULL
-    n, references, faithful = (preset[k] if getattr(args, k) is None else getattr(args, k)
-                               for k in ("images", "references", "faithful"))
+    n, references, faithful = (
+        preset[k] if getattr(args, k) is None else getattr(args, k) for k in ("images", "references", "faithful")
+    )
     registry = whycam.methods()
     names = args.methods or list(registry)
     start = time.perf_counter()
@@ -385,8 +459,11 @@ def main() -> None:
         markdown, chosen = "", {}
         if "diffcam" in names and not args.check:
             markdown, chosen = ablation(task, n, references, args.seed)
-            verdict = (f"the best is {json.dumps(chosen)}, the row \"diffcam (validation-chosen)\" of the "
-                       "test table" if chosen else "the best is whycam.DiffCAM's defaults")
+            verdict = (
+                f'the best is {json.dumps(chosen)}, the row "diffcam (validation-chosen)" of the test table'
+                if chosen
+                else "the best is whycam.DiffCAM's defaults"
+            )
             markdown = "\n\n" + markdown + f"\n\nOn validation, {verdict}."
         sections[task] = run_task(task, names, n, references, args.seed, faithful, out, chosen) + markdown
     minutes = (time.perf_counter() - start) / 60
@@ -396,8 +473,10 @@ def main() -> None:
         sys.exit(0 if all(agree) else 1)
     command = " ".join(["python benchmarks/results.py", *sys.argv[1:]])
     for task, markdown in sections.items():
-        footer = (f"_`{command}`: {n} images, {references} references per group, faithfulness on "
-                  f"{faithful}; {machine()}; whole run {minutes:.1f} min._")
+        footer = (
+            f"_`{command}`: {n} images, {references} references per group, faithfulness on "
+            f"{faithful}; {machine()}; whole run {minutes:.1f} min._"
+        )
         write_section("results.md", f"results-{task}", f"{markdown}\n\n{footer}")
     print(f"done in {minutes:.1f} min")
 

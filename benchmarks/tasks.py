@@ -34,21 +34,31 @@ import torch.nn.functional as F
 from torch import Tensor
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                   "Bag", "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 SPLITS = ("train", "val", "test")
 
-SIZE = 64                    # objects and anomaly images are SIZE x SIZE
-ITEM_THRESHOLD = 0.25        # an item pixel is pasted where its resized intensity exceeds this
-ITEM_SIZES = (22, 32)        # item side in pixels, uniform in [low, high]
+SIZE = 64  # objects and anomaly images are SIZE x SIZE
+ITEM_THRESHOLD = 0.25  # an item pixel is pasted where its resized intensity exceeds this
+ITEM_SIZES = (22, 32)  # item side in pixels, uniform in [low, high]
 # The label set and the clutter set never meet, so the label of a scene is never ambiguous.
 TARGET_CLASSES = {"fashion": (0, 1, 3, 7, 8), "digits": (0, 1, 2, 3, 4)}
 DISTRACTOR_CLASSES = {"fashion": (2, 4, 5, 6, 9), "digits": (5, 6, 7, 8, 9)}
 WHYNOT_PAIRS = {"fashion": ((0, 6), (2, 4), (7, 9)), "digits": ((3, 5), (7, 1), (4, 9))}
-WHYNOT_TOP = 0.15            # fraction of pixels in the "why not" ground truth
-WHYNOT_SIZE = 32             # items padded from 28 to 32 pixels
-LESION_AXES = (2.5, 6.0)     # lesion semi-axes in pixels
+WHYNOT_TOP = 0.15  # fraction of pixels in the "why not" ground truth
+WHYNOT_SIZE = 32  # items padded from 28 to 32 pixels
+LESION_AXES = (2.5, 6.0)  # lesion semi-axes in pixels
 LESION_DARKENING = (0.05, 0.12)  # red-channel darkening at the lesion centre
 
 
@@ -73,9 +83,19 @@ class TaskData:
 
     def subset(self, index: Tensor) -> TaskData:
         """The images selected by a boolean or integer index, with everything that goes with them."""
-        return TaskData(self.task, self.split, self.seed, self.source, self.classes, self.images[index],
-                        self.labels[index], self.masks[index], self.boxes[index], self.contrast[index],
-                        {k: v[index] for k, v in self.extras.items()})
+        return TaskData(
+            self.task,
+            self.split,
+            self.seed,
+            self.source,
+            self.classes,
+            self.images[index],
+            self.labels[index],
+            self.masks[index],
+            self.boxes[index],
+            self.contrast[index],
+            {k: v[index] for k, v in self.extras.items()},
+        )
 
 
 def default_source() -> str:
@@ -94,7 +114,7 @@ def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -105,8 +125,9 @@ def load_items(split: str, source: str) -> tuple[Tensor, Tensor]:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     if source == "fashion":
         if not FASHION_DIR.exists():
-            raise FileNotFoundError(f"{FASHION_DIR} is missing: `apt-get install dataset-fashion-mnist`, "
-                                    "or use source='digits'")
+            raise FileNotFoundError(
+                f"{FASHION_DIR} is missing: `apt-get install dataset-fashion-mnist`, or use source='digits'"
+            )
         prefix = "t10k" if split == "test" else "train"
         images = _read_idx(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz")
         labels = _read_idx(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz")
@@ -145,6 +166,7 @@ def _resize(image: Tensor, size: int | tuple[int, int]) -> Tensor:
 
 # ---------------------------------------------------------------- objects on scenes
 
+
 @cache
 def backgrounds() -> tuple[tuple[str, Tensor], ...]:
     """scikit-image's textures (brick, grass, gravel) and photographs as (3, H, W) float32 in [0, 1]."""
@@ -161,10 +183,10 @@ def backgrounds() -> tuple[tuple[str, Tensor], ...]:
 class Scene:
     """One composed scene: the image, the background it was pasted on, and what was pasted where."""
 
-    image: Tensor          # (3, SIZE, SIZE)
-    background: Tensor     # (3, SIZE, SIZE)
+    image: Tensor  # (3, SIZE, SIZE)
+    background: Tensor  # (3, SIZE, SIZE)
     label: int
-    target_mask: Tensor    # (SIZE, SIZE) bool
+    target_mask: Tensor  # (SIZE, SIZE) bool
     distractor_mask: Tensor
     distractor_labels: tuple[int, ...]
 
@@ -175,7 +197,7 @@ def _background(rng: np.random.Generator) -> Tensor:
     _, h, w = image.shape
     side = int(rng.integers(96, min(256, h, w) + 1))
     y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    crop = _resize(image[:, y:y + side, x:x + side], SIZE)
+    crop = _resize(image[:, y : y + side, x : x + side], SIZE)
     if rng.random() < 0.5:
         crop = crop.flip(-1)
     return (0.1 + 0.6 * crop).clamp(0, 1)
@@ -195,10 +217,10 @@ def paste(image: Tensor, item: Tensor, y: int, x: int, colour: Tensor) -> Tensor
     ``colour * intensity``; returns the (SIZE, SIZE) mask of exactly those pixels."""
     side = item.shape[-1]
     keep = item > ITEM_THRESHOLD
-    window = image[:, y:y + side, x:x + side]
+    window = image[:, y : y + side, x : x + side]
     window[:, keep] = colour[:, None] * item[keep]
     mask = torch.zeros(image.shape[-2:], dtype=torch.bool)
-    mask[y:y + side, x:x + side] = keep
+    mask[y : y + side, x : x + side] = keep
     return mask
 
 
@@ -216,7 +238,7 @@ def object_scene(rng: np.random.Generator, items: Tensor, pools: dict[int, Tenso
     for cls in classes:
         side = int(rng.integers(ITEM_SIZES[0], ITEM_SIZES[1] + 1))
         corner = _place(rng, side, taken)
-        if corner is None:          # no room left for this distractor (the target always fits)
+        if corner is None:  # no room left for this distractor (the target always fits)
             continue
         taken.append((*corner, side))
         pool = pools[cls]
@@ -237,17 +259,27 @@ def objects(split: str, n: int, seed: int = 0, source: str | None = None) -> Tas
     pools = {c: (item_labels == c).nonzero().flatten() for c in range(10)}
     scenes = [object_scene(rng, items, pools, source) for _ in range(n)]
     masks = torch.stack([s.target_mask for s in scenes])
-    distractor_labels = torch.tensor([list(s.distractor_labels) + [-1] * (2 - len(s.distractor_labels))
-                                      for s in scenes], dtype=torch.int64).reshape(n, 2)
+    distractor_labels = torch.tensor(
+        [list(s.distractor_labels) + [-1] * (2 - len(s.distractor_labels)) for s in scenes], dtype=torch.int64
+    ).reshape(n, 2)
     names = FASHION_CLASSES if source == "fashion" else DIGIT_CLASSES
-    return TaskData("objects", split, seed, source, tuple(names[c] for c in TARGET_CLASSES[source]),
-                    torch.stack([s.image for s in scenes]), torch.tensor([s.label for s in scenes]),
-                    masks, mask_boxes(masks), torch.full((n,), -1),
-                    {"distractors": torch.stack([s.distractor_mask for s in scenes]),
-                     "distractor_labels": distractor_labels})
+    return TaskData(
+        "objects",
+        split,
+        seed,
+        source,
+        tuple(names[c] for c in TARGET_CLASSES[source]),
+        torch.stack([s.image for s in scenes]),
+        torch.tensor([s.label for s in scenes]),
+        masks,
+        mask_boxes(masks),
+        torch.full((n,), -1),
+        {"distractors": torch.stack([s.distractor_mask for s in scenes]), "distractor_labels": distractor_labels},
+    )
 
 
 # ---------------------------------------------------------------- anomaly vs healthy reference
+
 
 @cache
 def retina() -> tuple[Tensor, Tensor]:
@@ -264,14 +296,15 @@ def _retina_crop(rng: np.random.Generator, split: str) -> Tensor:
     image, disc = retina()
     _, h, w = image.shape
     side = 2 * SIZE
-    ys, xs = {"train": ((0, h), (0, w // 2)), "val": ((0, h // 2), (w // 2, w)),
-              "test": ((h // 2, h), (w // 2, w))}[split]
+    ys, xs = {"train": ((0, h), (0, w // 2)), "val": ((0, h // 2), (w // 2, w)), "test": ((h // 2, h), (w // 2, w))}[
+        split
+    ]
     while True:
         y = int(rng.integers(ys[0], ys[1] - side + 1))
         x = int(rng.integers(xs[0], xs[1] - side + 1))
-        if disc[y:y + side, x:x + side].all():
+        if disc[y : y + side, x : x + side].all():
             break
-    crop = _resize(image[:, y:y + side, x:x + side], SIZE).clamp(0, 1)
+    crop = _resize(image[:, y : y + side, x : x + side], SIZE).clamp(0, 1)
     crop = torch.rot90(crop, int(rng.integers(4)), dims=(1, 2))
     return crop.flip(-1) if rng.random() < 0.5 else crop
 
@@ -284,8 +317,9 @@ def lesion(image: Tensor, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
     angle = rng.uniform(0, np.pi)
     margin = int(np.ceil(max(a, b))) + 1
     cy, cx = rng.uniform(margin, SIZE - margin, size=2)
-    yy, xx = torch.meshgrid(torch.arange(SIZE, dtype=torch.float32), torch.arange(SIZE, dtype=torch.float32),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(SIZE, dtype=torch.float32), torch.arange(SIZE, dtype=torch.float32), indexing="ij"
+    )
     u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
     v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
     r2 = (u / a) ** 2 + (v / b) ** 2
@@ -304,11 +338,23 @@ def anomaly(split: str, n: int, seed: int = 0) -> TaskData:
     labels = torch.arange(n) % 2
     for i in labels.nonzero().flatten().tolist():
         images[i], masks[i] = lesion(healthy[i], rng)
-    return TaskData("anomaly", split, seed, "retina", ("healthy", "diseased"), images, labels, masks,
-                    mask_boxes(masks), torch.full((n,), -1), {"healthy": healthy})
+    return TaskData(
+        "anomaly",
+        split,
+        seed,
+        "retina",
+        ("healthy", "diseased"),
+        images,
+        labels,
+        masks,
+        mask_boxes(masks),
+        torch.full((n,), -1),
+        {"healthy": healthy},
+    )
 
 
 # ---------------------------------------------------------------- why not
+
 
 def _padded(items: Tensor) -> Tensor:
     """(N, 28, 28) items zero-padded to (N, WHYNOT_SIZE, WHYNOT_SIZE)."""
@@ -324,8 +370,18 @@ def plain_items(split: str, source: str | None = None, n: int | None = None) -> 
     images = _padded(items)[:, None].expand(-1, 3, -1, -1).contiguous()
     n = len(labels)
     masks = torch.zeros(n, WHYNOT_SIZE, WHYNOT_SIZE, dtype=torch.bool)
-    return TaskData("items", split, 0, source, FASHION_CLASSES if source == "fashion" else DIGIT_CLASSES,
-                    images, labels, masks, mask_boxes(masks), torch.full((n,), -1))
+    return TaskData(
+        "items",
+        split,
+        0,
+        source,
+        FASHION_CLASSES if source == "fashion" else DIGIT_CLASSES,
+        images,
+        labels,
+        masks,
+        mask_boxes(masks),
+        torch.full((n,), -1),
+    )
 
 
 @cache
@@ -356,9 +412,14 @@ def whynot(split: str, n: int | None = None, seed: int = 0, source: str | None =
             part.contrast = torch.full((len(index),), other)
             part.masks = whynot_mask(a, b, source).expand(len(index), -1, -1).clone()
             parts.append(part)
-    merged = TaskData("whynot", split, seed, source, items.classes,
-                      *(torch.cat([getattr(p, k) for p in parts])
-                        for k in ("images", "labels", "masks", "boxes", "contrast")))
+    merged = TaskData(
+        "whynot",
+        split,
+        seed,
+        source,
+        items.classes,
+        *(torch.cat([getattr(p, k) for p in parts]) for k in ("images", "labels", "masks", "boxes", "contrast")),
+    )
     merged.boxes = mask_boxes(merged.masks)
     if n is not None and n < len(merged):
         pick = np.sort(_rng(seed, "whynot", split).choice(len(merged), n, replace=False))

@@ -38,9 +38,9 @@ class Recipe:
 
     task: str
     classes: int
-    pool: str               # "avg" or "max"
+    pool: str  # "avg" or "max"
     strides: tuple[int, ...]
-    train: int              # images per split (for "whynot": the first ones of the item split)
+    train: int  # images per split (for "whynot": the first ones of the item split)
     val: int
     test: int
     epochs: int
@@ -53,22 +53,32 @@ RECIPES = {
     "anomaly": Recipe("anomaly", 2, "max", (2, 2, 2, 1), train=4000, val=1000, test=1000, epochs=8),
     "whynot": Recipe("whynot", 10, "avg", (1, 2, 2, 1), train=12000, val=2000, test=10000, epochs=3),
 }
-LAYER = "block4"   # the layer every CAM-style method of the results explains
+LAYER = "block4"  # the layer every CAM-style method of the results explains
 
 
 class SmallCNN(nn.Module):
     """normalise -> 4 x (conv3x3-BN-ReLU) -> global avg/max pool -> linear."""
 
-    def __init__(self, classes: int, pool: str = "avg", strides: tuple[int, ...] = (1, 2, 2, 2),
-                 widths: tuple[int, ...] = (16, 32, 64, 128)):
+    def __init__(
+        self,
+        classes: int,
+        pool: str = "avg",
+        strides: tuple[int, ...] = (1, 2, 2, 2),
+        widths: tuple[int, ...] = (16, 32, 64, 128),
+    ):
         super().__init__()
         self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5])[:, None, None])
         self.register_buffer("std", torch.tensor([0.25, 0.25, 0.25])[:, None, None])
         channels = (3, *widths)
         for i, stride in enumerate(strides):
-            self.add_module(f"block{i + 1}", nn.Sequential(
-                nn.Conv2d(channels[i], channels[i + 1], 3, stride, 1, bias=False),
-                nn.BatchNorm2d(channels[i + 1]), nn.ReLU()))
+            self.add_module(
+                f"block{i + 1}",
+                nn.Sequential(
+                    nn.Conv2d(channels[i], channels[i + 1], 3, stride, 1, bias=False),
+                    nn.BatchNorm2d(channels[i + 1]),
+                    nn.ReLU(),
+                ),
+            )
         self.pool = {"avg": nn.AdaptiveAvgPool2d(1), "max": nn.AdaptiveMaxPool2d(1)}[pool]
         self.fc = nn.Linear(widths[-1], classes)
         self.depth = len(strides)
@@ -84,8 +94,7 @@ def build_model(recipe: Recipe) -> SmallCNN:
     return SmallCNN(recipe.classes, recipe.pool, recipe.strides)
 
 
-def task_split(task: str, split: str, seed: int = 0, source: str | None = None, n: int | None = None
-               ) -> tasks.TaskData:
+def task_split(task: str, split: str, seed: int = 0, source: str | None = None, n: int | None = None) -> tasks.TaskData:
     """A split of the data a task's model is trained and tested on (for "whynot": every plain item
     of the 10 classes; its pair images for the explanations come from ``tasks.whynot``)."""
     recipe = RECIPES[task]
@@ -100,7 +109,7 @@ def task_split(task: str, split: str, seed: int = 0, source: str | None = None, 
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 256) -> float:
     """Top-1 accuracy of an eval-mode model."""
     with torch.no_grad():
-        predicted = torch.cat([model(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+        predicted = torch.cat([model(images[i : i + batch]).argmax(1) for i in range(0, len(images), batch)])
     return (predicted == labels).float().mean().item()
 
 
@@ -114,8 +123,7 @@ def train(task: str, seed: int = 0, source: str | None = None, log=print) -> tup
     recipe = RECIPES[task]
     start = time.perf_counter()
     data = {split: task_split(task, split, seed, source) for split in ("train", "val", "test")}
-    log(f"{task}: data {', '.join(f'{k} {len(v)}' for k, v in data.items())} "
-        f"({time.perf_counter() - start:.0f} s)")
+    log(f"{task}: data {', '.join(f'{k} {len(v)}' for k, v in data.items())} ({time.perf_counter() - start:.0f} s)")
     torch.manual_seed(seed)
     model = build_model(recipe)
     optimiser = torch.optim.Adam(model.parameters(), lr=recipe.lr)
@@ -128,7 +136,7 @@ def train(task: str, seed: int = 0, source: str | None = None, log=print) -> tup
         order = torch.randperm(len(images), generator=generator)
         total = 0.0
         for i in range(0, len(images), recipe.batch):
-            index = order[i:i + recipe.batch]
+            index = order[i : i + recipe.batch]
             loss = nn.functional.cross_entropy(model(images[index]), labels[index])
             optimiser.zero_grad()
             loss.backward()
@@ -136,21 +144,28 @@ def train(task: str, seed: int = 0, source: str | None = None, log=print) -> tup
             schedule.step()
             total += loss.item() * len(index)
         model.eval()
-        log(f"{task}: epoch {epoch + 1}/{recipe.epochs} loss {total / len(images):.3f} "
+        log(
+            f"{task}: epoch {epoch + 1}/{recipe.epochs} loss {total / len(images):.3f} "
             f"val acc {accuracy(model, data['val'].images, data['val'].labels):.3f} "
-            f"({time.perf_counter() - start:.0f} s)")
-    record = {"recipe": {**asdict(recipe), "strides": list(recipe.strides)}, "seed": seed,
-              "source": data["test"].source,
-              "sizes": {k: len(v) for k, v in data.items()},
-              "val_accuracy": accuracy(model, data["val"].images, data["val"].labels),
-              "test_accuracy": accuracy(model, data["test"].images, data["test"].labels),
-              "seconds": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads(),
-              "torch": torch.__version__}
+            f"({time.perf_counter() - start:.0f} s)"
+        )
+    record = {
+        "recipe": {**asdict(recipe), "strides": list(recipe.strides)},
+        "seed": seed,
+        "source": data["test"].source,
+        "sizes": {k: len(v) for k, v in data.items()},
+        "val_accuracy": accuracy(model, data["val"].images, data["val"].labels),
+        "test_accuracy": accuracy(model, data["test"].images, data["test"].labels),
+        "seconds": round(time.perf_counter() - start, 1),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     return model, record
 
 
-def load_or_train(task: str, seed: int = 0, source: str | None = None, retrain: bool = False,
-                  log=print) -> tuple[SmallCNN, dict]:
+def load_or_train(
+    task: str, seed: int = 0, source: str | None = None, retrain: bool = False, log=print
+) -> tuple[SmallCNN, dict]:
     """The task's trained model (from the cache, or trained and cached) and its record."""
     path = cache_path(task, seed, source)
     if path.exists() and not retrain:
@@ -164,8 +179,7 @@ def load_or_train(task: str, seed: int = 0, source: str | None = None, retrain: 
         return model.eval(), record
     model, record = train(task, seed, source, log)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path,
-              metadata={"record": json.dumps(record)})
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata={"record": json.dumps(record)})
     log(f"{task}: saved {path.name}: val {record['val_accuracy']:.3f}, test {record['test_accuracy']:.3f}")
     return model, record
 
@@ -182,22 +196,46 @@ def main() -> None:
     records = {}
     for task in args.tasks:
         records[task] = record = load_or_train(task, args.seed, args.source, args.retrain)[1]
-        print(json.dumps({"task": task, **{k: record[k] for k in ("source", "sizes", "val_accuracy",
-                                                                 "test_accuracy", "seconds")}}))
-    for task in RECIPES:                 # the table shows every cached model, trained now or before
+        print(
+            json.dumps(
+                {
+                    "task": task,
+                    **{k: record[k] for k in ("source", "sizes", "val_accuracy", "test_accuracy", "seconds")},
+                }
+            )
+        )
+    for task in RECIPES:  # the table shows every cached model, trained now or before
         if task not in records and cache_path(task, args.seed, args.source).exists():
             records[task] = load_or_train(task, args.seed, args.source)[1]
     rows = []
     for task in (task for task in RECIPES if task in records):
         record = records[task]
         recipe, sizes = record["recipe"], record["sizes"]
-        rows.append([task, record["source"], recipe["classes"], recipe["pool"], recipe["epochs"],
-                     " / ".join(str(sizes[s]) for s in ("train", "val", "test")),
-                     f"{record['val_accuracy']:.3f}", f"{record['test_accuracy']:.3f}",
-                     f"{record['seconds']:.0f} s ({record['threads']} thread{'s' * (record['threads'] != 1)}, "
-                     f"torch {record['torch']})"])
-    header = ["task", "data", "classes", "pooling", "epochs", "train / val / test", "val accuracy",
-              "test accuracy", "training time"]
+        rows.append(
+            [
+                task,
+                record["source"],
+                recipe["classes"],
+                recipe["pool"],
+                recipe["epochs"],
+                " / ".join(str(sizes[s]) for s in ("train", "val", "test")),
+                f"{record['val_accuracy']:.3f}",
+                f"{record['test_accuracy']:.3f}",
+                f"{record['seconds']:.0f} s ({record['threads']} thread{'s' * (record['threads'] != 1)}, "
+                f"torch {record['torch']})",
+            ]
+        )
+    header = [
+        "task",
+        "data",
+        "classes",
+        "pooling",
+        "epochs",
+        "train / val / test",
+        "val accuracy",
+        "test accuracy",
+        "training time",
+    ]
     write_section("results.md", "models", f"Seed {args.seed}.\n\n" + table(header, rows))
 
 

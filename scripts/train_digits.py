@@ -31,9 +31,7 @@ def train(seed: int = 0, epochs: int = 8, batch_size: int = 64) -> tuple[DigitsC
     train_idx, test_idx = order[:cut], order[cut:]
     model = DigitsCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=1e-2, total_steps=epochs * (cut // batch_size + 1)
-    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=epochs * (cut // batch_size + 1))
     generator = torch.Generator().manual_seed(seed + 1)
     for _ in range(epochs):
         model.train()

@@ -16,7 +16,7 @@ from whycam.models import Preprocess  # noqa: E402
 
 def test_boxes_become_masks_through_the_same_resize_and_crop():
     preprocess = Preprocess(resize=256, crop=(224, 224))
-    image = torch.zeros(3, 400, 600)                       # resized to 256 x 384, cropped at x 80..304
+    image = torch.zeros(3, 400, 600)  # resized to 256 x 384, cropped at x 80..304
     masks = photos.box_masks([image, image], [[0, 0, 600, 400], [240, 100, 360, 300]], preprocess)
     assert masks.shape == (2, 224, 224) and masks[0].all()
     rows, cols = masks[1].nonzero(as_tuple=True)

@@ -18,8 +18,15 @@ import train_tasks  # noqa: E402
 
 import whycam  # noqa: E402
 
-SOURCES = ["digits", pytest.param("fashion", marks=pytest.mark.skipif(
-    tasks.default_source() != "fashion", reason="Debian's dataset-fashion-mnist is not installed"))]
+SOURCES = [
+    "digits",
+    pytest.param(
+        "fashion",
+        marks=pytest.mark.skipif(
+            tasks.default_source() != "fashion", reason="Debian's dataset-fashion-mnist is not installed"
+        ),
+    ),
+]
 
 
 def _same(a: tasks.TaskData, b: tasks.TaskData) -> bool:
@@ -45,8 +52,8 @@ def test_objects_distractors_never_share_the_label(source):
     data = tasks.objects("val", 40, seed=3, source=source)
     targets = torch.tensor(tasks.TARGET_CLASSES[source])
     present = data.extras["distractor_labels"][data.extras["distractor_labels"] >= 0]
-    assert len(present) > 10                                   # the clutter is there
-    assert not torch.isin(present, targets).any()              # and never of a label class
+    assert len(present) > 10  # the clutter is there
+    assert not torch.isin(present, targets).any()  # and never of a label class
     assert not (data.masks & data.extras["distractors"]).any()
     assert data.images.shape == (40, 3, tasks.SIZE, tasks.SIZE)
     assert 0 <= data.images.min() and data.images.max() <= 1
@@ -54,8 +61,11 @@ def test_objects_distractors_never_share_the_label(source):
 
 
 def test_generators_are_deterministic_per_seed():
-    for make in (lambda s: tasks.objects("test", 6, s, "digits"), lambda s: tasks.anomaly("test", 6, s),
-                 lambda s: tasks.whynot("test", 20, s, "digits")):
+    for make in (
+        lambda s: tasks.objects("test", 6, s, "digits"),
+        lambda s: tasks.anomaly("test", 6, s),
+        lambda s: tasks.whynot("test", 20, s, "digits"),
+    ):
         assert _same(make(0), make(0))
         assert not _same(make(0), make(1))
 
@@ -71,7 +81,7 @@ def _assert_tight(masks, boxes):
         if not mask.any():
             assert (x0, y0, x1, y1) == (-1, -1, -1, -1)
             continue
-        assert mask[y0:y1, x0:x1].sum() == mask.sum()                       # encloses
+        assert mask[y0:y1, x0:x1].sum() == mask.sum()  # encloses
         inner = mask[y0:y1, x0:x1]
         assert inner[0].any() and inner[-1].any() and inner[:, 0].any() and inner[:, -1].any()  # tightly
 
@@ -88,9 +98,9 @@ def test_lesion_changes_exactly_its_mask():
     assert torch.equal(changed, data.masks)
     assert torch.equal(data.masks.flatten(1).any(1), data.labels == 1)
     area = data.masks[data.labels == 1].flatten(1).float().mean(1)
-    assert (area > 0).all() and (area < 0.05).all()            # small
+    assert (area > 0).all() and (area < 0.05).all()  # small
     depth = (data.extras["healthy"] - data.images)[:, 0].amax((1, 2))
-    assert depth.max() <= tasks.LESION_DARKENING[1] + 1e-6     # subtle
+    assert depth.max() <= tasks.LESION_DARKENING[1] + 1e-6  # subtle
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -112,8 +122,9 @@ def test_whynot_mask_is_the_top_fraction_of_the_mean_difference(source):
 def _localisation(maps: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor) -> dict[str, float]:
     """Per-image AUPRC (scikit-learn), pointing game (the map's maximum inside the mask) and energy
     pointing game (the map's mass inside the box), averaged."""
-    auprc = [average_precision_score(m.flatten().numpy(), s.flatten().numpy())
-             for s, m in zip(maps, masks, strict=True)]
+    auprc = [
+        average_precision_score(m.flatten().numpy(), s.flatten().numpy()) for s, m in zip(maps, masks, strict=True)
+    ]
     peaks = maps.flatten(1).argmax(1)
     pointing = masks.flatten(1).gather(1, peaks[:, None]).float().mean()
     inside = torch.zeros_like(masks, dtype=torch.float32)
@@ -123,11 +134,14 @@ def _localisation(maps: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor) 
     return {"auprc": float(np.mean(auprc)), "pointing": float(pointing), "energy": float(energy)}
 
 
-@pytest.mark.parametrize("data", [
-    pytest.param(lambda: tasks.objects("test", 30, 0, "digits"), id="objects"),
-    pytest.param(lambda: (lambda d: d.subset(d.labels == 1))(tasks.anomaly("test", 30, 0)), id="anomaly"),
-    pytest.param(lambda: tasks.whynot("test", 30, 0, "digits"), id="whynot"),
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(lambda: tasks.objects("test", 30, 0, "digits"), id="objects"),
+        pytest.param(lambda: (lambda d: d.subset(d.labels == 1))(tasks.anomaly("test", 30, 0)), id="anomaly"),
+        pytest.param(lambda: tasks.whynot("test", 30, 0, "digits"), id="whynot"),
+    ],
+)
 def test_the_oracle_map_scores_the_maximum(data):
     data = data()
     oracle = _localisation(data.masks.float(), data.masks, data.boxes)
@@ -175,7 +189,7 @@ def test_results_groups_partition_the_images_by_question(untrained, task):
         assert len(group.references) == 6
         labels, contrast = job.data.labels[group.index], job.data.contrast[group.index]
         if task == "whynot":
-            output = torch.randn(7, 10)                      # any batch size: methods expand batches
+            output = torch.randn(7, 10)  # any batch size: methods expand batches
             a, b = int(labels[0]), int(contrast[0])
             assert (labels == a).all() and (contrast == b).all()
             assert torch.equal(group.target(output), output[:, a] - output[:, b])
@@ -184,7 +198,7 @@ def test_results_groups_partition_the_images_by_question(untrained, task):
     gradcam = whycam.methods()["gradcam"]
     maps, seconds, _ = untrained.explain(gradcam, job, seed=0)
     assert maps.shape == job.data.masks.shape and seconds > 0
-    for group in job.groups:                                 # each image got its own group's map
+    for group in job.groups:  # each image got its own group's map
         explained = gradcam(job.model, layer=train_tasks.LAYER)
         assert torch.equal(maps[group.index], explained(job.data.images[group.index], target=group.target))
 
@@ -203,9 +217,11 @@ def test_results_check_passes_overlapping_intervals_and_names_the_cells_that_mis
     import results
 
     def write(path, cells):
-        path.write_text("task,method,metric,mean,ci_low,ci_high,n\n" + "".join(
-            f"objects,{m},{k},{v},{lo},{hi},40\n" for (m, k), (v, lo, hi) in cells.items())
-            + "objects,gradcam,seconds per image,0.01,,,40\n")
+        path.write_text(
+            "task,method,metric,mean,ci_low,ci_high,n\n"
+            + "".join(f"objects,{m},{k},{v},{lo},{hi},40\n" for (m, k), (v, lo, hi) in cells.items())
+            + "objects,gradcam,seconds per image,0.01,,,40\n"
+        )
 
     committed = {("gradcam", "AUPRC"): (0.43, 0.40, 0.46), ("diffcam", "AUPRC"): (0.42, 0.39, 0.45)}
     write(tmp_path / "committed.csv", committed)
@@ -219,14 +235,14 @@ def test_results_check_passes_overlapping_intervals_and_names_the_cells_that_mis
 
 
 def test_results_ablation_varies_each_factor_then_tries_the_winners_together(untrained):
-    markdown, chosen = untrained.ablation("whynot", 12, 60, seed=0)   # k up to 50 needs 50 references
+    markdown, chosen = untrained.ablation("whynot", 12, 60, seed=0)  # k up to 50 needs 50 references
     rows = [line for line in markdown.splitlines() if line.startswith("| ") and "factor" not in line]
     settings = sum(len(v) for v in untrained.ABLATION.values())
     assert len(rows) == 1 + settings + 1 and rows[0].startswith("| defaults")
     together = rows[-1]
     assert together.startswith("| every winner together")
-    for factor in untrained.ABLATION:                    # one bold winner per factor
+    for factor in untrained.ABLATION:  # one bold winner per factor
         assert sum("**" in r for r in rows if r.startswith(f"| {factor} |")) == 1, factor
     cells = [r.split(" | ") for r in rows]
     winners = [json.loads(c[1]) for c in cells[1:-1] if "**" in c[2]]
-    assert chosen == {} or chosen in [*winners, json.loads(cells[-1][1])]   # the best candidate, if not the defaults
+    assert chosen == {} or chosen in [*winners, json.loads(cells[-1][1])]  # the best candidate, if not the defaults

@@ -59,8 +59,12 @@ CASES = {
     # name: (builder, layer, input size, reshape for pytorch-grad-cam)
     "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), "layer4", 96, None),
     "vgg11": (lambda: torchvision.models.vgg11(num_classes=10), "features.19", 64, None),
-    "vit": (lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=10),
-            "blocks.11.norm1", 64, vit_tokens_to_grid),
+    "vit": (
+        lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=10),
+        "blocks.11.norm1",
+        64,
+        vit_tokens_to_grid,
+    ),
 }
 _built: dict[str, torch.nn.Module] = {}
 
@@ -150,8 +154,10 @@ def test_eigencam_matches_pytorch_grad_cam_up_to_sign(model_name):
     raw = whycam.EigenCAM(model, layer)(images, raw=True)
     size = tuple(images.shape[-2:])
     for index in range(images.shape[0]):
-        errors = [(upsampled(sign * raw[index:index + 1], size) - expected[index:index + 1]).abs().max()
-                  for sign in (1, -1)]
+        errors = [
+            (upsampled(sign * raw[index : index + 1], size) - expected[index : index + 1]).abs().max()
+            for sign in (1, -1)
+        ]
         assert min(errors) < TOLERANCE
 
 

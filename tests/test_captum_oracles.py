@@ -34,8 +34,14 @@ def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
 def small_cnn() -> nn.Module:
     torch.manual_seed(1)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
     ).eval()
 
 
@@ -63,8 +69,9 @@ def test_input_x_gradient_matches_captum(model, images32):
 def test_integrated_gradients_matches_captum(model, images32, method):
     baseline = torch.full_like(images32, -0.5)
     ours = whycam.IntegratedGradients(model, steps=16, method=method, baseline=baseline, batch_size=7)
-    theirs = ca.IntegratedGradients(model).attribute(images32, baselines=baseline, target=TARGETS,
-                                                     n_steps=16, method=method)
+    theirs = ca.IntegratedGradients(model).attribute(
+        images32, baselines=baseline, target=TARGETS, n_steps=16, method=method
+    )
     assert relative_error(ours.per_channel(images32, TARGETS), theirs) < 1e-4
 
 
@@ -73,10 +80,10 @@ def test_integrated_gradients_trapezoid_follows_the_rule_not_captum(resnet18, im
     (n-1)/n), not the trapezoid rule's 1/(n-1): its attributions are (n-1)/n of the rule's, which
     breaks completeness by 1/n. We follow the rule, so ours * (n-1)/n equals Captum's."""
     steps = 16
-    ours = whycam.IntegratedGradients(resnet18, steps=steps, method="riemann_trapezoid").per_channel(
-        images32, TARGETS)
-    theirs = ca.IntegratedGradients(resnet18).attribute(images32, target=TARGETS, n_steps=steps,
-                                                        method="riemann_trapezoid")
+    ours = whycam.IntegratedGradients(resnet18, steps=steps, method="riemann_trapezoid").per_channel(images32, TARGETS)
+    theirs = ca.IntegratedGradients(resnet18).attribute(
+        images32, target=TARGETS, n_steps=steps, method="riemann_trapezoid"
+    )
     assert relative_error(ours * (steps - 1) / steps, theirs) < 1e-4
     assert relative_error(ours, theirs) > 0.05
 
@@ -84,7 +91,7 @@ def test_integrated_gradients_trapezoid_follows_the_rule_not_captum(resnet18, im
 def test_guided_backprop_matches_captum_with_inplace_relus(resnet18, images32):
     assert any(isinstance(m, nn.ReLU) and m.inplace for m in resnet18.modules())
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")                       # Captum warns that it sets hooks
+        warnings.simplefilter("ignore")  # Captum warns that it sets hooks
         theirs = ca.GuidedBackprop(resnet18).attribute(images32, target=TARGETS)
     assert relative_error(whycam.GuidedBackprop(resnet18).per_channel(images32, TARGETS), theirs) < 1e-4
 
@@ -101,24 +108,32 @@ def test_guided_gradcam_matches_captum(resnet18, images):
     """At 64 px layer3 is 4x4; Captum's interpolation is set to bilinear, as ours (its default is nearest)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = ca.GuidedGradCam(resnet18, resnet18.layer3).attribute(images, target=TARGETS,
-                                                                       interpolate_mode="bilinear")
+        theirs = ca.GuidedGradCam(resnet18, resnet18.layer3).attribute(
+            images, target=TARGETS, interpolate_mode="bilinear"
+        )
     ours = whycam.GuidedGradCAM(resnet18, "layer3").per_channel(images, TARGETS)
     assert relative_error(ours, theirs) < 1e-4
 
 
 @pytest.mark.parametrize(("window", "stride"), [(8, 4), (8, 5), (6, 6)])
 def test_occlusion_matches_captum(model, images32, window, stride):
-    theirs = ca.Occlusion(model).attribute(images32, sliding_window_shapes=(3, window, window),
-                                           strides=(3, stride, stride), baselines=0.25, target=TARGETS,
-                                           perturbations_per_eval=16)
-    assert torch.equal(theirs[:, 0], theirs[:, 2])           # a window over all channels: one map
+    theirs = ca.Occlusion(model).attribute(
+        images32,
+        sliding_window_shapes=(3, window, window),
+        strides=(3, stride, stride),
+        baselines=0.25,
+        target=TARGETS,
+        perturbations_per_eval=16,
+    )
+    assert torch.equal(theirs[:, 0], theirs[:, 2])  # a window over all channels: one map
     ours = whycam.Occlusion(model, window=window, stride=stride, baseline=0.25, batch_size=13)
     assert relative_error(ours(images32, TARGETS, raw=True), theirs[:, 0]) < 1e-4
 
 
-@pytest.mark.parametrize(("ours_variant", "captum_variant"),
-                         [("smoothgrad", "smoothgrad"), ("smoothgrad2", "smoothgrad_sq"), ("vargrad", "vargrad")])
+@pytest.mark.parametrize(
+    ("ours_variant", "captum_variant"),
+    [("smoothgrad", "smoothgrad"), ("smoothgrad2", "smoothgrad_sq"), ("vargrad", "vargrad")],
+)
 def test_smoothgrad_matches_noise_tunnel_with_the_same_noise(model, images32, ours_variant, captum_variant):
     """Identical noise, honestly: Captum draws torch.normal(0, sigma) for the n copies of the image from
     the global generator; ours draws n standard-normal fields from a torch.Generator with the same
@@ -126,11 +141,13 @@ def test_smoothgrad_matches_noise_tunnel_with_the_same_noise(model, images32, ou
     image = images32[:1]
     noise, samples, seed = 0.2, 8, 11
     sigma = noise * float(image.max() - image.min())
-    ours = whycam.SmoothGrad(whycam.Saliency(model), noise=noise, samples=samples, batch_size=3, seed=seed,
-                             variant=ours_variant).per_channel(image, 3)
+    ours = whycam.SmoothGrad(
+        whycam.Saliency(model), noise=noise, samples=samples, batch_size=3, seed=seed, variant=ours_variant
+    ).per_channel(image, 3)
     torch.manual_seed(seed)
-    theirs = ca.NoiseTunnel(ca.Saliency(model)).attribute(image, nt_type=captum_variant, nt_samples=samples,
-                                                          stdevs=sigma, target=3)
+    theirs = ca.NoiseTunnel(ca.Saliency(model)).attribute(
+        image, nt_type=captum_variant, nt_samples=samples, stdevs=sigma, target=3
+    )
     assert relative_error(ours, theirs) < 1e-4
 
 
@@ -140,8 +157,8 @@ def test_smoothgrad_of_integrated_gradients_matches_noise_tunnel():
     ours = whycam.SmoothGrad(whycam.IntegratedGradients(model, steps=8), noise=0.1, samples=4, seed=2)
     torch.manual_seed(2)
     theirs = ca.NoiseTunnel(ca.IntegratedGradients(model)).attribute(
-        image, nt_type="smoothgrad", nt_samples=4, stdevs=0.1 * float(image.max() - image.min()), target=5,
-        n_steps=8)
+        image, nt_type="smoothgrad", nt_samples=4, stdevs=0.1 * float(image.max() - image.min()), target=5, n_steps=8
+    )
     assert relative_error(ours.per_channel(image, 5), theirs) < 1e-4
 
 

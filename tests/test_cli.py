@@ -101,9 +101,7 @@ def test_methods_lists_the_registry():
 
 def test_explain_writes_maps_overlays_summary_and_report(photos, tmp_path):
     out = tmp_path / "out"
-    result = whycam_cli(
-        "explain", photos, "--model", TINY, "--method", "gradcam,eigencam", "--out", out, "--report"
-    )
+    result = whycam_cli("explain", photos, "--model", TINY, "--method", "gradcam,eigencam", "--out", out, "--report")
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"model", "layer", "methods", "images", "failures"}
@@ -128,9 +126,7 @@ def test_explain_writes_maps_overlays_summary_and_report(photos, tmp_path):
 
 
 def test_explain_target_by_name(photos, tmp_path):
-    result = invoke(
-        "explain", photos / "one.png", "--model", TINY, "--target", "bee", "--out", tmp_path / "o"
-    )
+    result = invoke("explain", photos / "one.png", "--model", TINY, "--target", "bee", "--out", tmp_path / "o")
     assert result.returncode == 0, result.stderr
     [record] = json.loads((tmp_path / "o" / "summary.json").read_text())["images"]
     assert record["results"][0]["target"] == 1 and record["results"][0]["target_name"] == "bee"
@@ -163,9 +159,7 @@ def test_unknown_layer_method_and_model_are_usage_errors(photos, tmp_path):
     result = invoke("explain", photos, "--model", TINY, "--layer", "featurez", "--out", tmp_path / "o")
     assert result.returncode == 2
     assert "no layer 'featurez'" in result.stderr and "features" in result.stderr
-    result = invoke(
-        "explain", photos, "--model", TINY, "--method", "gradcam,nosuchcam", "--out", tmp_path / "o"
-    )
+    result = invoke("explain", photos, "--model", TINY, "--method", "gradcam,nosuchcam", "--out", tmp_path / "o")
     assert result.returncode == 2 and "nosuchcam" in result.stderr and "gradcam" in result.stderr
     result = invoke("explain", photos, "--model", "nosuchmodel", "--out", tmp_path / "o")
     assert result.returncode == 2 and "unknown model spec" in result.stderr
@@ -407,8 +401,21 @@ def test_questions_to_a_bank_are_diffcams_own(photos, tmp_path):
     for question, maps in expected.items():
         out = tmp_path / question
         extra = ["--versus", "3"] if question == "why-not" else []  # class 3 is "dog"
-        result = invoke("explain", photos, "--model", TINY, "--method", "diffcam,gradcam", "--reference", bank,
-                        "--question", question, *extra, "--out", out)
+        result = invoke(
+            "explain",
+            photos,
+            "--model",
+            TINY,
+            "--method",
+            "diffcam,gradcam",
+            "--reference",
+            bank,
+            "--question",
+            question,
+            *extra,
+            "--out",
+            out,
+        )
         assert result.returncode == 0, result.stderr
         summary = json.loads((out / "summary.json").read_text())
         for i, name in enumerate(names):
@@ -440,8 +447,20 @@ def test_method_options_reach_the_method_and_bad_ones_stop_the_command(photos, t
     maps = {}
     for shrinkage in ("0.5", "1.0"):
         out = tmp_path / shrinkage
-        result = invoke("explain", photos, "--model", TINY, "--method", "diffcam", "--reference", refs,
-                        "--option", f"diffcam.shrinkage={shrinkage}", "--out", out)
+        result = invoke(
+            "explain",
+            photos,
+            "--model",
+            TINY,
+            "--method",
+            "diffcam",
+            "--reference",
+            refs,
+            "--option",
+            f"diffcam.shrinkage={shrinkage}",
+            "--out",
+            out,
+        )
         assert result.returncode == 0, result.stderr
         maps[shrinkage] = np.load(out / "one_diffcam.npy")
     from whycam import DiffCAM
@@ -463,8 +482,20 @@ def test_method_options_reach_the_method_and_bad_ones_stop_the_command(photos, t
     for message, item in cases.items():
         result = invoke(*base, "--option", item)
         assert result.returncode == 2 and message in result.stderr and "--option" in result.stderr, item
-    result = invoke("evaluate", _mask_dataset(tmp_path), "--model", TINY, "--method", "rise", "--metrics", "auprc",
-                    "--option", "rise.masks=0", "--out", tmp_path / "e")
+    result = invoke(
+        "evaluate",
+        _mask_dataset(tmp_path),
+        "--model",
+        TINY,
+        "--method",
+        "rise",
+        "--metrics",
+        "auprc",
+        "--option",
+        "rise.masks=0",
+        "--out",
+        tmp_path / "e",
+    )
     assert result.returncode == 2 and "rise" in result.stderr
 
 
@@ -475,21 +506,39 @@ def test_a_voc_dataset_gives_the_box_metrics_every_object_of_the_class(tmp_path)
 
     root = tmp_path / "voc"
     root.mkdir()
-    objects = {"a": [("cat", (4, 4, 20, 20)), ("dog", (0, 0, 8, 8)), ("cat", (40, 40, 60, 60))],
-               "b": [("ant", (10, 10, 30, 30))]}
+    objects = {
+        "a": [("cat", (4, 4, 20, 20)), ("dog", (0, 0, 8, 8)), ("cat", (40, 40, 60, 60))],
+        "b": [("ant", (10, 10, 30, 30))],
+    }
     for stem, items in objects.items():
         _image(root / f"{stem}.png", 7, size=(64, 64))
-        (root / f"{stem}.xml").write_text("<annotation>" + "".join(
-            f"<object><name>{name}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
-            f"<ymax>{y1}</ymax></bndbox></object>" for name, (x0, y0, x1, y1) in items) + "</annotation>")
-    loaded = whycam.models.load_model(TINY)            # 64 px images become 32 px inputs
+        (root / f"{stem}.xml").write_text(
+            "<annotation>"
+            + "".join(
+                f"<object><name>{name}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+                f"<ymax>{y1}</ymax></bndbox></object>"
+                for name, (x0, y0, x1, y1) in items
+            )
+            + "</annotation>"
+        )
+    loaded = whycam.models.load_model(TINY)  # 64 px images become 32 px inputs
     names, _, _, masks, labels, boxes = _dataset_tensors(str(root), loaded, Failures())
-    assert names == ["a", "b"] and labels == [2, 0]    # cat, ant
+    assert names == ["a", "b"] and labels == [2, 0]  # cat, ant
     assert boxes.tolist() == [[[2, 2, 10, 10], [20, 20, 30, 30]], [[5, 5, 15, 15], [0, 0, 0, 0]]]
     assert masks[0].sum() == 64 + 100 and masks[1].sum() == 100 and not masks[0, 0, 0]
     out = tmp_path / "eval"
-    result = invoke("evaluate", root, "--model", TINY, "--method", "gradcam", "--metrics",
-                    "max_box_accuracy,box_accuracy,auprc", "--out", out)
+    result = invoke(
+        "evaluate",
+        root,
+        "--model",
+        TINY,
+        "--method",
+        "gradcam",
+        "--metrics",
+        "max_box_accuracy,box_accuracy,auprc",
+        "--out",
+        out,
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads((out / "results.json").read_text())["per_image"]
     assert len(rows) == 2 and all(0 <= r["max_box_accuracy"] <= 1 for r in rows)

@@ -12,12 +12,18 @@ from torch import nn
 import whycam
 from whycam.methods.base import fuse_maps
 
-FAMILY = ["cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam",
-          "ablationcam"]
+FAMILY = ["cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam", "ablationcam"]
 GRADIENT = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
-HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-              "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_state_dict_hooks",
-              "_load_state_dict_pre_hooks")
+HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+)
 
 
 def method(name: str):
@@ -113,8 +119,7 @@ def test_mixed_targets_are_per_image(name):
     torch.manual_seed(0)
     model, x = TinyCNN().eval(), images()
     together = method(name)(model, "body.3")(x, target=[1, 4])
-    apart = torch.cat([method(name)(model, "body.3")(x[:1], target=1),
-                       method(name)(model, "body.3")(x[1:], target=4)])
+    apart = torch.cat([method(name)(model, "body.3")(x[:1], target=1), method(name)(model, "body.3")(x[1:], target=4)])
     assert torch.allclose(together, apart, atol=1e-5)
 
 
@@ -149,8 +154,9 @@ class TupleOutput(nn.Module):
         return {"aux": logits * 0 + 1, "scores": logits}
 
 
-@pytest.mark.parametrize(("kind", "output"), [("tuple", None), ("tuple", 0), ("dict", "scores"),
-                                              ("dict", lambda out: out["scores"])])
+@pytest.mark.parametrize(
+    ("kind", "output"), [("tuple", None), ("tuple", 0), ("dict", "scores"), ("dict", lambda out: out["scores"])]
+)
 @pytest.mark.parametrize("name", ["gradcam", "scorecam", "ablationcam"])
 def test_tuple_and_dict_outputs_through_the_selector(kind, output, name):
     torch.manual_seed(0)
@@ -168,7 +174,7 @@ def test_dict_output_without_a_selector_names_the_keys():
 @pytest.mark.parametrize("name", FAMILY)
 def test_constant_map_is_zeros_not_nan(name):
     torch.manual_seed(0)
-    model = TinyCNN(dead=6).eval()    # every channel of the tapped layer is zero
+    model = TinyCNN(dead=6).eval()  # every channel of the tapped layer is zero
     maps = method(name)(model, "body.3")(images(), target=[1, 2])
     assert torch.isfinite(maps).all() and (maps == 0).all()
 
@@ -191,14 +197,17 @@ def test_nan_output_is_refused():
         whycam.GradCAM(model, "body.3")(images(), target=1)
 
 
-@pytest.mark.parametrize(("bad", "error", "hint"), [
-    (torch.randn(3, 16, 16), ValueError, "unsqueeze"),
-    (torch.randn(2, 1, 16, 16), ValueError, "expand"),
-    (torch.randn(2, 4, 16, 16), ValueError, r"images\[:, :3\]"),
-    ((torch.rand(2, 3, 16, 16) * 255).to(torch.uint8), TypeError, "float"),
-    (torch.full((2, 3, 16, 16), float("nan")), ValueError, "NaN"),
-    ([[0.0]], TypeError, "tensor"),
-])
+@pytest.mark.parametrize(
+    ("bad", "error", "hint"),
+    [
+        (torch.randn(3, 16, 16), ValueError, "unsqueeze"),
+        (torch.randn(2, 1, 16, 16), ValueError, "expand"),
+        (torch.randn(2, 4, 16, 16), ValueError, r"images\[:, :3\]"),
+        ((torch.rand(2, 3, 16, 16) * 255).to(torch.uint8), TypeError, "float"),
+        (torch.full((2, 3, 16, 16), float("nan")), ValueError, "NaN"),
+        ([[0.0]], TypeError, "tensor"),
+    ],
+)
 def test_bad_images_are_refused_with_the_fix(bad, error, hint):
     with pytest.raises(error, match=hint):
         whycam.GradCAM(TinyCNN().eval(), "body.3")(bad, target=1)
@@ -233,7 +242,7 @@ def test_densenet_inplace_relu_does_not_corrupt_the_capture(layer):
     torch.manual_seed(0)
     model, x = torchvision.models.densenet121(num_classes=5).eval(), images(size=32)
     with torch.no_grad():
-        features = model.features(x)      # norm5's output, signed
+        features = model.features(x)  # norm5's output, signed
 
     def head(a):
         return model.classifier(torch.flatten(F.adaptive_avg_pool2d(F.relu(a), 1), 1))
@@ -322,6 +331,6 @@ def test_a_stopping_tap_ends_the_pass_at_its_layers_and_counts_calls():
         ran_after.append("block")
     assert ran_after == [] and torch.equal(tap.captured()[0], torch.relu(model[0](x)))
     assert tap.calls == [1] and not act._forward_hooks
-    with Tap([act]) as tap:                       # a shared module: the whole pass, the last call kept
+    with Tap([act]) as tap:  # a shared module: the whole pass, the last call kept
         model(x)
     assert tap.calls == [2] and torch.equal(tap.captured()[0], model(x).view(2, 4, 8, 8))

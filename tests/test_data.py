@@ -133,9 +133,15 @@ def test_voc_dataset(tmp_path):
 def test_several_objects_of_the_explained_class_are_all_ground_truth(tmp_path):
     _rgb(40, 30).save(tmp_path / "cats.jpg")
     boxes = [("tabby", (2, 2, 10, 8)), ("dog", (12, 2, 20, 8)), ("tabby", (30, 20, 38, 28))]
-    (tmp_path / "cats.xml").write_text("<annotation>" + "".join(
-        f"<object><name>{name}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
-        f"<ymax>{y1}</ymax></bndbox></object>" for name, (x0, y0, x1, y1) in boxes) + "</annotation>")
+    (tmp_path / "cats.xml").write_text(
+        "<annotation>"
+        + "".join(
+            f"<object><name>{name}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+            f"<ymax>{y1}</ymax></bndbox></object>"
+            for name, (x0, y0, x1, y1) in boxes
+        )
+        + "</annotation>"
+    )
     sample = load_dataset(tmp_path).samples[0]
     assert sample.explained_boxes == [(2, 2, 10, 8), (30, 20, 38, 28)]
     mask = sample.mask((30, 40))

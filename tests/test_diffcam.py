@@ -21,8 +21,14 @@ from whycam.reference import ReferenceMismatchError
 def _cnn(pool: nn.Module | None = None, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-        pool or nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        pool or nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
+    ).eval()
 
 
 @pytest.fixture
@@ -148,8 +154,7 @@ def test_every_form_of_references_gives_the_same_statistics(cnn, data):
     for form in forms:
         stats = DiffCAM(cnn, layer="3").fit(form, batch_size=11).reference
         assert stats.count == 40 and torch.allclose(stats.outer, expected.outer, rtol=1e-12)
-    labelled = [(images, labels), (images, labels.tolist()),
-                DataLoader(TensorDataset(images, labels), batch_size=8)]
+    labelled = [(images, labels), (images, labels.tolist()), DataLoader(TensorDataset(images, labels), batch_size=8)]
     for form in labelled:
         dc = DiffCAM(cnn, layer="3").fit(form)
         assert dc.bank.labels == [0, 1, 2, 3] and dc.reference.count == 40
@@ -163,8 +168,12 @@ def test_auto_embedding_follows_the_models_own_pooling(data):
         def forward(self, x):
             return x.amax((2, 3))
 
-    cases = [(_cnn(nn.AdaptiveAvgPool2d(1)), "avg"), (_cnn(nn.AdaptiveMaxPool2d(1)), "max"),
-             (_cnn(SpatialMax()), "max"), (_cnn(nn.AdaptiveMaxPool2d(1))[:4], "avg")]
+    cases = [
+        (_cnn(nn.AdaptiveAvgPool2d(1)), "avg"),
+        (_cnn(nn.AdaptiveMaxPool2d(1)), "max"),
+        (_cnn(SpatialMax()), "max"),
+        (_cnn(nn.AdaptiveMaxPool2d(1))[:4], "avg"),
+    ]
     for model, expected in cases:
         dc = DiffCAM(model, layer="1").fit(images)
         assert dc.reference.meta["embedding"] == expected
@@ -207,8 +216,7 @@ def test_feature_extractor_and_headless_backbone(resnet18, images):
 
 def test_vision_transformer_tokens_and_class_token():
     torch.manual_seed(0)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                            num_classes=3).eval()
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=3).eval()
     images = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     dc = DiffCAM(vit).fit(images[:8])
     assert dc.reference.meta["embedding"] == "avg" and dc.reference.meta["layer"] == "blocks.11.norm1"
@@ -231,9 +239,9 @@ def test_nearest_references_use_the_statistics_of_the_k_nearest(cnn, data):
     raw = dc(images, raw=True)
     embeddings, z = dc.reference.embeddings, dc.embed(images)
     for i in range(3):
-        nearest = torch.cdist(z[i:i + 1], embeddings)[0].argsort()[:k]
+        nearest = torch.cdist(z[i : i + 1], embeddings)[0].argsort()[:k]
         local = DiffCAM(cnn, layer="3").fit(ReferenceStats.from_embeddings(embeddings[nearest]))
-        expected = local(images[i:i + 1], raw=True)[0]
+        expected = local(images[i : i + 1], raw=True)[0]
         assert (raw[i] - expected).abs().max() < 1e-5 * expected.abs().max()
     with pytest.raises(ValueError, match="keep none"):
         DiffCAM(cnn, layer="3", k=k).fit(DiffCAM(cnn, layer="3").fit(references).reference)(images)
@@ -251,8 +259,12 @@ def test_questions_use_their_reference_groups(cnn, data):
     reference = bank.group([2, 3])
     weights = reference.solve(bank[0].mean - reference.mean)
     activations = torch.from_numpy(_activations(cnn, cnn[3], query))
-    assert torch.allclose(contrast.double(), torch.einsum("k,bkhw->bhw", weights, activations), rtol=1e-4,
-                          atol=1e-6 * float(activations.abs().max() * weights.abs().max()))
+    assert torch.allclose(
+        contrast.double(),
+        torch.einsum("k,bkhw->bhw", weights, activations),
+        rtol=1e-4,
+        atol=1e-6 * float(activations.abs().max() * weights.abs().max()),
+    )
     unlabelled = DiffCAM(cnn, layer="3").fit(images)
     with pytest.raises(RuntimeError, match=r"\(images, labels\)"):
         unlabelled.why(query, 1)

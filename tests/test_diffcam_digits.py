@@ -21,10 +21,20 @@ def _train(images: torch.Tensor, labels: torch.Tensor, seed: int, epochs: int = 
     """A five-conv CNN with a global-average-pooling head, Adam, batches of 32 (seeded)."""
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-        nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-        nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    )
     optimizer = torch.optim.Adam(model.parameters(), 3e-3)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
@@ -42,7 +52,7 @@ def _top_fraction(maps: torch.Tensor, rows: int = 10) -> torch.Tensor:
 
 
 def test_why_not_a_one_points_at_the_top_bar_of_a_seven():
-    """"Why is this 7 not a 1?" (reference: the 1s) puts more of the map on the 7's top bar than
+    """ "Why is this 7 not a 1?" (reference: the 1s) puts more of the map on the 7's top bar than
     "why is this 7?" (reference: every other digit, among them 2s, 3s and 5s, whose top bars explain
     the bar away).
 

@@ -131,8 +131,11 @@ def test_score_maps_gives_each_metric_its_own_truth_options_and_images(task):
         value, low, high = scored.summary[name]
         assert value == pytest.approx(result.value) and (low, high) == pytest.approx(result.interval(seed=3))
         assert torch.allclose(scored.per_image[name][: len(result.scores)], result.scores.double())
-    assert scored.summary["pointing_game"][0] == 1.0             # every maximum lies within 40 px
+    assert scored.summary["pointing_game"][0] == 1.0  # every maximum lies within 40 px
     assert scored.per_image["average_drop"][4:].isnan().all()
     assert scored.higher_is_better == {
-        "auprc": True, "energy_pointing_game": True, "pointing_game": True, "average_drop": False
+        "auprc": True,
+        "energy_pointing_game": True,
+        "pointing_game": True,
+        "average_drop": False,
     }

@@ -13,8 +13,14 @@ from torch import nn
 import whycam
 from whycam.methods.gradient import PixelExplainer, quadrature
 
-HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-               "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+HOOK_TABLES = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
 
 
 def model_state(model: nn.Module) -> dict:
@@ -55,8 +61,15 @@ class FunctionalReLUNet(nn.Module):
 
 def tiny_net(inplace: bool = True) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=inplace), nn.Conv2d(6, 6, 3, padding=1),
-                         nn.ReLU(inplace=inplace), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(inplace=inplace),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.ReLU(inplace=inplace),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    ).eval()
 
 
 GRADIENT_METHODS = {
@@ -72,6 +85,7 @@ GRADIENT_METHODS = {
 
 # --- channel reductions ----------------------------------------------------------------------------
 
+
 def test_saliency_is_the_max_over_channels_of_the_absolute_gradient(resnet18, images):
     saliency = whycam.Saliency(resnet18)
     per_channel = saliency.per_channel(images, [1, 2])
@@ -83,8 +97,12 @@ def test_saliency_is_the_max_over_channels_of_the_absolute_gradient(resnet18, im
 def test_every_reduction_is_offered(resnet18, images, reduce):
     method = whycam.InputXGradient(resnet18, reduce=reduce)
     per_channel = method.per_channel(images, 1)
-    expected = {"sum": per_channel.sum(1), "max_abs": per_channel.abs().amax(1),
-                "sum_abs": per_channel.abs().sum(1), "l2": per_channel.norm(dim=1)}[reduce]
+    expected = {
+        "sum": per_channel.sum(1),
+        "max_abs": per_channel.abs().amax(1),
+        "sum_abs": per_channel.abs().sum(1),
+        "l2": per_channel.norm(dim=1),
+    }[reduce]
     assert torch.allclose(method(images, 1, raw=True), expected)
 
 
@@ -108,8 +126,10 @@ def test_gradient_methods_work_under_no_grad_and_leave_parameter_gradients_alone
 
 # --- Integrated Gradients --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["gausslegendre", "riemann_left", "riemann_right", "riemann_middle",
-                                    "riemann_trapezoid"])
+
+@pytest.mark.parametrize(
+    "method", ["gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"]
+)
 def test_quadrature_weights_sum_to_one_and_nodes_lie_in_the_unit_interval(method):
     alphas, weights = quadrature(method, 10)
     assert torch.isclose(weights.sum(), torch.tensor(1.0, dtype=torch.float64))
@@ -117,9 +137,9 @@ def test_quadrature_weights_sum_to_one_and_nodes_lie_in_the_unit_interval(method
 
 
 def test_quadrature_integrates_what_each_rule_integrates_exactly():
-    alphas, weights = quadrature("gausslegendre", 5)                  # exact up to degree 9
+    alphas, weights = quadrature("gausslegendre", 5)  # exact up to degree 9
     assert torch.isclose((weights * alphas**9).sum(), torch.tensor(0.1, dtype=torch.float64))
-    alphas, weights = quadrature("riemann_trapezoid", 7)              # exact for linear functions
+    alphas, weights = quadrature("riemann_trapezoid", 7)  # exact for linear functions
     assert torch.isclose((weights * (3 * alphas + 1)).sum(), torch.tensor(2.5, dtype=torch.float64))
     alphas, weights = quadrature("riemann_middle", 7)
     assert torch.isclose((weights * (3 * alphas + 1)).sum(), torch.tensor(2.5, dtype=torch.float64))
@@ -167,8 +187,9 @@ def test_integrated_gradients_baselines(resnet18, images):
     blurred = whycam.IntegratedGradients(resnet18, baseline="blur").baselines(images)
     assert blurred.std() < images.std()
     given = torch.linspace(-1, 1, 3).view(1, 3, 1, 1)
-    assert torch.equal(whycam.IntegratedGradients(resnet18, baseline=given).baselines(images)[1, :, 5, 5],
-                       given.flatten())
+    assert torch.equal(
+        whycam.IntegratedGradients(resnet18, baseline=given).baselines(images)[1, :, 5, 5], given.flatten()
+    )
     with pytest.raises(ValueError, match="does not broadcast"):
         whycam.IntegratedGradients(resnet18, baseline=torch.zeros(5, 5)).baselines(images)
     with pytest.raises(ValueError, match="black"):
@@ -176,6 +197,7 @@ def test_integrated_gradients_baselines(resnet18, images):
 
 
 # --- guided backpropagation ------------------------------------------------------------------------
+
 
 def test_guided_backprop_is_the_same_with_inplace_relus():
     image = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -201,7 +223,7 @@ def test_guided_backprop_leaves_no_modified_backward_behind(resnet18, images):
     before = whycam.Saliency(resnet18).per_channel(images, 3)
     whycam.GuidedBackprop(resnet18)(images, 3)
     with pytest.raises(ValueError, match="score per image"):
-        whycam.GuidedBackprop(resnet18)(images, lambda out: out)          # raises with the hooks in place
+        whycam.GuidedBackprop(resnet18)(images, lambda out: out)  # raises with the hooks in place
     assert torch.equal(whycam.Saliency(resnet18).per_channel(images, 3), before)
 
 
@@ -227,6 +249,7 @@ def test_guided_gradcam_is_guided_backprop_times_the_upsampled_gradcam(resnet18,
 
 
 # --- SmoothGrad ------------------------------------------------------------------------------------
+
 
 def test_smoothgrad_built_from_a_model_smooths_saliency(resnet18, images):
     smooth = whycam.SmoothGrad(resnet18, samples=4, seed=1)
@@ -268,7 +291,9 @@ def test_smoothgrad_wraps_cam_methods_at_feature_resolution(resnet18, images):
 def test_smoothgrad_variants_relate_as_mean_square_and_variance(resnet18, images):
     def run(variant):
         return whycam.SmoothGrad(whycam.InputXGradient(resnet18), samples=5, seed=2, variant=variant).per_channel(
-            images, 0)
+            images, 0
+        )
+
     mean, square, variance = run("smoothgrad"), run("smoothgrad2"), run("vargrad")
     assert torch.allclose(variance, square - mean**2, atol=1e-6 * float(square.max()))
     assert (variance >= -1e-6 * float(square.max())).all()
@@ -291,10 +316,11 @@ def test_smoothgrad_refuses_bad_options(resnet18):
 
 # --- the model comes back as it was ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(GRADIENT_METHODS))
 def test_model_unchanged_after_a_call_and_after_a_failing_call(resnet18, images, name):
-    resnet18.fc.train()                    # a mixed state must come back mixed (no BatchNorm in train mode:
-    resnet18.layer4[1].relu.train()        # its running statistics would move in any forward pass)
+    resnet18.fc.train()  # a mixed state must come back mixed (no BatchNorm in train mode:
+    resnet18.layer4[1].relu.train()  # its running statistics would move in any forward pass)
     resnet18.layer1[0].conv1.weight.requires_grad_(False)
     try:
         before = model_state(resnet18)
@@ -316,6 +342,5 @@ def test_model_unchanged_after_a_call_and_after_a_failing_call(resnet18, images,
 
 def test_every_pixel_method_is_registered():
     registry = whycam.methods()
-    for name in ("saliency", "inputxgradient", "smoothgrad", "integratedgradients", "guidedbackprop",
-                 "guidedgradcam"):
+    for name in ("saliency", "inputxgradient", "smoothgrad", "integratedgradients", "guidedbackprop", "guidedgradcam"):
         assert issubclass(registry[name], PixelExplainer) and registry[name].name == name

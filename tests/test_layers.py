@@ -47,8 +47,9 @@ def test_auto_layer_for_torchvision_cnns(arch, expected):
 
 def test_auto_layer_for_torchvision_vit():
     torch.manual_seed(0)
-    model = torchvision.models.VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=2,
-                                                 hidden_dim=32, mlp_dim=64, num_classes=5).eval()
+    model = torchvision.models.VisionTransformer(
+        image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=5
+    ).eval()
     x = images()
     assert auto_layer(model, x) == "encoder.layers.encoder_layer_1.ln_1"
     raw = whycam.GradCAM(model)(x, target=1, raw=True)
@@ -88,15 +89,14 @@ def test_token_grid_without_a_patch_embedding_follows_the_aspect_ratio():
 
 def test_unreadable_tokens_ask_for_a_reshape():
     with pytest.raises(ValueError, match="reshape="):
-        to_spatial(torch.zeros(1, 7, 4), nn.Identity(), (64, 80))   # no prefix + grid gives 4:5
+        to_spatial(torch.zeros(1, 7, 4), nn.Identity(), (64, 80))  # no prefix + grid gives 4:5
     with pytest.raises(ValueError, match="reshape="):
         to_spatial(torch.zeros(1, 4), nn.Identity(), (64, 64))
 
 
 def test_explicit_reshape_equals_the_automatic_grid():
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=2,
-                              num_classes=5).eval()
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=2, num_classes=5).eval()
     x = images()
 
     def reshape(tokens):

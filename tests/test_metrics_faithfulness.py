@@ -89,8 +89,15 @@ def test_road_accuracy_and_batching_do_not_change_results(resnet18, images):
 def test_road_pixel_space_imputation_uses_the_transforms(resnet18, images):
     maps = torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(2))
     identity = metrics.road(resnet18, images, maps, percentages=[50], noise=0.0)
-    spaced = metrics.road(resnet18, images, maps, percentages=[50], noise=0.0,
-                          denormalize=lambda x: x * 2 + 1, normalize=lambda x: (x - 1) / 2)
+    spaced = metrics.road(
+        resnet18,
+        images,
+        maps,
+        percentages=[50],
+        noise=0.0,
+        denormalize=lambda x: x * 2 + 1,
+        normalize=lambda x: (x - 1) / 2,
+    )
     assert torch.allclose(identity.curves["morf"], spaced.curves["morf"], atol=1e-5)  # imputation is affine
     with pytest.raises(ValueError, match="both"):
         metrics.road(resnet18, images, maps, denormalize=lambda x: x)

@@ -38,8 +38,7 @@ def test_each_removed_pixel_is_the_weighted_mean_of_its_neighbours():
     images = torch.rand(2, 1, 12, 12, generator=generator)
     removed = torch.rand(2, 12, 12, generator=generator) > 0.6
     filled = noisy_linear_impute(images, removed, noise=0.0)[:, 0].double()
-    weights = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]],
-                           dtype=torch.float64)
+    weights = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]], dtype=torch.float64)
     neighbours = F.conv2d(filled[:, None], weights[None, None], padding=1)[:, 0]
     total = F.conv2d(torch.ones_like(filled[:, None]), weights[None, None], padding=1)[:, 0]
     assert torch.allclose((neighbours / total)[removed], filled[removed], atol=1e-5)
@@ -50,7 +49,7 @@ def test_batched_equals_one_by_one_and_noise_is_seeded_and_only_on_removed_pixel
     images = torch.randn(3, 3, 24, 24, generator=generator)
     removed = _masks(3, 24, 5)
     together = noisy_linear_impute(images, removed, noise=0.0)
-    alone = torch.cat([noisy_linear_impute(images[i:i + 1], removed[i:i + 1], noise=0.0) for i in range(3)])
+    alone = torch.cat([noisy_linear_impute(images[i : i + 1], removed[i : i + 1], noise=0.0) for i in range(3)])
     assert torch.allclose(together, alone, atol=1e-6)
     noisy = noisy_linear_impute(images, removed, noise=0.5, seed=7)
     assert torch.equal(noisy, noisy_linear_impute(images, removed, noise=0.5, seed=7))

@@ -9,9 +9,16 @@ import torch
 from whycam import metrics
 from whycam.metrics.localisation import ground_truth_masks
 
-LOCALISATION = (metrics.box_accuracy, metrics.max_box_accuracy, metrics.mask_iou, metrics.topk_iou,
-                metrics.relevance_rank_accuracy, metrics.auprc, metrics.pointing_game,
-                metrics.energy_pointing_game)
+LOCALISATION = (
+    metrics.box_accuracy,
+    metrics.max_box_accuracy,
+    metrics.mask_iou,
+    metrics.topk_iou,
+    metrics.relevance_rank_accuracy,
+    metrics.auprc,
+    metrics.pointing_game,
+    metrics.energy_pointing_game,
+)
 
 
 def _data(count: int = 6, size: int = 32, seed: int = 0):
@@ -31,9 +38,16 @@ def test_boxes_become_half_open_masks():
 
 
 def _quantus(metric, maps, masks):
-    return np.asarray(metric(model=None, x_batch=np.zeros((len(maps), 1, *maps.shape[1:]), np.float32),
-                             y_batch=np.zeros(len(maps), int), a_batch=maps[:, None].numpy(),
-                             s_batch=masks[:, None].numpy().astype(np.float32)), dtype=float)
+    return np.asarray(
+        metric(
+            model=None,
+            x_batch=np.zeros((len(maps), 1, *maps.shape[1:]), np.float32),
+            y_batch=np.zeros(len(maps), int),
+            a_batch=maps[:, None].numpy(),
+            s_batch=masks[:, None].numpy().astype(np.float32),
+        ),
+        dtype=float,
+    )
 
 
 def test_agrees_with_quantus():
@@ -59,8 +73,9 @@ def test_auprc_equals_scikit_learn():
     maps = (maps * 8).round() / 8  # ties, where the definition of the thresholds matters
     masks = ground_truth_masks(boxes, maps)
     result = metrics.auprc(maps, boxes)
-    expected = [average_precision_score(m.flatten().numpy(), s.flatten().numpy())
-                for m, s in zip(masks, maps, strict=True)]
+    expected = [
+        average_precision_score(m.flatten().numpy(), s.flatten().numpy()) for m, s in zip(masks, maps, strict=True)
+    ]
     np.testing.assert_allclose(result.scores.numpy(), expected, atol=1e-6)
     pooled = average_precision_score(masks.flatten().numpy(), maps.flatten().numpy())
     assert result.settings["pooled"] == pytest.approx(pooled, abs=1e-9)
@@ -100,8 +115,9 @@ def test_box_accuracy_takes_the_largest_component_and_max_box_accuracy_sweeps_ta
     both = torch.cat([maps, maps])
     sweep = metrics.max_box_accuracy(both, torch.cat([small, big]), iou_thresholds=(0.5,))
     assert sweep.value == 1.0  # "best": each image's best matching component
-    assert metrics.max_box_accuracy(both, torch.cat([small, big]), iou_thresholds=(0.5,),
-                                    component="largest").value == 0.5
+    assert (
+        metrics.max_box_accuracy(both, torch.cat([small, big]), iou_thresholds=(0.5,), component="largest").value == 0.5
+    )
 
 
 def test_topk_iou_and_pointing_tolerance():
@@ -140,10 +156,9 @@ def test_several_boxes_per_image_are_their_union_for_pixels_and_the_best_match_f
     metrics score the map's box against whichever object it fits best, so a map on the second object
     of an image scores as if that object were the only one."""
     maps = torch.zeros(2, 40, 40)
-    maps[0, 22:34, 24:36] = 1.0                       # image 0: on its second object
-    maps[1, 2:12, 3:15] = 1.0                         # image 1: on its only object
-    boxes = torch.tensor([[[2, 2, 14, 12], [24, 22, 36, 34]],
-                          [[3, 2, 15, 12], [0, 0, 0, 0]]], dtype=torch.float32)
+    maps[0, 22:34, 24:36] = 1.0  # image 0: on its second object
+    maps[1, 2:12, 3:15] = 1.0  # image 1: on its only object
+    boxes = torch.tensor([[[2, 2, 14, 12], [24, 22, 36, 34]], [[3, 2, 15, 12], [0, 0, 0, 0]]], dtype=torch.float32)
     union = torch.zeros(2, 40, 40, dtype=torch.bool)
     union[0, 2:12, 2:14] = union[0, 22:34, 24:36] = union[1, 2:12, 3:15] = True
     assert torch.equal(ground_truth_masks(boxes, maps), union)
@@ -154,7 +169,7 @@ def test_several_boxes_per_image_are_their_union_for_pixels_and_the_best_match_f
     for name in ("box_accuracy", "max_box_accuracy"):
         several, alone = getattr(metrics, name)(maps, boxes), getattr(metrics, name)(maps, matched)
         assert several.value == alone.value == 1.0, name
-        assert getattr(metrics, name)(maps, union).value < 1.0, name   # the union's bounding box misses
+        assert getattr(metrics, name)(maps, union).value < 1.0, name  # the union's bounding box misses
     with pytest.raises(ValueError, match="pad with 0, 0, 0, 0"):
         metrics.max_box_accuracy(maps, torch.tensor([[[5.0, 5, 1, 1]], [[0, 0, 4, 4]]]))
     with pytest.raises(ValueError, match=r"\(2, M, 4\) boxes"):

@@ -33,8 +33,10 @@ def test_ssim_equals_scikit_image(gaussian):
     a = torch.rand(2, 30, 40, generator=generator, dtype=torch.float64)
     b = (a + 0.3 * torch.rand(2, 30, 40, generator=generator, dtype=torch.float64)).clamp(0, 1)
     ours = metrics.ssim(a, b, gaussian_weights=gaussian)
-    expected = [structural_similarity(x.numpy(), y.numpy(), data_range=1.0, gaussian_weights=gaussian)
-                for x, y in zip(a, b, strict=True)]
+    expected = [
+        structural_similarity(x.numpy(), y.numpy(), data_range=1.0, gaussian_weights=gaussian)
+        for x, y in zip(a, b, strict=True)
+    ]
     np.testing.assert_allclose(ours.numpy(), expected, atol=1e-10)
 
 
@@ -45,6 +47,7 @@ def test_hog_correlation_separates_structure():
     rotated = edges.transpose(1, 2)
     assert torch.allclose(hog(edges), hog(edges.clone()))
     from whycam.metrics.sanity import pearson
+
     assert pearson(hog(edges), hog(edges + 0.01 * torch.rand(1, 32, 32, generator=generator))) > 0.9
     assert pearson(hog(edges), hog(rotated)) < 0.5
 
@@ -57,8 +60,9 @@ def _signed_gradcam(model):
     """Grad-CAM's signed map upsampled: Quantus refuses all-zero maps, which ReLU-ed maps of a
     randomised model can be."""
     cam = whycam.GradCAM(model, layer="layer3")
-    return lambda x, target: F.interpolate(cam(x, target, raw=True)[:, None], size=x.shape[-2:],
-                                           mode="bilinear", align_corners=False)[:, 0]
+    return lambda x, target: F.interpolate(
+        cam(x, target, raw=True)[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False
+    )[:, 0]
 
 
 def test_mprt_agrees_with_quantus():
@@ -73,8 +77,9 @@ def test_mprt_agrees_with_quantus():
         return _signed_gradcam(model)(torch.as_tensor(inputs), torch.as_tensor(targets))[:, None].numpy()
 
     peer = quantus.MPRT(layer_order="top_down", seed=41, abs=False, normalise=False, disable_warnings=True)
-    scores = peer(model=model, x_batch=images.numpy(), y_batch=labels.numpy(), a_batch=None,
-                  explain_func=explain, batch_size=2)
+    scores = peer(
+        model=model, x_batch=images.numpy(), y_batch=labels.numpy(), a_batch=None, explain_func=explain, batch_size=2
+    )
     ours = metrics.sanity_check(_signed_gradcam, model, images, labels, seed=42, modes=["cascading"])
     layers = ours["cascading"].settings["layers"]
     assert layers == [name for name in scores if name != "original"]

@@ -95,8 +95,7 @@ def test_torchvision_with_local_weights(tmp_path, suffix):
     loaded = load_model("torchvision:resnet18", weights=path)
     assert loaded.model.fc.out_features == 7 and loaded.classes is None  # class count read from the weights
     assert all(
-        torch.equal(a, b)
-        for a, b in zip(loaded.model.state_dict().values(), source.state_dict().values(), strict=True)
+        torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), source.state_dict().values(), strict=True)
     )
     assert loaded.preprocess.crop == (224, 224) and loaded.preprocess.mean == (0.485, 0.456, 0.406)
 

@@ -11,17 +11,39 @@ def test_version_is_a_release_string():
 
 def test_registry_offers_every_cam_method_by_name():
     registry = whycam.methods()
-    for name in ("cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam",
-                 "ablationcam", "diffcam", "saliency", "inputxgradient", "smoothgrad", "integratedgradients",
-                 "guidedbackprop", "guidedgradcam", "occlusion", "rise", "meaningfulperturbation"):
+    for name in (
+        "cam",
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "hirescam",
+        "layercam",
+        "eigencam",
+        "scorecam",
+        "ablationcam",
+        "diffcam",
+        "saliency",
+        "inputxgradient",
+        "smoothgrad",
+        "integratedgradients",
+        "guidedbackprop",
+        "guidedgradcam",
+        "occlusion",
+        "rise",
+        "meaningfulperturbation",
+    ):
         assert issubclass(registry[name], whycam.Explainer)
         assert registry[name].name == name
         assert registry[name].summary
 
 
 # The contract does not depend on how many masks or steps a method takes: light settings keep this fast.
-LIGHT = {"rise": {"masks": 64}, "meaningfulperturbation": {"steps": 5}, "integratedgradients": {"steps": 8},
-         "smoothgrad": {"samples": 4}}
+LIGHT = {
+    "rise": {"masks": 64},
+    "meaningfulperturbation": {"steps": 5},
+    "integratedgradients": {"steps": 8},
+    "smoothgrad": {"samples": 4},
+}
 
 
 def test_every_registered_method_keeps_the_output_contract(resnet18, images):

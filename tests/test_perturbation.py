@@ -51,9 +51,16 @@ def checkerboard_in_top_left(size: int = 64) -> torch.Tensor:
 
 def small_cnn() -> nn.Module:
     torch.manual_seed(1)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(16, 10)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()
 
 
 @pytest.fixture
@@ -62,6 +69,7 @@ def images32():
 
 
 # --- occlusion -------------------------------------------------------------------------------------
+
 
 def test_occlusion_of_a_model_that_sees_one_quadrant_lights_only_that_quadrant(images32):
     model = TopLeftLinear().eval()
@@ -82,7 +90,7 @@ def test_occlusion_is_the_mean_score_drop_of_the_windows_covering_a_pixel(images
     for top in (0, 16):
         for left in (0, 16):
             occluded = images32.clone()
-            occluded[..., top:top + 16, left:left + 16] = 0
+            occluded[..., top : top + 16, left : left + 16] = 0
             drop = clean - model(occluded)[:, 4]
             assert torch.allclose(ours[:, top + 3, left + 5], drop, atol=1e-6)
 
@@ -105,6 +113,7 @@ def test_occlusion_refuses_windows_that_do_not_fit(images32):
 
 # --- RISE ------------------------------------------------------------------------------------------
 
+
 def test_rise_same_seed_identical_other_seed_different(images32):
     model = small_cnn()
     first = whycam.RISE(model, masks=64, seed=5)(images32, [1, 2])
@@ -117,7 +126,7 @@ def test_rise_masks_do_not_depend_on_the_chunking():
     whole = torch.cat(list(rise.mask_chunks((32, 32), 50)))
     assert torch.equal(whole, torch.cat(list(rise.mask_chunks((32, 32), 7))))
     assert whole.shape == (50, 32, 32) and whole.min() >= 0 and whole.max() <= 1
-    assert abs(float(whole.mean()) - 0.3) < 0.05                       # E[M] = p
+    assert abs(float(whole.mean()) - 0.3) < 0.05  # E[M] = p
 
 
 def test_rise_is_the_mask_average_weighted_by_scores(images32):
@@ -136,8 +145,9 @@ def test_rise_converges_with_more_masks(images32):
     model = TopLeftLinear().eval()
 
     def spread(masks):
-        a, b = (whycam.RISE(model, masks=masks, seed=seed, batch_size=256)(images32, [0, 2], raw=True)
-                for seed in (0, 1))
+        a, b = (
+            whycam.RISE(model, masks=masks, seed=seed, batch_size=256)(images32, [0, 2], raw=True) for seed in (0, 1)
+        )
         return float(((a - b).flatten(1).norm(dim=1) / a.flatten(1).norm(dim=1)).max())
 
     spreads = [spread(n) for n in (125, 500, 2000)]
@@ -153,6 +163,7 @@ def test_rise_refuses_bad_options():
 
 
 # --- Meaningful Perturbation ----------------------------------------------------------------------
+
 
 def test_meaningful_perturbation_deletes_the_class_in_the_region_the_model_uses():
     """Class 0's probability: 0.87 on the image, 0.12 with the found mask's region blurred (as low as
@@ -178,8 +189,7 @@ def test_meaningful_perturbation_is_deterministic_and_seeded(images32):
     model = small_cnn()
     first = whycam.MeaningfulPerturbation(model, steps=10, seed=1)(images32, [1, 2], raw=True)
     assert torch.equal(first, whycam.MeaningfulPerturbation(model, steps=10, seed=1)(images32, [1, 2], raw=True))
-    assert not torch.equal(first, whycam.MeaningfulPerturbation(model, steps=10, seed=2)(images32, [1, 2],
-                                                                                       raw=True))
+    assert not torch.equal(first, whycam.MeaningfulPerturbation(model, steps=10, seed=2)(images32, [1, 2], raw=True))
 
 
 # --- contract ----------------------------------------------------------------------------------------

@@ -35,8 +35,11 @@ def test_streaming_and_merging_equal_the_concatenated_data():
     streamed = ReferenceStats(12)
     for chunk in data.split(5):
         streamed.update(chunk)
-    merged = ReferenceStats.from_embeddings(data[:20]) + ReferenceStats.from_embeddings(data[20:31]) \
+    merged = (
+        ReferenceStats.from_embeddings(data[:20])
+        + ReferenceStats.from_embeddings(data[20:31])
         + ReferenceStats.from_embeddings(data[31:])
+    )
     summed = sum([ReferenceStats.from_embeddings(c) for c in data.split(19)])
     for stats in (streamed, merged, summed):
         _equal_stats(stats, whole)
@@ -44,12 +47,11 @@ def test_streaming_and_merging_equal_the_concatenated_data():
         assert torch.allclose(stats.empirical_covariance(), torch.cov(data.T, correction=0), atol=1e-10)
 
 
-@pytest.mark.parametrize("n, dim, shift", [(10, 50, 0.0), (200, 30, 3.0), (40, 40, -2.0), (10, 300, 1.0),
-                                           (5, 1, 0.5)])
+@pytest.mark.parametrize("n, dim, shift", [(10, 50, 0.0), (200, 30, 3.0), (40, 40, -2.0), (10, 300, 1.0), (5, 1, 0.5)])
 def test_ledoit_wolf_and_oas_equal_scikit_learn(n, dim, shift):
     """The intensities come from the sufficient statistics only, yet equal sklearn's on the raw data."""
     data = _data(n, dim, seed=n + dim, shift=shift)
-    stats = ReferenceStats.from_embeddings(data[: n // 2]) + ReferenceStats.from_embeddings(data[n // 2:])
+    stats = ReferenceStats.from_embeddings(data[: n // 2]) + ReferenceStats.from_embeddings(data[n // 2 :])
     for shrinkage, oracle in (("ledoit-wolf", LedoitWolf()), ("oas", OAS())):
         oracle.fit(data.numpy())
         shrunk = stats.shrunk(shrinkage)
@@ -123,8 +125,7 @@ def test_merge_refuses_statistics_of_another_layer():
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 def test_save_and_load_round_trip_exactly(tmp_path, suffix):
-    meta = {"model": "abc", "layer": "layer4", "embedding": "max", "normalize": "false",
-            "input_size": "64x64"}
+    meta = {"model": "abc", "layer": "layer4", "embedding": "max", "normalize": "false", "input_size": "64x64"}
     stats = ReferenceStats.from_embeddings(_data(9, 7), meta=meta, keep_embeddings=True)
     path = stats.save(tmp_path / f"stats{suffix}")
     loaded = ReferenceStats.load(path)
@@ -174,8 +175,9 @@ def test_bank_groups_equal_the_statistics_of_their_rows():
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 def test_bank_save_and_load_round_trip(tmp_path, suffix):
-    bank = ReferenceBank.from_embeddings(_data(12, 5), ["cat", "dog", "cat", "eel"] * 3,
-                                         meta={"layer": "features"}, keep_embeddings=True)
+    bank = ReferenceBank.from_embeddings(
+        _data(12, 5), ["cat", "dog", "cat", "eel"] * 3, meta={"layer": "features"}, keep_embeddings=True
+    )
     loaded = ReferenceBank.load(bank.save(tmp_path / f"bank{suffix}"))
     assert loaded.labels == ["cat", "dog", "eel"] and loaded.meta == {"layer": "features"}
     for label in bank.labels:

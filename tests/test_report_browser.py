@@ -26,9 +26,7 @@ CHROMIUM = next(
     (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)),
     None,
 )
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
-)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 
 PROBE_HEAD = """<script>
 window.__errors = [];
@@ -104,8 +102,7 @@ def test_report_renders_every_image_without_errors(tmp_path):
 def test_probe_catches_a_broken_image(tmp_path):
     page = tmp_path / "broken.html"
     page.write_text(
-        "<!DOCTYPE html><html><head><title>t</title></head><body>"
-        '<img src="data:image/png;base64,AAAA"></body></html>'
+        '<!DOCTYPE html><html><head><title>t</title></head><body><img src="data:image/png;base64,AAAA"></body></html>'
     )
     probe = browse(page, tmp_path)
     assert probe["images"][0]["width"] == 0 and probe["errors"]

@@ -16,8 +16,9 @@ class TinyCNN(nn.Module):
 
     def __init__(self, dead: int = 0, concat_early: bool = False):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(8, 6, 3, stride=2, padding=1), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=2, padding=1), nn.ReLU()
+        )
         self.concat_early = concat_early
         self.fc = nn.Linear(6 + (8 if concat_early else 0), 5)
         with torch.no_grad():
@@ -26,7 +27,7 @@ class TinyCNN(nn.Module):
     def forward(self, x):
         early = self.body[1](self.body[0](x))
         features = self.body[3](self.body[2](early)).mean((2, 3))
-        if self.concat_early:   # the head needs the early features' batch: no replay possible
+        if self.concat_early:  # the head needs the early features' batch: no replay possible
             features = torch.cat([features, early.mean((2, 3))], 1)
         return self.fc(features)
 
@@ -60,13 +61,15 @@ def brute_force_ablation(model, layer, x, classes, spatial):
         y = out[b, classes[b]]
         weights = []
         for k in range(grid.shape[1]):
+
             def zero(m, i, o, k=k):
                 o = o.clone()
-                spatial(o)[:, k] = 0          # spatial() returns a view of o's elements
+                spatial(o)[:, k] = 0  # spatial() returns a view of o's elements
                 return o
+
             handle = dict(model.named_modules())[layer].register_forward_hook(zero)
             with torch.no_grad():
-                weights.append((y - model(x[b:b + 1])[0, classes[b]]) / y)
+                weights.append((y - model(x[b : b + 1])[0, classes[b]]) / y)
             handle.remove()
         maps.append((torch.stack(weights)[:, None, None] * grid[b]).sum(0))
     return torch.stack(maps)
@@ -100,11 +103,10 @@ def test_ablationcam_falls_back_to_repeating_the_input():
 
 def test_ablationcam_on_vit_tokens_zeroes_the_patch_tokens_feature():
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2,
-                              num_classes=5).eval()
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=5).eval()
     x = images(size=32)
 
-    def grid(tokens):   # 1 class token + 2x2 patches -> (B, D, 2, 2), sharing the tokens' storage
+    def grid(tokens):  # 1 class token + 2x2 patches -> (B, D, 2, 2), sharing the tokens' storage
         return tokens[:, 1:, :].unflatten(1, (2, 2)).permute(0, 3, 1, 2)
 
     raw = whycam.AblationCAM(model, "blocks.1.norm1", batch_size=64)(x, target=[0, 4], raw=True)
@@ -119,11 +121,11 @@ def brute_force_scorecam(model, layer, x, classes):
     for b in range(x.shape[0]):
         scores = []
         for k in range(act.shape[1]):
-            up = F.interpolate(act[b:b + 1, k:k + 1], size=x.shape[-2:], mode="bilinear", align_corners=True)
+            up = F.interpolate(act[b : b + 1, k : k + 1], size=x.shape[-2:], mode="bilinear", align_corners=True)
             span = up.max() - up.min()
             mask = (up - up.min()) / span if span > 0 else torch.zeros_like(up)
             with torch.no_grad():
-                scores.append(model(x[b:b + 1] * mask)[0, classes[b]])
+                scores.append(model(x[b : b + 1] * mask)[0, classes[b]])
         weights = torch.softmax(torch.stack(scores), 0)
         maps.append((weights[:, None, None] * act[b]).sum(0))
     return torch.stack(maps)

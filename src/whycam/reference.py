@@ -62,21 +62,22 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def check_compatible(meta: Mapping[str, str], expected: Mapping[str, str],
-                     what: str = "the statistics") -> None:
+def check_compatible(meta: Mapping[str, str], expected: Mapping[str, str], what: str = "the statistics") -> None:
     """Refuse, naming the key and both values, statistics whose identity differs from ``expected``.
 
     A key missing on either side (statistics built by hand with ``from_embeddings``) is not checked.
     """
     for key in IDENTITY:
         if key in meta and key in expected and meta[key] != expected[key]:
-            fix = {"model": "compute the statistics with this model (fit again)",
-                   "layer": f"use layer={meta[key]!r}, or fit again on layer {expected[key]!r}",
-                   "embedding": f"use embedding={meta[key]!r}, or fit again",
-                   "normalize": f"use normalize={meta[key] == 'true'}, or fit again"}[key]
+            fix = {
+                "model": "compute the statistics with this model (fit again)",
+                "layer": f"use layer={meta[key]!r}, or fit again on layer {expected[key]!r}",
+                "embedding": f"use embedding={meta[key]!r}, or fit again",
+                "normalize": f"use normalize={meta[key] == 'true'}, or fit again",
+            }[key]
             raise ReferenceMismatchError(
-                f"{what} were computed with {key} {meta[key]!r}, but are used with {key} "
-                f"{expected[key]!r}; {fix}")
+                f"{what} were computed with {key} {meta[key]!r}, but are used with {key} {expected[key]!r}; {fix}"
+            )
 
 
 def parse_shrinkage(shrinkage: Shrinkage) -> tuple[str, float | None]:
@@ -85,15 +86,23 @@ def parse_shrinkage(shrinkage: Shrinkage) -> tuple[str, float | None]:
         return str(shrinkage), None
     if isinstance(shrinkage, (int, float)) and not isinstance(shrinkage, bool) and 0 <= shrinkage <= 1:
         return "fixed", float(shrinkage)
-    if (isinstance(shrinkage, tuple) and len(shrinkage) == 2 and shrinkage[0] == "ridge"
-            and isinstance(shrinkage[1], (int, float)) and shrinkage[1] >= 0):
+    if (
+        isinstance(shrinkage, tuple)
+        and len(shrinkage) == 2
+        and shrinkage[0] == "ridge"
+        and isinstance(shrinkage[1], (int, float))
+        and shrinkage[1] >= 0
+    ):
         return "ridge", float(shrinkage[1])
-    raise ValueError(f"shrinkage={shrinkage!r} is not understood; use 'ledoit-wolf', 'oas', a float in "
-                     "[0, 1] (fixed intensity; 1 = no whitening) or ('ridge', value >= 0)")
+    raise ValueError(
+        f"shrinkage={shrinkage!r} is not understood; use 'ledoit-wolf', 'oas', a float in "
+        "[0, 1] (fixed intensity; 1 = no whitening) or ('ridge', value >= 0)"
+    )
 
 
-def shrinkage_coefficients(shrinkage: Shrinkage, n: int, dim: int, trace: Tensor, frobenius: Tensor,
-                           fourth: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def shrinkage_coefficients(
+    shrinkage: Shrinkage, n: int, dim: int, trace: Tensor, frobenius: Tensor, fourth: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(intensity, a, b)`` with the shrunk covariance ``S = a C + b I``, batched over leading dims.
 
     From n samples of dimension ``dim``: ``trace`` = tr C, ``frobenius`` = |C|_F^2 and ``fourth`` =
@@ -116,16 +125,17 @@ def shrinkage_coefficients(shrinkage: Shrinkage, n: int, dim: int, trace: Tensor
     else:
         alpha = frobenius / dim**2
         den = (n + 1) * (alpha - mu**2 / dim)
-        intensity = torch.where(den == 0, 1.0, torch.clamp((alpha + mu**2) / torch.where(den == 0, 1.0, den),
-                                                           max=1.0))
+        intensity = torch.where(den == 0, 1.0, torch.clamp((alpha + mu**2) / torch.where(den == 0, 1.0, den), max=1.0))
     return intensity, 1 - intensity, intensity * mu
 
 
 def _singular_error(n: int, dim: int) -> ValueError:
-    return ValueError(f"the reference covariance ({n} embeddings, {dim} channels) is not positive definite "
-                      "after shrinkage (the references do not vary, or shrinkage is 0 with fewer "
-                      "references than channels); use shrinkage='ledoit-wolf' or 'oas', a fixed value in "
-                      "(0, 1], or ('ridge', value > 0), and references that differ")
+    return ValueError(
+        f"the reference covariance ({n} embeddings, {dim} channels) is not positive definite "
+        "after shrinkage (the references do not vary, or shrinkage is 0 with fewer "
+        "references than channels); use shrinkage='ledoit-wolf' or 'oas', a fixed value in "
+        "(0, 1], or ('ridge', value > 0), and references that differ"
+    )
 
 
 @dataclass(frozen=True)
@@ -150,8 +160,14 @@ class ReferenceStats:
     nearest-reference option needs.
     """
 
-    def __init__(self, dim: int, *, meta: Mapping[str, str] | None = None, keep_embeddings: bool = False,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        meta: Mapping[str, str] | None = None,
+        keep_embeddings: bool = False,
+        device: torch.device | str = "cpu",
+    ):
         if dim < 1:
             raise ValueError(f"the embedding dimension must be positive, got {dim}")
         self.dim = dim
@@ -161,17 +177,20 @@ class ReferenceStats:
         self.outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
         self.moment3 = torch.zeros(dim, dtype=torch.float64, device=device)
         self.moment4 = torch.zeros((), dtype=torch.float64, device=device)
-        self.embeddings: Tensor | None = (torch.zeros(0, dim, dtype=torch.float64, device=device)
-                                          if keep_embeddings else None)
+        self.embeddings: Tensor | None = (
+            torch.zeros(0, dim, dtype=torch.float64, device=device) if keep_embeddings else None
+        )
         self._shrunk: dict[tuple[str, float | None], Shrunk] = {}
 
     @classmethod
-    def from_embeddings(cls, embeddings: Tensor, *, meta: Mapping[str, str] | None = None,
-                        keep_embeddings: bool = False) -> ReferenceStats:
+    def from_embeddings(
+        cls, embeddings: Tensor, *, meta: Mapping[str, str] | None = None, keep_embeddings: bool = False
+    ) -> ReferenceStats:
         """The statistics of an (n, K) tensor of embeddings."""
         embeddings = _as_embeddings(embeddings)
-        return cls(embeddings.shape[1], meta=meta, keep_embeddings=keep_embeddings,
-                   device=embeddings.device).update(embeddings)
+        return cls(embeddings.shape[1], meta=meta, keep_embeddings=keep_embeddings, device=embeddings.device).update(
+            embeddings
+        )
 
     def update(self, embeddings: Tensor) -> ReferenceStats:
         """Add a batch of (n, K) embeddings (streaming; the result does not depend on the batching)."""
@@ -236,10 +255,14 @@ class ReferenceStats:
             covariance = self.empirical_covariance()
             n, mean = self.count, self.mean
             trace = covariance.diagonal().sum()
-            centred4 = (self.moment4 - 4 * self.moment3 @ mean + 4 * mean @ self.outer @ mean
-                        + 2 * (mean @ mean) * self.outer.diagonal().sum() - 3 * n * (mean @ mean) ** 2)
-            intensity, a, b = shrinkage_coefficients(shrinkage, n, self.dim, trace, (covariance**2).sum(),
-                                                     centred4 / n)
+            centred4 = (
+                self.moment4
+                - 4 * self.moment3 @ mean
+                + 4 * mean @ self.outer @ mean
+                + 2 * (mean @ mean) * self.outer.diagonal().sum()
+                - 3 * n * (mean @ mean) ** 2
+            )
+            intensity, a, b = shrinkage_coefficients(shrinkage, n, self.dim, trace, (covariance**2).sum(), centred4 / n)
             shrunk = a * covariance + b * torch.eye(self.dim).to(covariance)
             factor, info = torch.linalg.cholesky_ex(shrunk)
             if info.item() != 0:
@@ -253,14 +276,21 @@ class ReferenceStats:
 
     def _require(self, minimum: int) -> None:
         if self.count < minimum:
-            raise ValueError(f"a reference group needs at least {minimum} embeddings for its "
-                             f"{'covariance' if minimum > 1 else 'mean'}, this one has {self.count}; "
-                             "add references (or choose a larger group)")
+            raise ValueError(
+                f"a reference group needs at least {minimum} embeddings for its "
+                f"{'covariance' if minimum > 1 else 'mean'}, this one has {self.count}; "
+                "add references (or choose a larger group)"
+            )
 
     def tensors(self) -> dict[str, Tensor]:
         """The statistics as named tensors (what ``save`` writes)."""
-        tensors = {"count": torch.tensor([self.count], dtype=torch.int64), "sum": self.sum,
-                   "outer": self.outer, "moment3": self.moment3, "moment4": self.moment4.reshape(1)}
+        tensors = {
+            "count": torch.tensor([self.count], dtype=torch.int64),
+            "sum": self.sum,
+            "outer": self.outer,
+            "moment3": self.moment3,
+            "moment4": self.moment4.reshape(1),
+        }
         if self.embeddings is not None:
             tensors["embeddings"] = self.embeddings
         return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -306,25 +336,34 @@ class ReferenceBank:
         self._groups: dict[frozenset, ReferenceStats] = {}
 
     @classmethod
-    def from_embeddings(cls, embeddings: Tensor, labels: Tensor | Iterable[Label], *,
-                        meta: Mapping[str, str] | None = None,
-                        keep_embeddings: bool = False) -> ReferenceBank:
+    def from_embeddings(
+        cls,
+        embeddings: Tensor,
+        labels: Tensor | Iterable[Label],
+        *,
+        meta: Mapping[str, str] | None = None,
+        keep_embeddings: bool = False,
+    ) -> ReferenceBank:
         """A bank from (n, K) embeddings and their n labels."""
         return cls().update(embeddings, labels, meta=meta, keep_embeddings=keep_embeddings)
 
-    def update(self, embeddings: Tensor, labels: Tensor | Iterable[Label], *,
-               meta: Mapping[str, str] | None = None, keep_embeddings: bool = False) -> ReferenceBank:
+    def update(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | Iterable[Label],
+        *,
+        meta: Mapping[str, str] | None = None,
+        keep_embeddings: bool = False,
+    ) -> ReferenceBank:
         """Add a batch of (n, K) embeddings with their n labels (ints or strings)."""
         embeddings = _as_embeddings(embeddings)
         labels = labels.tolist() if isinstance(labels, Tensor) else list(labels)
         if len(labels) != embeddings.shape[0]:
-            raise ValueError(f"{embeddings.shape[0]} embeddings but {len(labels)} labels; "
-                             "give one label each")
+            raise ValueError(f"{embeddings.shape[0]} embeddings but {len(labels)} labels; give one label each")
         for label in dict.fromkeys(labels):
             rows = torch.tensor([i for i, lab in enumerate(labels) if lab == label], device=embeddings.device)
             if label not in self.classes:
-                self.classes[label] = ReferenceStats(embeddings.shape[1], meta=meta,
-                                                     keep_embeddings=keep_embeddings)
+                self.classes[label] = ReferenceStats(embeddings.shape[1], meta=meta, keep_embeddings=keep_embeddings)
             self.classes[label].update(embeddings[rows])
         self._groups.clear()
         return self
@@ -345,8 +384,11 @@ class ReferenceBank:
         chosen = _label_list(labels)
         unknown = [label for label in chosen if label not in self.classes]
         if unknown or not chosen:
-            raise KeyError(f"the bank has no class {unknown[0]!r}; its classes are {self.labels}" if unknown
-                           else "the group is empty; name at least one class")
+            raise KeyError(
+                f"the bank has no class {unknown[0]!r}; its classes are {self.labels}"
+                if unknown
+                else "the group is empty; name at least one class"
+            )
         key = frozenset(chosen)
         if key not in self._groups:
             self._groups[key] = sum(self.classes[label] for label in self.classes if label in key)
@@ -371,10 +413,12 @@ class ReferenceBank:
         """Write every class's statistics to one ``.safetensors`` or ``.npz`` file (no pickle)."""
         if not self.classes:
             raise ValueError("the bank is empty; fit it before saving")
-        tensors = {f"{i}.{name}": tensor for i, stats in enumerate(self.classes.values())
-                   for name, tensor in stats.tensors().items()}
-        return write_tensors(path, tensors, {**self.meta, "kind": "ReferenceBank",
-                                             "labels": json.dumps(self.labels)})
+        tensors = {
+            f"{i}.{name}": tensor
+            for i, stats in enumerate(self.classes.values())
+            for name, tensor in stats.tensors().items()
+        }
+        return write_tensors(path, tensors, {**self.meta, "kind": "ReferenceBank", "labels": json.dumps(self.labels)})
 
     @classmethod
     def load(cls, path: str | Path) -> ReferenceBank:
@@ -385,8 +429,9 @@ class ReferenceBank:
         for name, tensor in tensors.items():
             index, key = name.split(".", 1)
             per_class[int(index)][key] = tensor
-        return cls({label: ReferenceStats.from_tensors(stats, meta)
-                    for label, stats in zip(labels, per_class, strict=True)})
+        return cls(
+            {label: ReferenceStats.from_tensors(stats, meta) for label, stats in zip(labels, per_class, strict=True)}
+        )
 
     def __repr__(self) -> str:
         more = "..." if len(self.classes) > 10 else ""
@@ -404,28 +449,33 @@ def nearest_solve(embeddings: Tensor, targets: Tensor, k: int, shrinkage: Shrink
     """
     n, dim = embeddings.shape
     if not 2 <= k <= n:
-        raise ValueError(f"k={k} nearest references, but the reference group has {n} embeddings; "
-                         "use 2 <= k <= the number of references")
+        raise ValueError(
+            f"k={k} nearest references, but the reference group has {n} embeddings; "
+            "use 2 <= k <= the number of references"
+        )
     targets = targets.to(embeddings)
-    nearest = torch.cdist(targets, embeddings).topk(k, dim=1, largest=False).indices       # (B, k)
-    neighbours = embeddings[nearest]                                                       # (B, k, K)
+    nearest = torch.cdist(targets, embeddings).topk(k, dim=1, largest=False).indices  # (B, k)
+    neighbours = embeddings[nearest]  # (B, k, K)
     mean = neighbours.mean(1)
     centred = neighbours - mean[:, None]
-    gram = centred @ centred.transpose(1, 2)                                               # (B, k, k)
+    gram = centred @ centred.transpose(1, 2)  # (B, k, k)
     norms = gram.diagonal(dim1=1, dim2=2)
-    _, a, b = shrinkage_coefficients(shrinkage, k, dim, norms.sum(1) / k, (gram**2).sum((1, 2)) / k**2,
-                                     (norms**2).mean(1))
+    _, a, b = shrinkage_coefficients(
+        shrinkage, k, dim, norms.sum(1) / k, (gram**2).sum((1, 2)) / k**2, (norms**2).mean(1)
+    )
     if bool((b <= 0).any()):
-        raise ValueError(f"with k={k} nearest references the shrinkage must leave a positive ridge "
-                         f"(the covariance of k points in {dim} dimensions is singular); use "
-                         "'ledoit-wolf', 'oas', a fixed value in (0, 1] or ('ridge', value > 0)")
+        raise ValueError(
+            f"with k={k} nearest references the shrinkage must leave a positive ridge "
+            f"(the covariance of k points in {dim} dimensions is singular); use "
+            "'ledoit-wolf', 'oas', a fixed value in (0, 1] or ('ridge', value > 0)"
+        )
     v = targets - mean
     inner = a[:, None, None] * gram + (b * k)[:, None, None] * torch.eye(k).to(gram)
     factor, info = torch.linalg.cholesky_ex(inner)
     if bool((info != 0).any()):
         raise _singular_error(k, dim)
-    projected = (centred @ v[:, :, None]) * a[:, None, None]                               # (B, k, 1)
-    correction = centred.transpose(1, 2) @ torch.cholesky_solve(projected, factor)         # (B, K, 1)
+    projected = (centred @ v[:, :, None]) * a[:, None, None]  # (B, k, 1)
+    correction = centred.transpose(1, 2) @ torch.cholesky_solve(projected, factor)  # (B, K, 1)
     return (v - correction[:, :, 0]) / b[:, None]
 
 

@@ -40,8 +40,9 @@ class Tap:
 
     def __enter__(self) -> Tap:
         for index, module in enumerate(self.modules):
-            self._handles.append(module.register_forward_hook(
-                lambda m, inputs, output, index=index: self._capture(index, output)))
+            self._handles.append(
+                module.register_forward_hook(lambda m, inputs, output, index=index: self._capture(index, output))
+            )
         return self
 
     def __exit__(self, kind, error, trace) -> bool:
@@ -59,7 +60,8 @@ class Tap:
         if not isinstance(output, Tensor):
             raise TypeError(
                 f"the tapped layer returns {type(output).__name__}, not a tensor; tap a layer that "
-                "returns a tensor (e.g. one of its sub-modules)")
+                "returns a tensor (e.g. one of its sub-modules)"
+            )
         self.calls[index] += 1
         if not self.grad:
             self.activations[index] = output.detach()
@@ -78,7 +80,8 @@ class Tap:
         if missing:
             raise RuntimeError(
                 f"the tapped layer(s) {', '.join(missing)} did not run in the forward pass; "
-                "choose a layer the model actually calls")
+                "choose a layer the model actually calls"
+            )
         return self.activations  # type: ignore[return-value]
 
 
@@ -91,11 +94,16 @@ def preserved(model: nn.Module):
     Any hook registered inside the block is removed on exit, also when the block raises.
     """
     modes = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for m in model.modules() if m.training
-               for b in m.buffers(recurse=False)]
+    buffers = [(b, b.detach().clone()) for m in model.modules() if m.training for b in m.buffers(recurse=False)]
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    hook_dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-                  "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+    hook_dicts = (
+        "_forward_hooks",
+        "_forward_pre_hooks",
+        "_backward_hooks",
+        "_backward_pre_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_hooks_always_called",
+    )
     hooks = [(m, name, set(getattr(m, name, {}))) for m in model.modules() for name in hook_dicts]
     try:
         yield model

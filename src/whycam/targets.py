@@ -25,38 +25,47 @@ def select_output(output: object, selector: OutputSelector = None) -> Tensor:
         try:
             output = output[selector]  # type: ignore[index]
         except (KeyError, IndexError, TypeError) as error:
-            raise ValueError(f"output selector {selector!r} does not fit the model's output "
-                             f"({type(output).__name__}): {error}") from None
+            raise ValueError(
+                f"output selector {selector!r} does not fit the model's output ({type(output).__name__}): {error}"
+            ) from None
     elif isinstance(output, dict):
         key = next((k for k in ("logits", "out") if k in output), None)
         if key is None:
-            raise ValueError(f"the model returns a dict with keys {sorted(output)}; pass output='<key>' "
-                             "to say which one to explain")
+            raise ValueError(
+                f"the model returns a dict with keys {sorted(output)}; pass output='<key>' to say which one to explain"
+            )
         output = output[key]
     elif isinstance(output, (tuple, list)):
         output = output[0]
     if not isinstance(output, Tensor):
-        raise TypeError(f"the selected model output is {type(output).__name__}, not a tensor; "
-                        "pass output=<index, key or callable> to select a tensor")
+        raise TypeError(
+            f"the selected model output is {type(output).__name__}, not a tensor; "
+            "pass output=<index, key or callable> to select a tensor"
+        )
     if not torch.isfinite(output).all():
         bad = (~torch.isfinite(output.detach())).flatten(1).any(1).nonzero().flatten().tolist()
-        raise FloatingPointError(f"the model's output contains NaN or infinity for image(s) {bad}; check the "
-                                 "input's scale and the model's weights")
+        raise FloatingPointError(
+            f"the model's output contains NaN or infinity for image(s) {bad}; check the "
+            "input's scale and the model's weights"
+        )
     return output
 
 
 def target_classes(output: Tensor, target: Target) -> Tensor:
     """One class index per image (B,) for a class target; ``None`` gives the argmax."""
     if output.dim() != 2:
-        raise ValueError(f"a class target needs a (B, classes) output, the model gives {tuple(output.shape)}; "
-                         "pass target=<callable mapping the output to (B,) scores>")
+        raise ValueError(
+            f"a class target needs a (B, classes) output, the model gives {tuple(output.shape)}; "
+            "pass target=<callable mapping the output to (B,) scores>"
+        )
     batch, n_classes = output.shape
     if target is None:
         return output.detach().argmax(1)
     classes = class_indices(target, batch, output.device)
     if ((classes < 0) | (classes >= n_classes)).any():
-        raise ValueError(f"target class(es) {classes.tolist()} out of range: the model has {n_classes} "
-                         f"classes (0..{n_classes - 1})")
+        raise ValueError(
+            f"target class(es) {classes.tolist()} out of range: the model has {n_classes} classes (0..{n_classes - 1})"
+        )
     return classes
 
 
@@ -77,8 +86,9 @@ def target_scores(output: Tensor, target: Target) -> tuple[Tensor, Tensor | None
         scores = target(output)
         if not isinstance(scores, Tensor) or scores.dim() != 1 or scores.shape[0] != output.shape[0]:
             shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ValueError(f"a callable target must return one score per image, shape ({output.shape[0]},); "
-                             f"it returned {shape}")
+            raise ValueError(
+                f"a callable target must return one score per image, shape ({output.shape[0]},); it returned {shape}"
+            )
         return scores, None
     classes = target_classes(output, target)
     return output.gather(1, classes[:, None]).squeeze(1), classes

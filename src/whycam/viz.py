@@ -22,9 +22,7 @@ CMAP = "jet"
 
 def _image_array(image: Tensor | np.ndarray) -> np.ndarray:
     """(3, H, W) / (H, W, 3) / (H, W) image in [0, 1] as an (H, W, 3) float array."""
-    array = (
-        image.detach().cpu().float().numpy() if isinstance(image, Tensor) else np.asarray(image, np.float32)
-    )
+    array = image.detach().cpu().float().numpy() if isinstance(image, Tensor) else np.asarray(image, np.float32)
     if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
         array = np.moveaxis(array, 0, -1)
     if array.ndim == 2:
@@ -46,9 +44,7 @@ def overlay(
     base = _image_array(image)
     heat = colormaps[cmap](np.clip(_map_array(saliency), 0, 1))[..., :3]
     if heat.shape[:2] != base.shape[:2]:
-        raise ValueError(
-            f"the map is {heat.shape[1]}x{heat.shape[0]}, the image {base.shape[1]}x{base.shape[0]}"
-        )
+        raise ValueError(f"the map is {heat.shape[1]}x{heat.shape[0]}, the image {base.shape[1]}x{base.shape[0]}")
     return ((1 - alpha) * base + alpha * heat).clip(0, 1).__mul__(255).round().astype(np.uint8)
 
 

@@ -80,22 +80,29 @@ def fuse_maps(maps: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
 def check_images(images: object, model: nn.Module) -> Tensor:
     """Refuse, with the fix, input that is not a (B, C, H, W) float tensor of the model's channel count."""
     if not isinstance(images, Tensor):
-        raise TypeError(f"images must be a (B, C, H, W) tensor, not {type(images).__name__}; "
-                        "whycam.load_images turns files, PIL images and numpy arrays into one")
+        raise TypeError(
+            f"images must be a (B, C, H, W) tensor, not {type(images).__name__}; "
+            "whycam.load_images turns files, PIL images and numpy arrays into one"
+        )
     if images.dim() == 3:
-        raise ValueError(f"images must be (B, C, H, W); got {tuple(images.shape)}. "
-                         "For a single image use images.unsqueeze(0)")
+        raise ValueError(
+            f"images must be (B, C, H, W); got {tuple(images.shape)}. For a single image use images.unsqueeze(0)"
+        )
     if images.dim() != 4:
         raise ValueError(f"images must be (B, C, H, W); got {tuple(images.shape)}")
     if not images.is_floating_point():
-        raise TypeError(f"images have dtype {images.dtype}; convert to float and apply the model's "
-                        "preprocessing (e.g. images.float() / 255, then normalise)")
+        raise TypeError(
+            f"images have dtype {images.dtype}; convert to float and apply the model's "
+            "preprocessing (e.g. images.float() / 255, then normalise)"
+        )
     expected = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if expected is not None and images.shape[1] != expected:
         fixes = {1: "grayscale: images.expand(-1, 3, -1, -1)", 4: "RGBA: images[:, :3]"}
         fix = fixes.get(images.shape[1], "")
-        raise ValueError(f"the model expects {expected} channels, the images have {images.shape[1]}"
-                         + (f"; for {fix}" if fix and expected == 3 else ""))
+        raise ValueError(
+            f"the model expects {expected} channels, the images have {images.shape[1]}"
+            + (f"; for {fix}" if fix and expected == 3 else "")
+        )
     if not torch.isfinite(images).all():
         raise ValueError("images contain NaN or infinity")
     return images
@@ -129,8 +136,11 @@ class Explainer:
     def _attribute_checked(self, images: Tensor, target: Target) -> list[Tensor]:
         images = check_images(images, self.model)
         if self.model.training:
-            warnings.warn("the model is in training mode: BatchNorm and dropout make the map depend on the "
-                          "batch and on chance; call model.eval() first", stacklevel=3)
+            warnings.warn(
+                "the model is in training mode: BatchNorm and dropout make the map depend on the "
+                "batch and on chance; call model.eval() first",
+                stacklevel=3,
+            )
         with preserved(self.model):
             return self.attribute(images, target)
 
@@ -168,8 +178,14 @@ class CAMExplainer(Explainer):
 
     uses_gradient: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, layer: LayerSpec | Sequence[str | nn.Module] = None, *,
-                 output: OutputSelector = None, reshape: Callable[[Tensor], Tensor] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec | Sequence[str | nn.Module] = None,
+        *,
+        output: OutputSelector = None,
+        reshape: Callable[[Tensor], Tensor] | None = None,
+    ):
         super().__init__(model, output=output)
         self.layer = layer
         self.reshape = reshape
@@ -193,16 +209,18 @@ class CAMExplainer(Explainer):
         with Tap([module for _, module in layers], grad=self.uses_gradient) as tap, torch.no_grad():
             output = self.forward(images)
             with torch.set_grad_enabled(self.uses_gradient):
-                scores, classes = (target_scores(output, target) if self.needs_target else (None, None))
+                scores, classes = target_scores(output, target) if self.needs_target else (None, None)
             activations = tap.captured()
-            gradients = (torch.autograd.grad(scores.sum(), activations) if self.uses_gradient
-                         else [None] * len(activations))
+            gradients = (
+                torch.autograd.grad(scores.sum(), activations) if self.uses_gradient else [None] * len(activations)
+            )
         maps = []
         for (name, module), act, grad in zip(layers, activations, gradients, strict=True):
             act = self.spatial(act.detach(), images)
             grad = None if grad is None else self.spatial(grad, images)
-            step = LayerPass(images, output.detach(), None if scores is None else scores.detach(),
-                             classes, target, name, module)
+            step = LayerPass(
+                images, output.detach(), None if scores is None else scores.detach(), classes, target, name, module
+            )
             maps.append(self.layer_map(act, grad, step))
         return maps
 
@@ -218,5 +236,7 @@ class CAMExplainer(Explainer):
         """One map per layer, by layer name: normalised at input size, or raw at feature size."""
         maps = self._attribute_checked(images, target)
         size = tuple(images.shape[-2:])
-        return {name: (m.detach().float() if raw else normalize_maps(m, size).detach())
-                for (name, _), m in zip(self.layers(images), maps, strict=True)}
+        return {
+            name: (m.detach().float() if raw else normalize_maps(m, size).detach())
+            for (name, _), m in zip(self.layers(images), maps, strict=True)
+        }

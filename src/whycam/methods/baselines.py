@@ -36,15 +36,18 @@ def blur(images: Tensor, sigma: float | None = None) -> Tensor:
     return TF.gaussian_blur(images, [size, size], [sigma, sigma])
 
 
-def make_baseline(images: Tensor, spec: BaselineSpec, *, sigma: float | None = None,
-                  generator: torch.Generator | None = None) -> Tensor:
+def make_baseline(
+    images: Tensor, spec: BaselineSpec, *, sigma: float | None = None, generator: torch.Generator | None = None
+) -> Tensor:
     """The baseline for each image, shaped like ``images``."""
     if isinstance(spec, Tensor):
         try:
             return torch.broadcast_to(spec.to(images), images.shape).clone()
         except RuntimeError:
-            raise ValueError(f"a baseline tensor of shape {tuple(spec.shape)} does not broadcast to the "
-                             f"images' shape {tuple(images.shape)}") from None
+            raise ValueError(
+                f"a baseline tensor of shape {tuple(spec.shape)} does not broadcast to the "
+                f"images' shape {tuple(images.shape)}"
+            ) from None
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         return torch.full_like(images, float(spec))
     if spec == "black":

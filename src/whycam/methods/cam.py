@@ -37,19 +37,24 @@ class CAM(CAMExplainer):
             return module
         linears = [m for m in self.model.modules() if isinstance(m, nn.Linear) and m.in_features == channels]
         if not linears:
-            raise ValueError(f"CAM needs a global-pooling + linear head over the layer's {channels} "
-                             "channels, and the model has no nn.Linear with that many inputs; use GradCAM, "
-                             "or pass classifier=<the linear layer>")
+            raise ValueError(
+                f"CAM needs a global-pooling + linear head over the layer's {channels} "
+                "channels, and the model has no nn.Linear with that many inputs; use GradCAM, "
+                "or pass classifier=<the linear layer>"
+            )
         return linears[-1]
 
     def weights(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
         if step.classes is None:
-            raise ValueError("CAM explains a class through the classifier's row for it; give target as a class "
-                             "index (or None for the predicted class), not a callable")
+            raise ValueError(
+                "CAM explains a class through the classifier's row for it; give target as a class "
+                "index (or None for the predicted class), not a callable"
+            )
         linear = self._linear(activation.shape[1])
         if linear.in_features != activation.shape[1]:
-            raise ValueError(f"the classifier has {linear.in_features} inputs, the layer "
-                             f"{activation.shape[1]} channels")
+            raise ValueError(
+                f"the classifier has {linear.in_features} inputs, the layer {activation.shape[1]} channels"
+            )
         return linear.weight.detach()[step.classes][:, :, None, None].to(activation.dtype)
 
 
@@ -132,10 +137,10 @@ class EigenCAM(CAMExplainer):
 
     def layer_map(self, activation, gradient, step):
         batch, channels, height, width = activation.shape
-        x = activation.double().flatten(2).transpose(1, 2)           # (B, hw, K)
+        x = activation.double().flatten(2).transpose(1, 2)  # (B, hw, K)
         x = x - x.mean(1, keepdim=True)
         _, _, vh = torch.linalg.svd(x, full_matrices=False)
-        projection = (x @ vh[:, 0, :, None]).squeeze(2)              # (B, hw)
+        projection = (x @ vh[:, 0, :, None]).squeeze(2)  # (B, hw)
         mean_map = activation.double().mean(1).flatten(1)
         mean_map = mean_map - mean_map.mean(1, keepdim=True)
         sign = torch.sign((projection * mean_map).sum(1, keepdim=True))

@@ -61,20 +61,30 @@ class DiffCAM(CAMExplainer):
     uses_gradient = False
     needs_target = False
 
-    def __init__(self, model: nn.Module, layer: LayerSpec = None, *, embedding: Embedding = "auto",
-                 normalize: bool = False, shrinkage: Shrinkage = 0.5, k: int | None = None,
-                 reshape: Callable[[Tensor], Tensor] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec = None,
+        *,
+        embedding: Embedding = "auto",
+        normalize: bool = False,
+        shrinkage: Shrinkage = 0.5,
+        k: int | None = None,
+        reshape: Callable[[Tensor], Tensor] | None = None,
+    ):
         if layer is not None and not isinstance(layer, (str, nn.Module)):
-            raise ValueError("DiffCAM explains one layer (its statistics belong to that layer); "
-                             "pass one name or module, or fit one DiffCAM per layer")
+            raise ValueError(
+                "DiffCAM explains one layer (its statistics belong to that layer); "
+                "pass one name or module, or fit one DiffCAM per layer"
+            )
         super().__init__(model, layer, reshape=reshape)
         if not callable(embedding) and embedding not in EMBEDDINGS:
-            raise ValueError(f"embedding={embedding!r} is not one of {', '.join(EMBEDDINGS)} or a callable "
-                             "(B, K, h, w) -> (B, K)")
+            raise ValueError(
+                f"embedding={embedding!r} is not one of {', '.join(EMBEDDINGS)} or a callable (B, K, h, w) -> (B, K)"
+            )
         parse_shrinkage(shrinkage)
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 2):
-            raise ValueError(f"k={k!r}: the number of nearest references must be an int >= 2, "
-                             "or None for all")
+            raise ValueError(f"k={k!r}: the number of nearest references must be an int >= 2, or None for all")
         self.embedding = embedding
         self.normalize = normalize
         self.shrinkage = shrinkage
@@ -124,20 +134,28 @@ class DiffCAM(CAMExplainer):
         images, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)
         images = check_images(images, self.model)
         embeddings = self.embed(images)
-        meta = {**self._identity(images), "input_size": f"{images.shape[-2]}x{images.shape[-1]}",
-                "shrinkage": str(self.shrinkage), "k": str(self.k)}
+        meta = {
+            **self._identity(images),
+            "input_size": f"{images.shape[-2]}x{images.shape[-1]}",
+            "shrinkage": str(self.shrinkage),
+            "k": str(self.k),
+        }
         keep = self.k is not None
         if labels is None:
             if self.bank is not None:
-                raise ValueError("these references have labels and this batch has none; give every batch "
-                                 "as (images, labels), or none")
+                raise ValueError(
+                    "these references have labels and this batch has none; give every batch "
+                    "as (images, labels), or none"
+                )
             if self._reference is None:
                 self._reference = ReferenceStats(embeddings.shape[1], meta=meta, keep_embeddings=keep)
             self._reference.update(embeddings)
         else:
             if self._reference is not None:
-                raise ValueError("these references have no labels and this batch has some; give every "
-                                 "batch as (images, labels), or none")
+                raise ValueError(
+                    "these references have no labels and this batch has some; give every "
+                    "batch as (images, labels), or none"
+                )
             self.bank = self.bank or ReferenceBank()
             self.bank.update(embeddings, labels, meta=meta, keep_embeddings=keep)
         return self
@@ -154,8 +172,10 @@ class DiffCAM(CAMExplainer):
 
     def _bank(self) -> ReferenceBank:
         if self.bank is None:
-            raise RuntimeError("the questions need per-class statistics: fit on batches of (images, labels), "
-                               "or fit(ReferenceBank.load(path))")
+            raise RuntimeError(
+                "the questions need per-class statistics: fit on batches of (images, labels), "
+                "or fit(ReferenceBank.load(path))"
+            )
         return self.bank
 
     # ----------------------------------------------------------------------------- the questions
@@ -171,8 +191,9 @@ class DiffCAM(CAMExplainer):
         """What is unusual about this ``label``? Reference: the images of the same class."""
         return self.using(self._bank().group(label))(images, raw=raw)
 
-    def contrast(self, images: Tensor, group: Label | Iterable[Label], reference: Label | Iterable[Label], *,
-                 raw: bool = False) -> Tensor:
+    def contrast(
+        self, images: Tensor, group: Label | Iterable[Label], reference: Label | Iterable[Label], *, raw: bool = False
+    ) -> Tensor:
         """What distinguishes ``group`` from ``reference``, shown on ``images``.
 
         w = S_B^-1 (mu_A - mu_B), with S_B the reference group's shrunk covariance (the same role S
@@ -185,8 +206,10 @@ class DiffCAM(CAMExplainer):
     def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
         reference = self.reference
         if reference is None:
-            raise RuntimeError("DiffCAM has no reference group yet: call dc.fit(references) first (reference "
-                               "images, a DataLoader, batches of (images, labels), or ReferenceStats)")
+            raise RuntimeError(
+                "DiffCAM has no reference group yet: call dc.fit(references) first (reference "
+                "images, a DataLoader, batches of (images, labels), or ReferenceStats)"
+            )
         activation = self._activation(images)
         spatial = self.spatial(activation, images)
         z = self._pool(activation, spatial, images)
@@ -202,8 +225,10 @@ class DiffCAM(CAMExplainer):
         if self.k is None:
             return reference.solve(z - reference.mean, self.shrinkage)
         if reference.embeddings is None:
-            raise ValueError(f"k={self.k} needs the reference embeddings, and these statistics keep none; "
-                             "fit with k set (the embeddings are then kept)")
+            raise ValueError(
+                f"k={self.k} needs the reference embeddings, and these statistics keep none; "
+                "fit with k set (the embeddings are then kept)"
+            )
         return nearest_solve(reference.embeddings, z, self.k, self.shrinkage)
 
     def embed(self, images: Tensor) -> Tensor:
@@ -227,19 +252,25 @@ class DiffCAM(CAMExplainer):
 
     def _pool(self, activation: Tensor, spatial: Tensor, images: Tensor) -> Tensor:
         if self.embedding == "auto" and self._pooling is None:
-            self._pooling = ("avg" if activation.dim() != 4
-                             else model_pooling(self.model, self.layers(images)[0][1], images[:1]))
+            self._pooling = (
+                "avg" if activation.dim() != 4 else model_pooling(self.model, self.layers(images)[0][1], images[:1])
+            )
         kind = self._embedding_name()
         if callable(self.embedding):
             z = self.embedding(spatial)
             if not isinstance(z, Tensor) or tuple(z.shape) != tuple(spatial.shape[:2]):
                 raise ValueError(f"the embedding callable must return (B, K) = {tuple(spatial.shape[:2])}")
         elif kind == "cls":
-            layout = token_layout(self.model, activation.shape[1], tuple(images.shape[-2:])) \
-                if activation.dim() == 3 else None
+            layout = (
+                token_layout(self.model, activation.shape[1], tuple(images.shape[-2:]))
+                if activation.dim() == 3
+                else None
+            )
             if layout is None or layout.prefix < 1:
-                raise ValueError("embedding='cls' needs a layer whose output is ViT tokens (B, N, D) with a "
-                                 "class token; use 'avg' or 'max'")
+                raise ValueError(
+                    "embedding='cls' needs a layer whose output is ViT tokens (B, N, D) with a "
+                    "class token; use 'avg' or 'max'"
+                )
             z = activation[:, 0]
         else:
             z = spatial.amax((2, 3)) if kind == "max" else spatial.double().mean((2, 3))
@@ -295,8 +326,14 @@ def model_pooling(model: nn.Module, layer: nn.Module, images: Tensor) -> str:
 
     def post(module, inputs, output):
         x = inputs[0] if isinstance(inputs, tuple) and inputs else None
-        if (id(module) not in started or not isinstance(x, Tensor) or not isinstance(output, Tensor)
-                or x.dim() != 4 or x.shape[2] * x.shape[3] < 2 or output.numel() != x.shape[0] * x.shape[1]):
+        if (
+            id(module) not in started
+            or not isinstance(x, Tensor)
+            or not isinstance(output, Tensor)
+            or x.dim() != 4
+            or x.shape[2] * x.shape[3] < 2
+            or output.numel() != x.shape[0] * x.shape[1]
+        ):
             return
         pooled = output.reshape(x.shape[0], x.shape[1])
         for kind, reference in (("max", x.amax((2, 3))), ("avg", x.mean((2, 3)))):
@@ -328,11 +365,13 @@ def _batches(references: object, batch_size: int) -> Iterator[Tensor | tuple[Ten
         images, labels = references  # type: ignore[misc]
         labels = labels if isinstance(labels, Tensor) else list(labels)
         for start in range(0, images.shape[0], batch_size):
-            yield images[start:start + batch_size], labels[start:start + batch_size]
+            yield images[start : start + batch_size], labels[start : start + batch_size]
         return
     if not isinstance(references, Iterable):
-        raise TypeError(f"references must be images, a DataLoader or iterable of batches, ReferenceStats "
-                        f"or a ReferenceBank, not {type(references).__name__}")
+        raise TypeError(
+            f"references must be images, a DataLoader or iterable of batches, ReferenceStats "
+            f"or a ReferenceBank, not {type(references).__name__}"
+        )
     for batch in references:
         if isinstance(batch, Tensor):
             yield batch
@@ -341,8 +380,9 @@ def _batches(references: object, batch_size: int) -> Iterator[Tensor | tuple[Ten
         elif isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[0], Tensor):
             yield batch[0], batch[1]
         else:
-            raise TypeError(f"a reference batch must be images (B, C, H, W) or (images, labels), "
-                            f"not {type(batch).__name__}")
+            raise TypeError(
+                f"a reference batch must be images (B, C, H, W) or (images, labels), not {type(batch).__name__}"
+            )
 
 
 def _is_labelled(references: object) -> bool:
@@ -350,5 +390,9 @@ def _is_labelled(references: object) -> bool:
     if not (isinstance(references, tuple) and len(references) == 2):
         return False
     images, labels = references
-    return (isinstance(images, Tensor) and images.dim() == 4 and len(labels) == images.shape[0]
-            and (isinstance(labels, (list, tuple)) or isinstance(labels, Tensor) and labels.dim() == 1))
+    return (
+        isinstance(images, Tensor)
+        and images.dim() == 4
+        and len(labels) == images.shape[0]
+        and (isinstance(labels, (list, tuple)) or isinstance(labels, Tensor) and labels.dim() == 1)
+    )

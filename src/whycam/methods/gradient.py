@@ -48,7 +48,7 @@ def input_gradient(explainer: Explainer, inputs: Tensor, target: Target) -> Tens
     each image's own gradient.
     """
     with torch.enable_grad():
-        x = inputs.detach().requires_grad_(True)     # a new leaf on the same storage: no copy
+        x = inputs.detach().requires_grad_(True)  # a new leaf on the same storage: no copy
         scores, _ = target_scores(explainer.forward(x), target)
         (gradient,) = torch.autograd.grad(scores.sum(), x)
     return gradient
@@ -122,8 +122,10 @@ def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         return torch.tensor(0.5 * (nodes + 1)), torch.tensor(0.5 * weights)
     if method not in ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"):
-        raise ValueError(f"unknown integration method {method!r}; use 'gausslegendre', 'riemann_left', "
-                         "'riemann_right', 'riemann_middle' or 'riemann_trapezoid'")
+        raise ValueError(
+            f"unknown integration method {method!r}; use 'gausslegendre', 'riemann_left', "
+            "'riemann_right', 'riemann_middle' or 'riemann_trapezoid'"
+        )
     if method == "riemann_trapezoid":
         if steps < 2:
             raise ValueError("the trapezoid rule needs steps >= 2")
@@ -131,8 +133,9 @@ def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
         weights[[0, -1]] /= 2
         return torch.linspace(0, 1, steps, dtype=torch.float64), weights
     offset = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}[method]
-    return (torch.arange(steps, dtype=torch.float64) + offset) / steps, torch.full((steps,), 1.0 / steps,
-                                                                                    dtype=torch.float64)
+    return (torch.arange(steps, dtype=torch.float64) + offset) / steps, torch.full(
+        (steps,), 1.0 / steps, dtype=torch.float64
+    )
 
 
 class Completeness(NamedTuple):
@@ -164,9 +167,18 @@ class IntegratedGradients(PixelExplainer):
     name = "integratedgradients"
     summary = "Integrated Gradients: gradients integrated along a path from a baseline."
 
-    def __init__(self, model: nn.Module, *, baseline: BaselineSpec = "black", steps: int = 50,
-                 method: str = "gausslegendre", batch_size: int = 32, blur_sigma: float | None = None,
-                 seed: int = 0, **options):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        baseline: BaselineSpec = "black",
+        steps: int = 50,
+        method: str = "gausslegendre",
+        batch_size: int = 32,
+        blur_sigma: float | None = None,
+        seed: int = 0,
+        **options,
+    ):
         super().__init__(model, **options)
         self.alphas, self.weights = quadrature(method, steps)
         self.baseline, self.steps, self.method = baseline, steps, method
@@ -205,13 +217,25 @@ class IntegratedGradients(PixelExplainer):
                 both = torch.arange(2 * len(images)) % len(images)
                 scores, _ = target_scores(output, target_rows(pinned, both))
             attributions = self._integrate(images, baseline, pinned).detach()
-        return Completeness(attributions, attributions.flatten(1).sum(1),
-                            scores[: len(images)] - scores[len(images):])
+        return Completeness(attributions, attributions.flatten(1).sum(1), scores[: len(images)] - scores[len(images) :])
 
 
 _RELU_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
-_NOT_GUIDED = (nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-               nn.Hardswish, nn.Softplus, nn.Tanh, nn.Sigmoid)
+_NOT_GUIDED = (
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Softplus,
+    nn.Tanh,
+    nn.Sigmoid,
+)
 _TORCH_DIR = str(Path(torch.__file__).parent)
 
 
@@ -226,10 +250,19 @@ class _FunctionalReLUWatch(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in _RELU_FUNCTIONS and not self.inside_module:
-            frame = next((f for f in reversed(traceback.extract_stack()[:-1])
-                          if not f.filename.startswith((_TORCH_DIR, __file__))), None)
-            self.calls.append(f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}" if frame
-                              else getattr(func, "__name__", str(func)))
+            frame = next(
+                (
+                    f
+                    for f in reversed(traceback.extract_stack()[:-1])
+                    if not f.filename.startswith((_TORCH_DIR, __file__))
+                ),
+                None,
+            )
+            self.calls.append(
+                f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+                if frame
+                else getattr(func, "__name__", str(func))
+            )
         return func(*args, **(kwargs or {}))
 
 
@@ -268,18 +301,22 @@ def guided_relus(model: nn.Module) -> Iterator[None]:
     problems = []
     if watch.calls:
         places = sorted(set(watch.calls))
-        problems.append(f"{len(watch.calls)} ReLU call(s) made as functions, not nn.ReLU modules "
-                        f"({', '.join(places[:5])}{', ...' if len(places) > 5 else ''}); replace them "
-                        "by nn.ReLU modules to guide them")
+        problems.append(
+            f"{len(watch.calls)} ReLU call(s) made as functions, not nn.ReLU modules "
+            f"({', '.join(places[:5])}{', ...' if len(places) > 5 else ''}); replace them "
+            "by nn.ReLU modules to guide them"
+        )
     others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _NOT_GUIDED)})
     if others:
-        problems.append(f"activations other than ReLU ({', '.join(others)}), for which guided "
-                        "backpropagation is not defined")
+        problems.append(
+            f"activations other than ReLU ({', '.join(others)}), for which guided backpropagation is not defined"
+        )
     if not relus and not watch.calls:
         problems.append("no ReLU at all: the map is the plain gradient")
     if problems:
-        warnings.warn("guided backpropagation left gradients unguided through " + "; and through ".join(problems),
-                      stacklevel=4)
+        warnings.warn(
+            "guided backpropagation left gradients unguided through " + "; and through ".join(problems), stacklevel=4
+        )
 
 
 @register
@@ -313,8 +350,10 @@ class GuidedGradCAM(PixelExplainer):
 
     def attribute_pixels(self, images, target):
         size = tuple(images.shape[-2:])
-        cams = [F.interpolate(m.clamp(min=0)[:, None], size=size, mode="bilinear", align_corners=False)
-                for m in self.gradcam.attribute(images, target)]
+        cams = [
+            F.interpolate(m.clamp(min=0)[:, None], size=size, mode="bilinear", align_corners=False)
+            for m in self.gradcam.attribute(images, target)
+        ]
         return self.guided.attribute_pixels(images, target) * torch.stack(cams).mean(0)
 
 
@@ -337,8 +376,16 @@ class SmoothGrad(PixelExplainer):
     summary = "SmoothGrad: an explainer's maps averaged over noisy copies of the image (saliency by default)."
     variants = ("smoothgrad", "smoothgrad2", "vargrad")
 
-    def __init__(self, explainer: Explainer | nn.Module, *, noise: float = 0.15, samples: int = 25,
-                 batch_size: int = 32, seed: int = 0, variant: str = "smoothgrad"):
+    def __init__(
+        self,
+        explainer: Explainer | nn.Module,
+        *,
+        noise: float = 0.15,
+        samples: int = 25,
+        batch_size: int = 32,
+        seed: int = 0,
+        variant: str = "smoothgrad",
+    ):
         if not isinstance(explainer, Explainer):
             explainer = Saliency(explainer)
         reduce = explainer.reduce if isinstance(explainer, PixelExplainer) else None
@@ -362,8 +409,9 @@ class SmoothGrad(PixelExplainer):
             raise TypeError(f"{type(self.explainer).__name__} has no per-channel attribution")
         return self._smooth(lambda x, t: [self.explainer.attribute_pixels(x, t)], images, target)[0]
 
-    def _smooth(self, attribute: Callable[[Tensor, Target], list[Tensor]], images: Tensor,
-                target: Target) -> list[Tensor]:
+    def _smooth(
+        self, attribute: Callable[[Tensor, Target], list[Tensor]], images: Tensor, target: Target
+    ) -> list[Tensor]:
         if self.explainer.needs_target:
             pinned = pin_target(target, len(images), lambda: unaltered_output(self, images))
         sigma = self.noise * (images.amax((1, 2, 3)) - images.amin((1, 2, 3)))
@@ -396,5 +444,16 @@ class SmoothGrad(PixelExplainer):
         return f"SmoothGrad({self.explainer!r}, variant={self.variant!r})"
 
 
-__all__ = ["Completeness", "GuidedBackprop", "GuidedGradCAM", "InputXGradient", "IntegratedGradients",
-           "PixelExplainer", "Saliency", "SmoothGrad", "guided_relus", "input_gradient", "quadrature"]
+__all__ = [
+    "Completeness",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "InputXGradient",
+    "IntegratedGradients",
+    "PixelExplainer",
+    "Saliency",
+    "SmoothGrad",
+    "guided_relus",
+    "input_gradient",
+    "quadrature",
+]

@@ -34,8 +34,9 @@ class PerturbationExplainer(Explainer):
 
     uses_gradient = False
 
-    def __init__(self, model: nn.Module, *, batch_size: int = 64, probability: bool = False,
-                 output: OutputSelector = None):
+    def __init__(
+        self, model: nn.Module, *, batch_size: int = 64, probability: bool = False, output: OutputSelector = None
+    ):
         super().__init__(model, output=output)
         self.batch_size, self.probability = positive_int(batch_size, "batch_size"), probability
 
@@ -53,9 +54,12 @@ class PerturbationExplainer(Explainer):
         """Scores (N,) of perturbed copies, row r a copy of image ``image[r]``, in forward passes of at
         most ``batch_size`` images."""
         with torch.no_grad():
-            return torch.cat([self.score(self.forward(perturbed[rows.to(perturbed.device)]),
-                                         target_rows(pinned, image[rows]))
-                              for rows in batches(len(perturbed), self.batch_size)])
+            return torch.cat(
+                [
+                    self.score(self.forward(perturbed[rows.to(perturbed.device)]), target_rows(pinned, image[rows]))
+                    for rows in batches(len(perturbed), self.batch_size)
+                ]
+            )
 
 
 @register
@@ -70,13 +74,22 @@ class Occlusion(PerturbationExplainer):
     name = "occlusion"
     summary = "Occlusion: the score drop when a sliding window is hidden, averaged per pixel."
 
-    def __init__(self, model: nn.Module, *, window: int | tuple[int, int] = 8,
-                 stride: int | tuple[int, int] = 4, baseline: BaselineSpec = 0.0, **options):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        window: int | tuple[int, int] = 8,
+        stride: int | tuple[int, int] = 4,
+        baseline: BaselineSpec = 0.0,
+        **options,
+    ):
         super().__init__(model, **options)
         self.window, self.stride = _pair(window, "window"), _pair(stride, "stride")
         if any(s > w for s, w in zip(self.stride, self.window)):
-            raise ValueError(f"stride {self.stride} larger than the window {self.window} would leave pixels "
-                             "never occluded; use stride <= window")
+            raise ValueError(
+                f"stride {self.stride} larger than the window {self.window} would leave pixels "
+                "never occluded; use stride <= window"
+            )
         self.baseline = baseline
 
     def windows(self, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -102,9 +115,10 @@ class Occlusion(PerturbationExplainer):
         counts = images.new_zeros((height, width))
         for chunk in batches(len(tops), max(1, self.batch_size // batch)):
             top, left = tops[chunk].to(images.device), lefts[chunk].to(images.device)
-            inside = (((rows_index >= top[:, None]) & (rows_index < top[:, None] + self.window[0]))[:, :, None]
-                      & ((cols_index >= left[:, None]) & (cols_index < left[:, None] + self.window[1]))[:, None])
-            occluded = torch.where(inside[:, None, None], baseline, images).flatten(0, 1)   # (m*B, C, H, W)
+            inside = ((rows_index >= top[:, None]) & (rows_index < top[:, None] + self.window[0]))[:, :, None] & (
+                (cols_index >= left[:, None]) & (cols_index < left[:, None] + self.window[1])
+            )[:, None]
+            occluded = torch.where(inside[:, None, None], baseline, images).flatten(0, 1)  # (m*B, C, H, W)
             image = torch.arange(batch).repeat(len(chunk))
             drop = clean[image.to(images.device)] - self.scores(occluded, pinned, image)
             total += torch.einsum("mb,mhw->bhw", drop.view(len(chunk), batch), inside.to(images.dtype))
@@ -126,8 +140,17 @@ class RISE(PerturbationExplainer):
     name = "rise"
     summary = "RISE: scores of randomly masked copies, averaged with their masks as weights."
 
-    def __init__(self, model: nn.Module, *, masks: int = 2000, grid: int = 8, p: float = 0.5,
-                 seed: int = 0, probability: bool = True, **options):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        masks: int = 2000,
+        grid: int = 8,
+        p: float = 0.5,
+        seed: int = 0,
+        probability: bool = True,
+        **options,
+    ):
         super().__init__(model, probability=probability, **options)
         if not 0 < p <= 1:
             raise ValueError(f"p is the probability of keeping a cell and must be in (0, 1], got {p}")
@@ -141,10 +164,13 @@ class RISE(PerturbationExplainer):
         shifts = torch.Generator().manual_seed(self.seed + 1)
         for rows in batches(self.masks, chunk):
             cells = (torch.rand((len(rows), 1, self.grid, self.grid), generator=grids) < self.p).float()
-            up = F.interpolate(cells, size=((self.grid + 1) * cell[0], (self.grid + 1) * cell[1]),
-                               mode="bilinear", align_corners=False)[:, 0]
+            up = F.interpolate(
+                cells, size=((self.grid + 1) * cell[0], (self.grid + 1) * cell[1]), mode="bilinear", align_corners=False
+            )[:, 0]
             shift = (torch.rand((len(rows), 2), generator=shifts) * torch.tensor(cell)).long().tolist()
-            yield torch.stack([mask[top:top + size[0], left:left + size[1]] for mask, (top, left) in zip(up, shift)])
+            yield torch.stack(
+                [mask[top : top + size[0], left : left + size[1]] for mask, (top, left) in zip(up, shift)]
+            )
 
     def attribute(self, images, target):
         batch = images.shape[0]
@@ -152,7 +178,7 @@ class RISE(PerturbationExplainer):
         total = images.new_zeros((batch, *images.shape[-2:]))
         for masks in self.mask_chunks(tuple(images.shape[-2:]), max(1, self.batch_size // batch)):
             masks = masks.to(images)
-            masked = (masks[:, None, None] * images).flatten(0, 1)                      # (m*B, C, H, W)
+            masked = (masks[:, None, None] * images).flatten(0, 1)  # (m*B, C, H, W)
             image = torch.arange(batch).repeat(len(masks))
             scores = self.scores(masked, pinned, image).view(len(masks), batch)
             total += torch.einsum("mb,mhw->bhw", scores, masks)
@@ -177,10 +203,22 @@ class MeaningfulPerturbation(PerturbationExplainer):
     name = "meaningfulperturbation"
     summary = "Meaningful Perturbation: an optimised smooth mask whose blurring deletes the class."
 
-    def __init__(self, model: nn.Module, *, mask_size: int = 28, steps: int = 300, lr: float = 0.1,
-                 area: float = 0.05, smoothness: float = 0.2, tv_beta: float = 3.0,
-                 blur_sigma: float | None = None, jitter: int = 4, seed: int = 0,
-                 probability: bool = True, output: OutputSelector = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        mask_size: int = 28,
+        steps: int = 300,
+        lr: float = 0.1,
+        area: float = 0.05,
+        smoothness: float = 0.2,
+        tv_beta: float = 3.0,
+        blur_sigma: float | None = None,
+        jitter: int = 4,
+        seed: int = 0,
+        probability: bool = True,
+        output: OutputSelector = None,
+    ):
         super().__init__(model, probability=probability, output=output)
         if not (isinstance(jitter, int) and jitter >= 0):
             raise ValueError(f"jitter must be an integer >= 0, got {jitter!r}")
@@ -190,9 +228,10 @@ class MeaningfulPerturbation(PerturbationExplainer):
 
     def upsample(self, mask: Tensor, size: tuple[int, int], shift: tuple[int, int] = (0, 0)) -> Tensor:
         """The mask at image size (B, 1, H, W), cropped at ``shift`` from an upsampling ``jitter`` larger."""
-        up = F.interpolate(mask, size=(size[0] + self.jitter, size[1] + self.jitter), mode="bilinear",
-                           align_corners=False)
-        return up[..., shift[0]:shift[0] + size[0], shift[1]:shift[1] + size[1]]
+        up = F.interpolate(
+            mask, size=(size[0] + self.jitter, size[1] + self.jitter), mode="bilinear", align_corners=False
+        )
+        return up[..., shift[0] : shift[0] + size[0], shift[1] : shift[1] + size[1]]
 
     def smoothness_penalty(self, mask: Tensor) -> Tensor:
         """mean |d_i m|^beta + mean |d_j m|^beta per image (B,)."""
@@ -213,8 +252,11 @@ class MeaningfulPerturbation(PerturbationExplainer):
                 keep = self.upsample(mask, size, shift)
                 perturbed = images * keep + blurred * (1 - keep)
                 score = self.score(self.forward(perturbed), pinned)
-                loss = (score + self.area * (1 - mask).abs().flatten(1).mean(1)
-                        + self.smoothness * self.smoothness_penalty(mask)).sum()
+                loss = (
+                    score
+                    + self.area * (1 - mask).abs().flatten(1).mean(1)
+                    + self.smoothness * self.smoothness_penalty(mask)
+                ).sum()
                 (mask.grad,) = torch.autograd.grad(loss, mask)
                 optimizer.step()
                 with torch.no_grad():

@@ -31,15 +31,16 @@ class ForwardScoreCAM(CAMExplainer):
         if classes is None:
             scores = step.target(output)
             if not isinstance(scores, Tensor) or scores.shape != (output.shape[0],):
-                raise ValueError("a callable target must return one score per row of the output, "
-                                 f"shape ({output.shape[0]},)")
+                raise ValueError(
+                    f"a callable target must return one score per row of the output, shape ({output.shape[0]},)"
+                )
             return scores.detach()
         return output.gather(1, classes[:, None]).squeeze(1)
 
     def chunks(self, rows: Tensor) -> Iterator[Tensor]:
         """``rows`` in slices of at most ``batch_size``."""
         for start in range(0, rows.shape[0], self.batch_size):
-            yield rows[start:start + self.batch_size]
+            yield rows[start : start + self.batch_size]
 
 
 @register
@@ -56,8 +57,16 @@ class ScoreCAM(ForwardScoreCAM):
     name = "scorecam"
     summary = "Score-CAM: channels weighted by the score of the image masked by each channel."
 
-    def __init__(self, model: nn.Module, layer=None, *, batch_size: int = 32, align_corners: bool = True,
-                 normalize_at: str = "input", **options):
+    def __init__(
+        self,
+        model: nn.Module,
+        layer=None,
+        *,
+        batch_size: int = 32,
+        align_corners: bool = True,
+        normalize_at: str = "input",
+        **options,
+    ):
         super().__init__(model, layer, batch_size=batch_size, **options)
         if normalize_at not in ("input", "feature"):
             raise ValueError(f"normalize_at must be 'input' or 'feature', not {normalize_at!r}")
@@ -66,6 +75,7 @@ class ScoreCAM(ForwardScoreCAM):
 
     def masks(self, channels: Tensor, size: tuple[int, int]) -> Tensor:
         """(m, h, w) activation maps -> (m, H, W) masks in [0, 1]."""
+
         def minmax(maps: Tensor) -> Tensor:
             low = maps.flatten(1).min(1).values[:, None, None]
             span = maps.flatten(1).max(1).values[:, None, None] - low
@@ -73,17 +83,16 @@ class ScoreCAM(ForwardScoreCAM):
 
         if self.normalize_at == "feature":
             channels = minmax(channels)
-        masks = F.interpolate(channels[:, None], size=size, mode="bilinear",
-                              align_corners=self.align_corners)[:, 0]
+        masks = F.interpolate(channels[:, None], size=size, mode="bilinear", align_corners=self.align_corners)[:, 0]
         return minmax(masks) if self.normalize_at == "input" else masks
 
     def layer_map(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
         images, size = step.images, tuple(step.images.shape[-2:])
         batch, channels = activation.shape[:2]
         flat = activation.flatten(2)
-        constant = flat.amax(2) == flat.amin(2)                       # all-zero mask: x * 0 = 0
+        constant = flat.amax(2) == flat.amin(2)  # all-zero mask: x * 0 = 0
         scores = activation.new_empty(batch, channels)
-        rows = (~constant).flatten().nonzero().flatten()              # (b * K + k) of the other rows
+        rows = (~constant).flatten().nonzero().flatten()  # (b * K + k) of the other rows
         with torch.no_grad():
             if constant.any():
                 zero = self.forward(torch.zeros_like(images[:1]))
@@ -116,10 +125,10 @@ class AblationCAM(ForwardScoreCAM):
     name = "ablationcam"
     summary = "Ablation-CAM: channels weighted by the score drop when each channel is zeroed."
 
-    def ablated_forward(self, inputs: Tensor, module: nn.Module, sources: Tensor,
-                        positions: Tensor | None) -> Tensor:
+    def ablated_forward(self, inputs: Tensor, module: nn.Module, sources: Tensor, positions: Tensor | None) -> Tensor:
         """The selected output when the layer's output row r is input ``sources[r]``'s, with the
         flattened elements ``positions[r]`` zeroed."""
+
         def ablate(_module, _inputs, output: Tensor) -> Tensor:
             rows = output.reshape(output.shape[0], -1)[sources].clone()
             if positions is not None:
@@ -143,8 +152,7 @@ class AblationCAM(ForwardScoreCAM):
             output = self.ablated_forward(step.images[:1], step.module, sources, None)
             classes = None if step.classes is None else step.classes[:1].expand(2)
             replayed = self.row_scores(output, classes, step)
-            same = replayed.shape == (2,) and torch.allclose(replayed, step.scores[:1].expand(2),
-                                                             rtol=1e-4, atol=1e-5)
+            same = replayed.shape == (2,) and torch.allclose(replayed, step.scores[:1].expand(2), rtol=1e-4, atol=1e-5)
         except (RuntimeError, ValueError, IndexError):  # the layers after it need the input's batch size
             same = False
         finally:
@@ -156,17 +164,21 @@ class AblationCAM(ForwardScoreCAM):
         replay, layer_shape = self.replays(step)
         # Which flattened elements of one image's layer output form each A_k: read the layout by
         # passing element indices through the same reshaping as the activations.
-        index = torch.arange(layer_shape.numel(), dtype=torch.float64,
-                             device=activation.device).reshape(1, *layer_shape)
-        positions = self.spatial(index, step.images[:1])[0].flatten(1).round().long()   # (K, hw)
+        index = torch.arange(layer_shape.numel(), dtype=torch.float64, device=activation.device).reshape(
+            1, *layer_shape
+        )
+        positions = self.spatial(index, step.images[:1])[0].flatten(1).round().long()  # (K, hw)
         rows = torch.arange(batch * channels, device=activation.device)
         groups = rows.view(batch, channels) if replay else rows[None]
         ablated = activation.new_empty(batch * channels)
         for group in groups:
             for chunk in self.chunks(group):
                 b, k = chunk // channels, chunk % channels
-                inputs, sources = ((step.images[b[:1]], torch.zeros_like(b)) if replay
-                                   else (step.images[b], torch.arange(b.shape[0], device=b.device)))
+                inputs, sources = (
+                    (step.images[b[:1]], torch.zeros_like(b))
+                    if replay
+                    else (step.images[b], torch.arange(b.shape[0], device=b.device))
+                )
                 output = self.ablated_forward(inputs, step.module, sources, positions[k])
                 classes = None if step.classes is None else step.classes[b]
                 ablated[chunk] = self.row_scores(output, classes, step).to(ablated.dtype)

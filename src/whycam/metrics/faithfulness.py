@@ -42,8 +42,9 @@ def evaluating(model: nn.Module) -> Iterator[None]:
 class _Scorer:
     """The model's score for each image's target, fixed on the original images."""
 
-    def __init__(self, model: nn.Module, images: Tensor, target: Target, score: str,
-                 output: OutputSelector, batch_size: int):
+    def __init__(
+        self, model: nn.Module, images: Tensor, target: Target, score: str, output: OutputSelector, batch_size: int
+    ):
         if score not in ("probability", "logit"):
             raise ValueError(f"score must be 'probability' or 'logit', not {score!r}")
         positive_int(batch_size, "batch_size")
@@ -62,8 +63,7 @@ class _Scorer:
         if self.classes is None:
             scores = self.target(output)  # type: ignore[operator]
             if not isinstance(scores, Tensor) or scores.shape != (output.shape[0],):
-                raise ValueError(f"a callable target must return one score per image, shape "
-                                 f"({output.shape[0]},)")
+                raise ValueError(f"a callable target must return one score per image, shape ({output.shape[0]},)")
             return scores.float(), None
         classes = self.classes[index]
         return output.gather(1, classes[:, None])[:, 0], (output.argmax(1) == classes).float()
@@ -76,11 +76,15 @@ class _Scorer:
 def _inputs(model: nn.Module, images: Tensor, maps: Tensor) -> tuple[Tensor, Tensor]:
     images = check_images(images, model)
     if not isinstance(maps, Tensor) or maps.dim() != 3:
-        raise ValueError(f"maps must be a (B, H, W) tensor, one map per image; got "
-                         f"{tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__}")
+        raise ValueError(
+            f"maps must be a (B, H, W) tensor, one map per image; got "
+            f"{tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__}"
+        )
     if maps.shape != (images.shape[0], *images.shape[-2:]):
-        raise ValueError(f"maps {tuple(maps.shape)} do not match the images {tuple(images.shape)}: "
-                         "give one map per image at the image's size (explainers return exactly that)")
+        raise ValueError(
+            f"maps {tuple(maps.shape)} do not match the images {tuple(images.shape)}: "
+            "give one map per image at the image's size (explainers return exactly that)"
+        )
     if not torch.isfinite(maps).all():
         raise ValueError("maps contain NaN or infinity")
     return images, maps.to(images.device).float()
@@ -93,8 +97,9 @@ def _chunks(count: int, steps: int, batch_size: int) -> Iterator[tuple[Tensor, T
         yield chunk // steps, chunk % steps
 
 
-def _run(model: nn.Module, scorer: _Scorer, count: int, steps: int,
-         perturb: Callable[[Tensor, Tensor], Tensor]) -> tuple[Tensor, Tensor | None]:
+def _run(
+    model: nn.Module, scorer: _Scorer, count: int, steps: int, perturb: Callable[[Tensor, Tensor], Tensor]
+) -> tuple[Tensor, Tensor | None]:
     """Score ``perturb(image index, step index)`` for every pair; (B, steps) scores and accuracies."""
     scores, hits = [], []
     with evaluating(model):
@@ -106,10 +111,21 @@ def _run(model: nn.Module, scorer: _Scorer, count: int, steps: int,
     return torch.cat(scores).view(count, steps), accuracy
 
 
-def road(model: nn.Module, images: Tensor, maps: Tensor, targets: Target = None,
-         percentages: Sequence[float] = tuple(range(10, 100, 10)), *, score: str = "probability",
-         noise: float = 0.01, seed: int = 0, batch_size: int = 16, output: OutputSelector = None,
-         denormalize: Transform | None = None, normalize: Transform | None = None) -> MetricResult:
+def road(
+    model: nn.Module,
+    images: Tensor,
+    maps: Tensor,
+    targets: Target = None,
+    percentages: Sequence[float] = tuple(range(10, 100, 10)),
+    *,
+    score: str = "probability",
+    noise: float = 0.01,
+    seed: int = 0,
+    batch_size: int = 16,
+    output: OutputSelector = None,
+    denormalize: Transform | None = None,
+    normalize: Transform | None = None,
+) -> MetricResult:
     """ROAD (Rong et al., ICML 2022): RemOve And Debias with noisy linear imputation.
 
     At each percentage p, the p% most relevant pixels (MoRF) or least relevant pixels (LeRF) are
@@ -143,18 +159,28 @@ def road(model: nn.Module, images: Tensor, maps: Tensor, targets: Target = None,
             removed = ranks[order][image] < count[step][:, None, None]
             filled = impute(space[image], removed, fields[image])
             return filled if normalize is None else normalize(filled)
+
         return removed_images
 
     curves = {}
     for order in ("morf", "lerf"):
-        curves[order], curves[f"{order}_accuracy"] = _run(model, scorer, images.shape[0], len(counts),
-                                                          perturb(order))
+        curves[order], curves[f"{order}_accuracy"] = _run(model, scorer, images.shape[0], len(counts), perturb(order))
     curves = {k: v for k, v in curves.items() if v is not None}
     curves["original"] = scorer.original[:, None]
     per_image = ((curves["lerf"] - curves["morf"]) / 2).mean(1)
-    return MetricResult("road", per_image, True, curves, levels.float(),
-                        {"score": score, "noise": noise, "seed": seed,
-                         "imputation": "pixel space" if normalize is not None else "as given"})
+    return MetricResult(
+        "road",
+        per_image,
+        True,
+        curves,
+        levels.float(),
+        {
+            "score": score,
+            "noise": noise,
+            "seed": seed,
+            "imputation": "pixel space" if normalize is not None else "as given",
+        },
+    )
 
 
 def _trapezoid(curve: Tensor) -> Tensor:
@@ -162,15 +188,26 @@ def _trapezoid(curve: Tensor) -> Tensor:
     return (curve[:, 1:] + curve[:, :-1]).sum(1) / (2 * (curve.shape[1] - 1))
 
 
-def _reveal(model: nn.Module, images: Tensor, maps: Tensor, targets: Target, start: Tensor,
-            end: Tensor, name: str, higher_is_better: bool, steps: int, score: str, batch_size: int,
-            output: OutputSelector, seed: int) -> MetricResult:
+def _reveal(
+    model: nn.Module,
+    images: Tensor,
+    maps: Tensor,
+    targets: Target,
+    start: Tensor,
+    end: Tensor,
+    name: str,
+    higher_is_better: bool,
+    steps: int,
+    score: str,
+    batch_size: int,
+    output: OutputSelector,
+    seed: int,
+) -> MetricResult:
     """Move pixels from ``start`` to ``end`` in map order over ``steps`` steps; AUC of the score."""
     positive_int(steps, "steps")
     ranks = pixel_ranks(maps, True, seed)
     pixels = maps[0].numel()
-    count = torch.tensor([math.floor(pixels * s / steps + 0.5) for s in range(steps + 1)],
-                         device=images.device)
+    count = torch.tensor([math.floor(pixels * s / steps + 0.5) for s in range(steps + 1)], device=images.device)
     scorer = _Scorer(model, images, targets, score, output, batch_size)
 
     def perturb(image: Tensor, step: Tensor) -> Tensor:
@@ -180,13 +217,29 @@ def _reveal(model: nn.Module, images: Tensor, maps: Tensor, targets: Target, sta
 
     curve, accuracy = _run(model, scorer, images.shape[0], steps + 1, perturb)
     curves = {"score": curve} | ({} if accuracy is None else {"accuracy": accuracy})
-    return MetricResult(name, _trapezoid(curve), higher_is_better, curves,
-                        torch.linspace(0, 1, steps + 1), {"score": score, "steps": steps})
+    return MetricResult(
+        name,
+        _trapezoid(curve),
+        higher_is_better,
+        curves,
+        torch.linspace(0, 1, steps + 1),
+        {"score": score, "steps": steps},
+    )
 
 
-def deletion(model: nn.Module, images: Tensor, maps: Tensor, targets: Target = None, *, steps: int = 100,
-             baseline: float | Tensor = 0.0, score: str = "probability", batch_size: int = 16,
-             output: OutputSelector = None, seed: int = 0) -> MetricResult:
+def deletion(
+    model: nn.Module,
+    images: Tensor,
+    maps: Tensor,
+    targets: Target = None,
+    *,
+    steps: int = 100,
+    baseline: float | Tensor = 0.0,
+    score: str = "probability",
+    batch_size: int = 16,
+    output: OutputSelector = None,
+    seed: int = 0,
+) -> MetricResult:
     """Deletion AUC (Petsiuk et al., RISE, BMVC 2018): lower is better.
 
     The most relevant pixels are set to ``baseline`` (0 by default, in the space of the images
@@ -196,13 +249,22 @@ def deletion(model: nn.Module, images: Tensor, maps: Tensor, targets: Target = N
     """
     images, maps = _inputs(model, images, maps)
     end = torch.as_tensor(baseline, dtype=images.dtype, device=images.device).expand_as(images)
-    return _reveal(model, images, maps, targets, images, end, "deletion", False, steps, score,
-                   batch_size, output, seed)
+    return _reveal(model, images, maps, targets, images, end, "deletion", False, steps, score, batch_size, output, seed)
 
 
-def insertion(model: nn.Module, images: Tensor, maps: Tensor, targets: Target = None, *, steps: int = 100,
-              blur_sigma: float = 5.0, score: str = "probability", batch_size: int = 16,
-              output: OutputSelector = None, seed: int = 0) -> MetricResult:
+def insertion(
+    model: nn.Module,
+    images: Tensor,
+    maps: Tensor,
+    targets: Target = None,
+    *,
+    steps: int = 100,
+    blur_sigma: float = 5.0,
+    score: str = "probability",
+    batch_size: int = 16,
+    output: OutputSelector = None,
+    seed: int = 0,
+) -> MetricResult:
     """Insertion AUC (Petsiuk et al., RISE, BMVC 2018): higher is better.
 
     Starting from the image blurred by a Gaussian of standard deviation ``blur_sigma`` pixels
@@ -215,18 +277,28 @@ def insertion(model: nn.Module, images: Tensor, maps: Tensor, targets: Target = 
     size = 2 * math.ceil(3 * blur_sigma) + 1
     size = min(size, 2 * ((min(images.shape[-2:]) - 1) // 2) + 1)
     blurred = gaussian_blur(images, [size, size], [blur_sigma, blur_sigma])
-    return _reveal(model, images, maps, targets, blurred, images, "insertion", True, steps, score,
-                   batch_size, output, seed)
+    return _reveal(
+        model, images, maps, targets, blurred, images, "insertion", True, steps, score, batch_size, output, seed
+    )
 
 
-def _masked_scores(model: nn.Module, images: Tensor, maps: Tensor, targets: Target, score: str,
-                   batch_size: int, output: OutputSelector, denormalize: Transform | None,
-                   normalize: Transform | None) -> tuple[Tensor, Tensor]:
+def _masked_scores(
+    model: nn.Module,
+    images: Tensor,
+    maps: Tensor,
+    targets: Target,
+    score: str,
+    batch_size: int,
+    output: OutputSelector,
+    denormalize: Transform | None,
+    normalize: Transform | None,
+) -> tuple[Tensor, Tensor]:
     """Original scores Y and scores O on the images multiplied by their maps."""
     images, maps = _inputs(model, images, maps)
     if maps.min() < 0 or maps.max() > 1:
-        raise ValueError("maps must lie in [0, 1] to multiply the image: normalise them (explainers "
-                         "return [0, 1] maps)")
+        raise ValueError(
+            "maps must lie in [0, 1] to multiply the image: normalise them (explainers return [0, 1] maps)"
+        )
     if (denormalize is None) != (normalize is None):
         raise ValueError("give both denormalize and normalize (pixel space and back), or neither")
     scorer = _Scorer(model, images, targets, score, output, batch_size)
@@ -241,38 +313,66 @@ def _masked_scores(model: nn.Module, images: Tensor, maps: Tensor, targets: Targ
     return scorer.original, explained[:, 0]
 
 
-def average_drop(model: nn.Module, images: Tensor, maps: Tensor, targets: Target = None, *,
-                 score: str = "probability", batch_size: int = 16, output: OutputSelector = None,
-                 denormalize: Transform | None = None, normalize: Transform | None = None) -> MetricResult:
+def average_drop(
+    model: nn.Module,
+    images: Tensor,
+    maps: Tensor,
+    targets: Target = None,
+    *,
+    score: str = "probability",
+    batch_size: int = 16,
+    output: OutputSelector = None,
+    denormalize: Transform | None = None,
+    normalize: Transform | None = None,
+) -> MetricResult:
     """Average Drop % (Chattopadhay et al., Grad-CAM++, WACV 2018): lower is better.
 
     ``100 * max(0, Y - O) / Y`` per image, Y the score on the image, O the score on the image
     multiplied by its map (in the space of the images given, or in pixel space with
     ``denormalize``/``normalize``). Needs positive scores: use probabilities (the default).
     """
-    original, explained = _masked_scores(model, images, maps, targets, score, batch_size, output,
-                                         denormalize, normalize)
+    original, explained = _masked_scores(
+        model, images, maps, targets, score, batch_size, output, denormalize, normalize
+    )
     if (original <= 0).any():
-        raise ValueError("Average Drop divides by the original score, which is <= 0 for some image; "
-                         "use score='probability'")
+        raise ValueError(
+            "Average Drop divides by the original score, which is <= 0 for some image; use score='probability'"
+        )
     drop = 100 * (original - explained).clamp(min=0) / original
-    return MetricResult("average_drop", drop, False, {"original": original[:, None],
-                                                        "explained": explained[:, None]},
-                        settings={"score": score})
+    return MetricResult(
+        "average_drop",
+        drop,
+        False,
+        {"original": original[:, None], "explained": explained[:, None]},
+        settings={"score": score},
+    )
 
 
-def increase_in_confidence(model: nn.Module, images: Tensor, maps: Tensor, targets: Target = None, *,
-                           score: str = "probability", batch_size: int = 16, output: OutputSelector = None,
-                           denormalize: Transform | None = None,
-                           normalize: Transform | None = None) -> MetricResult:
+def increase_in_confidence(
+    model: nn.Module,
+    images: Tensor,
+    maps: Tensor,
+    targets: Target = None,
+    *,
+    score: str = "probability",
+    batch_size: int = 16,
+    output: OutputSelector = None,
+    denormalize: Transform | None = None,
+    normalize: Transform | None = None,
+) -> MetricResult:
     """Increase in Confidence % (Chattopadhay et al., Grad-CAM++, WACV 2018): higher is better.
 
     ``100 * [O > Y]`` per image (its mean is the percentage of images whose score rises when the
     image is multiplied by its map), with Y and O as in ``average_drop``.
     """
-    original, explained = _masked_scores(model, images, maps, targets, score, batch_size, output,
-                                         denormalize, normalize)
+    original, explained = _masked_scores(
+        model, images, maps, targets, score, batch_size, output, denormalize, normalize
+    )
     increase = 100 * (explained > original).float()
-    return MetricResult("increase_in_confidence", increase, True,
-                        {"original": original[:, None], "explained": explained[:, None]},
-                        settings={"score": score})
+    return MetricResult(
+        "increase_in_confidence",
+        increase,
+        True,
+        {"original": original[:, None], "explained": explained[:, None]},
+        settings={"score": score},
+    )

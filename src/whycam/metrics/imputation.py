@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def noisy_linear_impute(images: Tensor, removed: Tensor, noise: float = 0.01, seed: int = 0, *,
-                        tol: float = 1e-7, max_iter: int = 500) -> Tensor:
+def noisy_linear_impute(
+    images: Tensor, removed: Tensor, noise: float = 0.01, seed: int = 0, *, tol: float = 1e-7, max_iter: int = 500
+) -> Tensor:
     """Fill the ``removed`` pixels (bool (B, H, W)) of ``images`` (B, C, H, W) by noisy linear imputation.
 
     The imputation works in the space of the values given: pass the images the model sees
@@ -34,11 +35,14 @@ def noisy_linear_impute(images: Tensor, removed: Tensor, noise: float = 0.01, se
     The solve stops when every system's residual is below ``tol`` times its right-hand side.
     """
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be a float (B, C, H, W) tensor; got "
-                         f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
+        raise ValueError(
+            f"images must be a float (B, C, H, W) tensor; got "
+            f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}"
+        )
     removed = as_pixel_mask(removed, images)
-    return impute(images, removed, noise_fields(images, range(images.shape[0]), seed) * noise,
-                  tol=tol, max_iter=max_iter)
+    return impute(
+        images, removed, noise_fields(images, range(images.shape[0]), seed) * noise, tol=tol, max_iter=max_iter
+    )
 
 
 def as_pixel_mask(removed: Tensor, images: Tensor) -> Tensor:
@@ -50,8 +54,10 @@ def as_pixel_mask(removed: Tensor, images: Tensor) -> Tensor:
     removed = removed.to(images.device).bool()
     full = removed.flatten(1).all(1)
     if full.any():
-        raise ValueError(f"every pixel of image(s) {full.nonzero().flatten().tolist()} is removed: nothing "
-                         "is left to impute from; remove fewer pixels")
+        raise ValueError(
+            f"every pixel of image(s) {full.nonzero().flatten().tolist()} is removed: nothing "
+            "is left to impute from; remove fewer pixels"
+        )
     return removed
 
 
@@ -64,8 +70,9 @@ def noise_fields(images: Tensor, indices, seed: int) -> Tensor:
     return torch.stack(fields).to(images.dtype)
 
 
-def impute(images: Tensor, removed: Tensor, noise: Tensor | None = None, *, tol: float = 1e-7,
-           max_iter: int = 500) -> Tensor:
+def impute(
+    images: Tensor, removed: Tensor, noise: Tensor | None = None, *, tol: float = 1e-7, max_iter: int = 500
+) -> Tensor:
     """Linear imputation of ``removed`` (bool (B, H, W), checked), plus ``noise`` on imputed pixels.
 
     Mixed precision: conjugate gradients in float32 solve for a correction to a relative accuracy of
@@ -201,5 +208,4 @@ def _conjugate_gradients(levels: list[_Level], rhs: Tensor, tol: float, max_iter
         rz_next = (residual * z).sum(dims, keepdim=True)
         direction = z + (rz_next / rz.clamp(min=tiny)) * direction
         rz = rz_next
-    raise RuntimeError(f"noisy linear imputation did not converge in {max_iter} iterations; "
-                       "raise max_iter or tol")
+    raise RuntimeError(f"noisy linear imputation did not converge in {max_iter} iterations; raise max_iter or tol")

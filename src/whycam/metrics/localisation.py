@@ -25,8 +25,10 @@ from .result import MetricResult
 
 def _maps(maps: Tensor) -> Tensor:
     if not isinstance(maps, Tensor) or maps.dim() != 3:
-        raise ValueError(f"maps must be a (B, H, W) tensor; got "
-                         f"{tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__}")
+        raise ValueError(
+            f"maps must be a (B, H, W) tensor; got "
+            f"{tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__}"
+        )
     if not torch.isfinite(maps).all():
         raise ValueError("maps contain NaN or infinity")
     return maps.float()
@@ -41,8 +43,9 @@ def ground_truth_masks(truth: Tensor, maps: Tensor) -> Tensor:
     (several boxes: their union)."""
     batch, height, width = maps.shape
     if not isinstance(truth, Tensor):
-        raise TypeError("ground truth must be (B, 4) or (B, M, 4) boxes or (B, H, W) masks, not "
-                        f"{type(truth).__name__}")
+        raise TypeError(
+            f"ground truth must be (B, 4) or (B, M, 4) boxes or (B, H, W) masks, not {type(truth).__name__}"
+        )
     if truth.shape == maps.shape:
         return truth.to(maps.device).bool()
     if _is_boxes(truth, batch):
@@ -51,8 +54,10 @@ def ground_truth_masks(truth: Tensor, maps: Tensor) -> Tensor:
         xs = torch.arange(width, device=maps.device)[None, None, None, :]
         x0, y0, x1, y1 = (boxes[..., i, None, None] for i in range(4))
         return ((xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)).any(1)
-    raise ValueError(f"ground truth {tuple(truth.shape)} fits neither ({batch}, 4) or ({batch}, M, 4) boxes "
-                     f"nor {tuple(maps.shape)} masks matching the maps")
+    raise ValueError(
+        f"ground truth {tuple(truth.shape)} fits neither ({batch}, 4) or ({batch}, M, 4) boxes "
+        f"nor {tuple(maps.shape)} masks matching the maps"
+    )
 
 
 def _boxes_of(masks: Tensor) -> Tensor:
@@ -98,8 +103,9 @@ def _component_boxes(masks: Tensor, truth_boxes: Tensor, largest: bool) -> Tenso
     if n == 0:
         return torch.zeros(count, 4, device=masks.device)
     slices = ndimage.find_objects(labels)
-    extent = torch.tensor([[s[0].start, s[2].start, s[1].start, s[2].stop, s[1].stop] for s in slices],
-                          device=masks.device)
+    extent = torch.tensor(
+        [[s[0].start, s[2].start, s[1].start, s[2].stop, s[1].stop] for s in slices], device=masks.device
+    )
     plane, boxes = extent[:, 0], extent[:, 1:].float()
     if largest:
         quality = torch.from_numpy(np.bincount(labels.ravel(), minlength=n + 1)[1:]).to(masks.device).float()
@@ -136,13 +142,23 @@ def box_accuracy(maps: Tensor, truth: Tensor, tau: float = 0.2, iou_threshold: f
     reference = _truth_boxes(truth, maps)
     predicted = _component_boxes(maps >= tau * maps.flatten(1).max(1).values[:, None, None], reference, True)
     iou = _best_iou(predicted, reference)
-    return MetricResult("box_accuracy", (iou >= iou_threshold).float(), True, {"iou": iou[:, None]},
-                        settings={"tau": tau, "iou_threshold": iou_threshold})
+    return MetricResult(
+        "box_accuracy",
+        (iou >= iou_threshold).float(),
+        True,
+        {"iou": iou[:, None]},
+        settings={"tau": tau, "iou_threshold": iou_threshold},
+    )
 
 
-def max_box_accuracy(maps: Tensor, truth: Tensor, taus: Tensor | None = None,
-                     iou_thresholds: tuple[float, ...] = (0.3, 0.5, 0.7), *,
-                     component: str = "best") -> MetricResult:
+def max_box_accuracy(
+    maps: Tensor,
+    truth: Tensor,
+    taus: Tensor | None = None,
+    iou_thresholds: tuple[float, ...] = (0.3, 0.5, 0.7),
+    *,
+    component: str = "best",
+) -> MetricResult:
     """MaxBoxAccV2 (Choe et al., "Evaluating Weakly Supervised Object Localization Methods Right",
     CVPR 2020): higher is better.
 
@@ -180,9 +196,15 @@ def max_box_accuracy(maps: Tensor, truth: Tensor, taus: Tensor | None = None,
     def statistic(indices: Tensor) -> Tensor:
         return hits[indices].mean(1).amax(2).mean(1)
 
-    return MetricResult("max_box_accuracy", per_image, True, {"iou": iou, "box_accuracy": hits.mean(0)},
-                        taus, {"iou_thresholds": tuple(iou_thresholds), "component": component,
-                               "best_tau": taus[best].tolist()}, statistic)
+    return MetricResult(
+        "max_box_accuracy",
+        per_image,
+        True,
+        {"iou": iou, "box_accuracy": hits.mean(0)},
+        taus,
+        {"iou_thresholds": tuple(iou_thresholds), "component": component, "best_tau": taus[best].tolist()},
+        statistic,
+    )
 
 
 def mask_iou(maps: Tensor, truth: Tensor, tau: float = 0.5) -> MetricResult:
@@ -275,8 +297,9 @@ def pointing_game(maps: Tensor, truth: Tensor, tolerance: float = 15.0, seed: in
     near = (ys**2 + xs**2) <= tolerance**2
     hit = (near & masks).flatten(1).any(1).float()
     empty = ~masks.flatten(1).any(1)
-    return MetricResult("pointing_game", torch.where(empty, torch.nan, hit), True,
-                        settings={"tolerance": tolerance, "seed": seed})
+    return MetricResult(
+        "pointing_game", torch.where(empty, torch.nan, hit), True, settings={"tolerance": tolerance, "seed": seed}
+    )
 
 
 def energy_pointing_game(maps: Tensor, truth: Tensor) -> MetricResult:
@@ -287,8 +310,7 @@ def energy_pointing_game(maps: Tensor, truth: Tensor) -> MetricResult:
     """
     maps = _maps(maps)
     if (maps < 0).any():
-        raise ValueError("energy_pointing_game needs non-negative maps: apply ReLU (explainers return "
-                         "maps in [0, 1])")
+        raise ValueError("energy_pointing_game needs non-negative maps: apply ReLU (explainers return maps in [0, 1])")
     maps = _uniform_if_zero(maps)
     masks = ground_truth_masks(truth, maps)
     energy = (maps * masks).flatten(1).sum(1) / maps.flatten(1).sum(1)

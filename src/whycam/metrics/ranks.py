@@ -11,8 +11,9 @@ def pixel_ranks(maps: Tensor, descending: bool, seed: int = 0, indices: Tensor |
     ``seed + index`` (``indices``: the images' indices in the dataset, by default 0..B-1)."""
     flat = maps.flatten(1)
     indices = range(flat.shape[0]) if indices is None else indices.tolist()
-    order = torch.stack([torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(seed + i))
-                         for i in indices]).to(flat.device)
+    order = torch.stack(
+        [torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(seed + i)) for i in indices]
+    ).to(flat.device)
     keys = flat.gather(1, order)
     sorted_order = order.gather(1, keys.sort(dim=1, descending=descending, stable=True).indices)
     ranks = torch.empty_like(sorted_order)

@@ -61,5 +61,7 @@ class MetricResult:
     def __str__(self) -> str:
         low, high = self.interval()
         better = "higher" if self.higher_is_better else "lower"
-        return (f"{self.name}: {self.value:.4f} [95% CI {low:.4f}, {high:.4f}] over "
-                f"{self.scores.shape[0]} images ({better} is better)")
+        return (
+            f"{self.name}: {self.value:.4f} [95% CI {low:.4f}, {high:.4f}] over "
+            f"{self.scores.shape[0]} images ({better} is better)"
+        )

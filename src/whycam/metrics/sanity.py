@@ -79,8 +79,10 @@ def hog(images: Tensor, cell: int = 8, bins: int = 9) -> Tensor:
     position = (torch.atan2(gy, gx) % math.pi) / math.pi * bins - 0.5
     low = position.floor()
     upper = position - low
-    histogram = sum(F.one_hot((low + shift).long() % bins, bins).movedim(-1, 1)[:, :, 0] * weight
-                    for shift, weight in ((0, 1 - upper), (1, upper)))
+    histogram = sum(
+        F.one_hot((low + shift).long() % bins, bins).movedim(-1, 1)[:, :, 0] * weight
+        for shift, weight in ((0, 1 - upper), (1, upper))
+    )
     cells = F.avg_pool2d(histogram * magnitude, cell)  # (B, bins, h, w)
     blocks = F.unfold(cells, 2)  # (B, bins*4, blocks)
     blocks = blocks / (blocks.norm(dim=1, keepdim=True) + 1e-12)
@@ -108,8 +110,7 @@ def similarities(original: Tensor, randomised: Tensor) -> dict[str, Tensor]:
 
 def parameter_layers(model: nn.Module) -> list[str]:
     """Names of the modules that own parameters, from the top (last registered) down."""
-    return [name for name, module in model.named_modules()
-            if any(True for _ in module.parameters(recurse=False))][::-1]
+    return [name for name, module in model.named_modules() if any(True for _ in module.parameters(recurse=False))][::-1]
 
 
 def _randomise(module: nn.Module, seed: int) -> None:
@@ -122,24 +123,33 @@ def _randomise(module: nn.Module, seed: int) -> None:
                 param.copy_(torch.randn_like(param) * (param.std() if param.numel() > 1 else 1.0))
 
 
-def _explain(factory: ExplainerFactory, model: nn.Module, images: Tensor, targets: Target,
-             batch_size: int) -> Tensor:
+def _explain(factory: ExplainerFactory, model: nn.Module, images: Tensor, targets: Target, batch_size: int) -> Tensor:
     explainer = factory(model)
-    maps = [explainer(chunk, _chunk_targets(targets, start, len(chunk)))
-            for start, chunk in zip(range(0, len(images), batch_size), images.split(batch_size), strict=True)]
+    maps = [
+        explainer(chunk, _chunk_targets(targets, start, len(chunk)))
+        for start, chunk in zip(range(0, len(images), batch_size), images.split(batch_size), strict=True)
+    ]
     return torch.cat(maps).detach().float()
 
 
 def _chunk_targets(targets: Target, start: int, length: int) -> Target:
     if targets is None or isinstance(targets, int) or callable(targets):
         return targets
-    return torch.as_tensor(targets).flatten()[start:start + length]
+    return torch.as_tensor(targets).flatten()[start : start + length]
 
 
-def sanity_check(explainer: ExplainerFactory, model: nn.Module, images: Tensor, targets: Target = None, *,
-                 layers: Sequence[str] | None = None, seed: int = 0, batch_size: int = 16,
-                 threshold: float = 0.5,
-                 modes: Sequence[str] = ("cascading", "independent")) -> dict[str, MetricResult]:
+def sanity_check(
+    explainer: ExplainerFactory,
+    model: nn.Module,
+    images: Tensor,
+    targets: Target = None,
+    *,
+    layers: Sequence[str] | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    threshold: float = 0.5,
+    modes: Sequence[str] = ("cascading", "independent"),
+) -> dict[str, MetricResult]:
     """Model parameter randomisation test (Adebayo et al. 2018), cascading and independent.
 
     ``explainer``: an explainer class or any ``factory(model) -> f(images, target) -> (B, H, W) maps``,
@@ -170,8 +180,7 @@ def sanity_check(explainer: ExplainerFactory, model: nn.Module, images: Tensor, 
     original_model = copy.deepcopy(model).eval()
     if targets is None:
         with torch.no_grad():
-            targets = torch.cat([select_output(original_model(chunk)).argmax(1)
-                                 for chunk in images.split(batch_size)])
+            targets = torch.cat([select_output(original_model(chunk)).argmax(1) for chunk in images.split(batch_size)])
     original = _explain(explainer, original_model, images, targets, batch_size)
     results = {}
     for mode in modes:
@@ -181,14 +190,14 @@ def sanity_check(explainer: ExplainerFactory, model: nn.Module, images: Tensor, 
             if mode == "independent":
                 randomised = copy.deepcopy(original_model)
             _randomise(dict(randomised.named_modules())[name], seed)
-            for key, value in similarities(original, _explain(explainer, randomised, images, targets,
-                                                              batch_size)).items():
+            for key, value in similarities(
+                original, _explain(explainer, randomised, images, targets, batch_size)
+            ).items():
                 curves.setdefault(key, []).append(value.float())
         stacked = {key: torch.stack(value, 1) for key, value in curves.items()}
         scores = stacked["spearman"][:, -1] if mode == "cascading" else stacked["spearman"].nanmean(1)
         settings: dict[str, object] = {"layers": names, "seed": seed, "threshold": threshold}
         if mode == "cascading":
             settings["passed"] = bool(scores.nanmean() < threshold)
-        results[mode] = MetricResult(f"sanity_check_{mode}", scores, False, stacked,
-                                     torch.arange(len(names)), settings)
+        results[mode] = MetricResult(f"sanity_check_{mode}", scores, False, stacked, torch.arange(len(names)), settings)
     return results
