@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 
+import captum.attr as ca
 import pytest
 import torch
 import torchvision
@@ -17,7 +18,6 @@ from torch import nn
 
 import whycam
 
-ca = pytest.importorskip("captum.attr")
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 
 TARGETS = [3, 7]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 import torchvision
 from safetensors.torch import save_file
@@ -108,7 +109,6 @@ def test_torchvision_without_weights_is_random_init_with_imagenet_names():
 
 
 def test_timm_with_local_weights(tmp_path):
-    timm = pytest.importorskip("timm")
     source = timm.create_model("resnet10t", pretrained=False, num_classes=3)
     save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
     loaded = load_model("timm:resnet10t", weights=tmp_path / "w.safetensors")
