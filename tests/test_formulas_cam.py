@@ -15,6 +15,7 @@ import torchcam.methods as torchcam
 from pytorch_grad_cam import GradCAM, HiResCAM, LayerCAM, XGradCAM
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from test_cam_oracles import CLASSES, TOLERANCE, case, grad_cam_oracle, torchcam_maps
+from torch import nn
 
 import whycam
 
@@ -77,3 +78,24 @@ def test_eigencam_sign_follows_the_mean_activation(model_name, layer, size):
     ours = whycam.EigenCAM(model, layer)(images, raw=True).double().numpy()
     scale = np.abs(expected).max((1, 2), keepdims=True)
     assert np.abs(ours - expected).max() / scale.min() < 1e-4
+
+
+def test_eigencam_sign_is_set_by_the_mean_activation_not_the_maximum():
+    """A layer that passes the image through (a 1x1 identity convolution), so its activations are
+    chosen here: channel 0 = A carries the variance, channel 1 = 10 - A / 2 sits highest. The first
+    principal component is +-A; the channel mean (A / 2 + 10) / 3 correlates with +A, the channel maximum
+    (channel 1 everywhere) with -A. Eigen-CAM's rule gives +A."""
+    pattern = torch.randn(8, 8, generator=torch.Generator().manual_seed(0)).double()
+    noise = 0.01 * torch.randn(8, 8, generator=torch.Generator().manual_seed(1)).double()
+    image = torch.stack([pattern, 10 - pattern / 2, noise])[None].float()
+    identity = nn.Conv2d(3, 3, 1, bias=False)
+    with torch.no_grad():
+        identity.weight.copy_(torch.eye(3)[:, :, None, None])
+    model = nn.Sequential(identity, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)).eval()
+    ours = whycam.EigenCAM(model, "0")(image, raw=True)[0].double()
+    centred = image[0].double().flatten(1).T - image[0].double().flatten(1).T.mean(0)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    projection = (centred @ vh[0]).view(8, 8)
+    expected = projection * torch.sign((projection * (pattern - pattern.mean())).sum())
+    assert torch.allclose(ours, expected, atol=1e-4)
+    assert (ours.flatten() @ (pattern - pattern.mean()).flatten()) > 0

@@ -59,9 +59,10 @@ def fit_grid(mask: np.ndarray, grid: int, cell: tuple[int, int]) -> list[tuple[t
     return fits
 
 
-def test_rise_masks_are_shifted_crops_of_upsampled_binary_grids():
-    height, width, grid, p = 30, 22, 4, 0.3
-    cell = (math.ceil(height / grid), math.ceil(width / grid))  # (8, 6): the upsampled grid is 40 x 30
+@pytest.mark.parametrize(("height", "width"), [(30, 22), (32, 20)])  # cells (8, 6) and (8, 5)
+def test_rise_masks_are_shifted_crops_of_upsampled_binary_grids(height, width):
+    grid, p = 4, 0.3
+    cell = (math.ceil(height / grid), math.ceil(width / grid))  # the upsampled grid is (grid + 1) cells
     image = torch.ones(1, 3, height, width)
     cells, shifts = [], []
     for seed in range(40):
