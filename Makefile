@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-slow demo lint clean
+.PHONY: test test-slow demo lint clean mutation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,16 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# Mutation testing of the formula modules (docs/testing.md); not part of `make test`. Results are kept
+# in mutants/ and reused: a second run only retries what changed. MUTANTS narrows it, e.g.
+# `make mutation MUTANTS='whycam.metrics.*'`.
+MUTANTS ?= whycam.metrics.* whycam.methods.* whycam.reference.*
+mutation: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 $(MUTANTS)
+	$(BIN)/mutmut export-cicd-stats
+	$(BIN)/python -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
+	print('mutation score: %(killed)d killed / %(total)d mutants, survived %(survived)d' % s)"
+
 demo: $(STAMP)
 	$(BIN)/whycam demo --out out/demo
 
@@ -26,4 +36,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache mutants
