@@ -25,9 +25,7 @@ test-slow: $(STAMP)
 MUTANTS ?= whycam.metrics.* whycam.methods.* whycam.reference.*
 mutation: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 $(MUTANTS)
-	$(BIN)/mutmut export-cicd-stats
-	$(BIN)/python -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
-	print('mutation score: %(killed)d killed / %(total)d mutants, survived %(survived)d' % s)"
+	$(BIN)/python scripts/mutation_score.py
 
 demo: $(STAMP)
 	$(BIN)/whycam demo --out out/demo
