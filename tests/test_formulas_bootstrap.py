@@ -78,3 +78,9 @@ def test_a_custom_statistic_is_bootstrapped_over_images():
 def test_nan_scores_are_left_out_of_the_mean():
     scores = torch.tensor([1.0, float("nan"), 3.0])
     assert metrics.MetricResult("x", scores, True).value == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0, 1.5, -0.1])
+def test_a_confidence_outside_0_1_is_refused(confidence):
+    with pytest.raises(ValueError, match=r"confidence must be in \(0, 1\)"):
+        metrics.MetricResult("x", skewed_scores(), True).interval(confidence)
