@@ -79,3 +79,18 @@ def test_deletion_follows_the_definition(setting, baseline):
     assert (result.curves["score"] - expected).abs().max() < 1e-5
     assert (result.scores - trapezoid(expected)).abs().max() < 1e-5
     assert not result.higher_is_better
+
+
+def test_ties_are_broken_in_the_documented_seeded_order(setting):
+    """A constant map ranks nothing: the pixels go in the order of a random permutation of image i
+    seeded with ``seed + i`` (docs/metrics.md), the same for every metric."""
+    model, images, _ = setting
+    seed = 5
+    result = metrics.deletion(model, images, torch.full((2, SIZE, SIZE), 0.5), CLASSES, steps=STEPS, seed=seed)
+    # a map whose order is that permutation reproduces the curve exactly
+    permuted = torch.zeros(2, SIZE * SIZE)
+    for i in range(2):
+        order = torch.randperm(SIZE * SIZE, generator=torch.Generator().manual_seed(seed + i))
+        permuted[i, order] = torch.linspace(1, 0, SIZE * SIZE)
+    expected = expected_curve(model, images, torch.zeros_like(images), permuted.view(2, SIZE, SIZE))
+    assert (result.curves["score"] - expected).abs().max() < 1e-5
