@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import whycam
 from whycam import DiffCAM, ReferenceBank, ReferenceStats
-from whycam.reference import ReferenceMismatchError
+from whycam.methods.base import normalize_maps
+from whycam.reference import NotFittedError, ReferenceMismatchError
 
 
 def _cnn(pool: nn.Module | None = None, seed: int = 0) -> nn.Module:
@@ -342,3 +344,95 @@ def test_default_shrinkage_is_the_one_chosen_on_the_validation_splits(cnn, data)
     dc = DiffCAM(cnn, layer="3").fit(data[0][:30])
     shrunk = dc.reference_.shrunk(dc.shrinkage)
     assert dc.shrinkage == 0.5 and shrunk.intensity == 0.5
+
+
+# ----------------------------------------------------------------------------- scikit-learn's shape
+def test_not_fitted_is_a_clear_error(cnn, data):
+    dc = DiffCAM(cnn, layer="3")
+    for ask in (lambda: dc(data[0][:2]), lambda: dc.reference_, lambda: dc.bank_, lambda: dc.why(data[0][:2], 1)):
+        with pytest.raises(NotFittedError, match=r"no reference group yet: call dc.fit\(references\)"):
+            ask()
+    assert issubclass(NotFittedError, RuntimeError)
+    assert not any(name.endswith("_") for name in vars(dc))  # fitted state appears with fit only
+    dc.fit(data[0][:10])
+    assert dc.bank_ is None and dc.reference_.count_ == 10
+
+
+def test_get_and_set_params_round_trip(cnn, data):
+    images = data[0]
+    dc = DiffCAM(cnn, layer="3", shrinkage="oas", k=None)
+    params = dc.get_params()
+    assert list(params) == ["model", "layer", "embedding", "normalize", "shrinkage", "k", "reshape"]
+    assert params["model"] is cnn and params["shrinkage"] == "oas"
+    assert DiffCAM(**params).get_params() == params
+    dc.fit(images[:30])
+    assert dc.set_params(shrinkage=0.2) is dc and dc.get_params() == {**params, "shrinkage": 0.2}
+    expected = DiffCAM(cnn, layer="3", shrinkage=0.2).fit(images[:30])(images[30:], raw=True)
+    assert torch.equal(dc(images[30:], raw=True), expected)  # the fitted statistics were kept
+    with pytest.raises(ValueError, match="no parameter alpha; its parameters are model, layer, embedding"):
+        dc.set_params(alpha=1)
+    with pytest.raises(ValueError, match="k=1"):
+        dc.set_params(k=1)
+    assert dc.k is None
+    dc.set_params(layer="1")  # the statistics were fitted on layer 3: refused at the next call
+    with pytest.raises(ReferenceMismatchError, match="layer '3'.*layer '1'"):
+        dc(images[:2])
+
+
+def test_clone_is_unfitted_and_shares_no_cache(cnn, data):
+    images, labels = data
+    dc = DiffCAM(cnn, layer="3").fit((images, labels))
+    before = dc(images[:4], raw=True)
+    twin = dc.clone()
+    assert twin.get_params() == dc.get_params() and twin.model is dc.model
+    with pytest.raises(NotFittedError):
+        twin(images[:4])
+    params = set(DiffCAM.param_names())
+    for name, value in vars(twin).items():
+        if name not in params:
+            assert value is None, name  # every cache starts empty
+    twin.fit(images[20:30])
+    assert twin(images[:4], raw=True).shape == before.shape
+    mutable = [name for name, value in vars(dc).items() if name not in params and not isinstance(value, (str, int))]
+    assert {"_layers", "_bank"} <= set(mutable)
+    assert not any(vars(twin)[name] is vars(dc)[name] for name in mutable if vars(dc)[name] is not None)
+    assert torch.equal(dc(images[:4], raw=True), before) and dc.reference_.count_ == 40
+
+
+# ----------------------------------------------------------------------------- saved settings
+def test_a_file_saved_with_other_shrinkage_or_k_is_reported_or_refused(tmp_path, cnn, data):
+    images = data[0]
+    path = DiffCAM(cnn, layer="3").fit(images[:20]).reference_.save(tmp_path / "s.safetensors")
+    stats = ReferenceStats.load(path)
+    assert stats.meta["shrinkage"] == "0.5" and stats.meta["k"] == "None"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DiffCAM(cnn, layer="3").fit(stats)  # the settings it was saved with: silent
+    with pytest.warns(UserWarning, match=r"saved by a DiffCAM with shrinkage=0\.5; this one uses shrinkage='oas'"):
+        oas = DiffCAM(cnn, layer="3", shrinkage="oas").fit(stats)
+    assert torch.equal(oas(images[20:22]), DiffCAM(cnn, layer="3", shrinkage="oas").fit(images[:20])(images[20:22]))
+    with pytest.raises(ValueError, match=r"k=5 needs the reference embeddings.*saved with k=None"):
+        DiffCAM(cnn, layer="3", k=5).fit(stats)
+    kept = DiffCAM(cnn, layer="3", k=5).fit(images[:20]).reference_.save(tmp_path / "k.npz")
+    with pytest.warns(UserWarning, match=r"with k=5; this one uses k=8"):
+        DiffCAM(cnn, layer="3", k=8).fit(ReferenceStats.load(kept))
+
+
+# ----------------------------------------------------------------------------- the cached S^-1
+@pytest.mark.parametrize("shrinkage", [0.5, "ledoit-wolf", ("ridge", 0.1)])
+def test_the_cached_inverse_gives_the_map_of_the_plain_solve(resnet18, shrinkage):
+    """Each call multiplies by S^-1 cached per group and setting; the map equals a fresh solve of
+    S w = z - mu (torch.linalg.solve, no cache) to 1e-5, raw and normalised."""
+    generator = torch.Generator().manual_seed(3)
+    references, images = torch.rand(24, 3, 64, 64, generator=generator), torch.rand(3, 3, 64, 64, generator=generator)
+    dc = DiffCAM(resnet18, layer="layer4", shrinkage=shrinkage).fit(references)
+    raw, maps = dc(images, raw=True), dc(images)
+    stats = dc.reference_
+    shrunk = stats.shrunk(shrinkage)
+    assert "inverse" in vars(shrunk) and stats.shrunk(shrinkage) is shrunk  # computed once, kept
+    activations = torch.from_numpy(_activations(resnet18, resnet18.layer4, images))
+    z = activations.mean((2, 3))
+    weights = torch.linalg.solve(stats.covariance(shrinkage), (z - stats.mean_).T).T
+    plain = torch.einsum("bk,bkhw->bhw", weights, activations)
+    assert (raw.double() - plain).abs().max() < 1e-5 * plain.abs().max()
+    assert (maps - normalize_maps(plain, (64, 64))).abs().max() < 1e-5

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from safetensors.torch import save_file
 from sklearn.covariance import OAS, LedoitWolf
 
 from whycam import ReferenceBank, ReferenceStats
-from whycam.reference import NotFittedError, ReferenceMismatchError, model_fingerprint, nearest_solve
+from whycam.reference import (
+    FORMAT_VERSION,
+    NotFittedError,
+    ReferenceMismatchError,
+    model_fingerprint,
+    nearest_solve,
+    read_tensors,
+)
 
 
 def _data(n: int, dim: int, seed: int = 0, shift: float = 1.0) -> torch.Tensor:
@@ -149,6 +158,25 @@ def test_files_of_another_kind_or_format_are_refused(tmp_path):
         ReferenceStats.load(tmp_path / "other.npz")
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         ReferenceStats.load(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_a_file_without_this_format_version_is_refused(tmp_path, suffix):
+    """The version is written, and read back: a missing or other version is refused with the fix."""
+    stats = ReferenceStats.from_embeddings(_data(6, 3), meta={"layer": "layer4"})
+    tensors, meta = read_tensors(stats.save(tmp_path / f"ok{suffix}"), "ReferenceStats")
+    assert meta == {"layer": "layer4"} and FORMAT_VERSION == "1"
+    for version, message in ((None, "has no format version"), ("0", "has format version '0'")):
+        written = {"layer": "layer4", "kind": "ReferenceStats"} | (
+            {} if version is None else {"whycam_format": version}
+        )
+        path = tmp_path / f"v{version}{suffix}"
+        if suffix == ".npz":
+            np.savez(path, **{k: v.numpy() for k, v in tensors.items()}, __meta__=np.array(json.dumps(written)))
+        else:
+            save_file(tensors, str(path), metadata=written)
+        with pytest.raises(ValueError, match=message + r".*reads version '1' only; build the statistics again"):
+            ReferenceStats.load(path)
 
 
 def test_bank_groups_equal_the_statistics_of_their_rows():
