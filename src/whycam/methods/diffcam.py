@@ -313,7 +313,7 @@ class DiffCAM(Params, CAMExplainer):
                 )
             z = activation[:, 0]
         else:
-            z = spatial.amax((2, 3)) if kind == "max" else spatial.double().mean((2, 3))
+            z = spatial.amax((2, 3)) if kind == "max" else spatial.mean((2, 3), dtype=torch.float64)
         z = z.double()
         return F.normalize(z, dim=1) if self.normalize else z
 
