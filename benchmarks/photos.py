@@ -92,7 +92,7 @@ def main() -> None:
             notes.append(f"{name}: not run ({SKIPPED[name]})")
             continue
         explainer = make_explainer(name, model, loaded.layer, **LIGHT.get(name, {}))
-        if callable(getattr(explainer, "fit", None)):
+        if explainer.needs_reference:
             explainer.fit(references)
         began = time.perf_counter()
         maps = explainer(inputs, target=predicted if explainer.needs_target else None)

@@ -19,6 +19,7 @@ from PIL import Image
 
 import whycam
 from whycam.cli import main
+from whycam.runs import read_inputs, unique_names
 
 TINY = f"{Path(__file__).parent / 'tiny_model.py'}:make"
 SRC = str(Path(whycam.__file__).resolve().parent.parent)
@@ -49,6 +50,12 @@ def whycam_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
         cwd=cwd,
         timeout=300,
     )
+
+
+def _read(paths, preprocess) -> tuple[list[str], list[torch.Tensor]]:
+    """The names and model inputs of the readable images, as the CLI reads them."""
+    rows = list(read_inputs(paths, preprocess, []))
+    return unique_names([path for path, _, _ in rows]), [inputs for _, _, inputs in rows]
 
 
 def invoke(*args: object) -> SimpleNamespace:
@@ -104,8 +111,9 @@ def test_explain_writes_maps_overlays_summary_and_report(photos, tmp_path):
     result = whycam_cli("explain", photos, "--model", TINY, "--method", "gradcam,eigencam", "--out", out, "--report")
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"model", "layer", "methods", "images", "failures"}
+    assert set(summary) == {"model", "layer", "layers", "methods", "images", "failures"}
     assert summary["layer"] == "features" and summary["failures"] == []
+    assert summary["layers"] == {"gradcam": ["features"], "eigencam": ["features"]}
     assert [r["image"] for r in summary["images"]] == ["gray", "one", "two"]
     for record in summary["images"]:
         assert {"prediction", "prediction_name", "probability", "results"} <= set(record)
@@ -384,12 +392,11 @@ def test_questions_to_a_bank_are_diffcams_own(photos, tmp_path):
     """--question why / why-not / unusual gives the maps of DiffCAM.why / why_not / unusual, each image
     asked about its own predicted class, the bank's labels matched to the model's class names."""
     from whycam import DiffCAM
-    from whycam.cli import Failures, _read_images
     from whycam.reference import ReferenceBank
 
     bank = _bank(tmp_path)
     loaded = whycam.models.load_model(TINY)
-    names, _, inputs = _read_images([photos], loaded.preprocess, Failures())
+    names, inputs = _read([photos], loaded.preprocess)
     x = torch.stack(inputs)
     predicted = [loaded.class_name(int(p)) for p in loaded.model(x).argmax(1)]
     diffcam = DiffCAM(loaded.model, "features").fit(ReferenceBank.load(bank))
@@ -464,12 +471,11 @@ def test_method_options_reach_the_method_and_bad_ones_stop_the_command(photos, t
         assert result.returncode == 0, result.stderr
         maps[shrinkage] = np.load(out / "one_diffcam.npy")
     from whycam import DiffCAM
-    from whycam.cli import Failures, _read_images
 
     loaded = whycam.models.load_model(TINY)
-    names, _, inputs = _read_images([photos], loaded.preprocess, Failures())
+    names, inputs = _read([photos], loaded.preprocess)
     one = inputs[names.index("one")][None]
-    references = torch.stack(_read_images([refs], loaded.preprocess, Failures())[2])
+    references = torch.stack(_read([refs], loaded.preprocess)[1])
     direct = DiffCAM(loaded.model, "features", shrinkage=1.0).fit(references)(one)[0]
     assert np.allclose(maps["1.0"], direct.numpy(), atol=1e-5) and not np.allclose(maps["0.5"], maps["1.0"])
     base = ["explain", photos, "--model", TINY, "--method", "diffcam", "--reference", refs, "--out", tmp_path / "o"]

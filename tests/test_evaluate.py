@@ -8,7 +8,9 @@ import json
 import pytest
 import torch
 
-from whycam.evaluate import constructor_options, make_explainer
+import whycam
+from whycam.evaluate import make_explainer
+from whycam.methods.factory import constructor_options
 
 
 @pytest.fixture
@@ -87,7 +89,7 @@ def test_unknown_names_are_refused(task):
     model, images, masks = task
     with pytest.raises(KeyError, match="unknown metric"):
         evaluate(model, images, methods=["gradcam"], metrics=["nosuch"], truth=masks, progress=False)
-    with pytest.raises(KeyError, match="unknown method 'nosuch'"):
+    with pytest.raises(whycam.UsageError, match="unknown method 'nosuch'"):
         make_explainer("nosuch", model)
 
 
@@ -96,8 +98,11 @@ def test_options_reach_only_the_constructors_that_take_them(task):
 
     model, _, _ = task
     assert {"layer", "output", "reshape", "classifier"} <= constructor_options(whycam.CAM)
-    explainer = make_explainer("cam", model, "features", classifier="classifier", unrelated=3)
+    explainer = make_explainer("cam", model, "features", classifier="classifier")
     assert explainer.classifier == "classifier" and explainer.layer == "features"
+    assert make_explainer("saliency", model, "features").needs_layer is False  # the layer only where declared
+    with pytest.raises(whycam.UsageError, match="cam has no option 'unrelated'; its options: classifier, layer"):
+        make_explainer("cam", model, "features", unrelated=3)  # refused, never dropped silently
 
 
 def test_score_maps_gives_each_metric_its_own_truth_options_and_images(task):

@@ -10,16 +10,18 @@ from __future__ import annotations
 import ast
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import __version__
+from .errors import WhycamError
+from .methods.factory import create
+from .runs import QUESTIONS, Failure, Runner
+from .writers import write_explain
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
@@ -111,31 +113,6 @@ def _read_images(paths: Sequence[str], preprocess, failures: Failures, desc: str
     return names, shown, inputs
 
 
-def _fit_reference(explainer, reference: str, loaded, failures: Failures, batch_size: int) -> str:
-    """Fit a reference-group explainer on saved statistics (a file) or a folder of images."""
-    path = Path(reference)
-    try:
-        if path.is_file():
-            from .reference import ReferenceBank, ReferenceStats
-
-            try:
-                stats = ReferenceStats.load(path)
-            except (ValueError, KeyError):
-                stats = ReferenceBank.load(path)
-            explainer.fit(stats)
-            return f"statistics {path.name} ({stats!r})"
-        names, _, inputs = _read_images([reference], loaded.preprocess, failures, "reference")
-        if len(inputs) < 2:
-            raise ValueError(
-                f"the reference folder {reference} holds {len(inputs)} readable image(s); "
-                "a reference group needs at least 2"
-            )
-        explainer.fit(torch.stack(inputs), batch_size=batch_size)
-        return f"{len(inputs)} images from {reference}"
-    except (ValueError, KeyError, OSError) as error:
-        raise click.BadParameter(f"cannot use reference {reference}: {error}", param_hint="--reference") from None
-
-
 def _parse_value(text: str) -> object:
     """A Python literal (number, bool, None, tuple) where the text is one, else the text itself."""
     try:
@@ -144,13 +121,10 @@ def _parse_value(text: str) -> object:
         return text
 
 
-def _method_options(items: Sequence[str], names: Sequence[str], model, layer) -> dict[str, dict]:
+def _method_options(items: Sequence[str], names: Sequence[str], model) -> dict[str, dict]:
     """``--option METHOD.KEY=VALUE`` items as ``{method: {key: value}}``; each method is built once
     with its options here, so an unknown key or a bad value stops the command before any work."""
-    from .evaluate import constructor_options, make_explainer
-    from .methods.base import methods
-
-    registry, options = methods(), {}
+    options: dict[str, dict] = {}
     for item in items:
         head, equals, text = item.partition("=")
         method, dot, key = head.strip().partition(".")
@@ -163,62 +137,29 @@ def _method_options(items: Sequence[str], names: Sequence[str], model, layer) ->
                 f"{item!r} sets an option of {method!r}, which is not run here (methods: {', '.join(names)})",
                 param_hint="--option",
             )
-        accepted = sorted(constructor_options(registry[method]) - {"layer"})
-        if key not in accepted:
-            raise click.BadParameter(
-                f"{method} has no option {key!r} (the layer is --layer); its options: {', '.join(accepted)}",
-                param_hint="--option",
-            )
         options.setdefault(method, {})[key] = _parse_value(text.strip())
     for method, settings in options.items():
         try:
-            make_explainer(method, model, layer, **settings)
+            create(method, model, **settings)
         except (ValueError, TypeError) as error:
             raise click.BadParameter(f"{method}: {error}", param_hint="--option") from None
     return options
+
+
+def _exit_with_failures(ctx: click.Context, failures: Sequence[Failure]) -> None:
+    """Name every input that failed on stderr, then exit 1 if there was any (the rest was written)."""
+    for failure in failures:
+        item = failure.as_dict()
+        click.echo(f"whycam: skipped {item['input']}: {item['error']}", err=True)
+    if failures:
+        click.echo(f"whycam: {len(failures)} input(s) failed; the other results were written.", err=True)
+        ctx.exit(EXIT_PARTIAL)
 
 
 OPTION_HELP = (
     "A method's option as METHOD.KEY=VALUE, repeatable, e.g. diffcam.shrinkage=ledoit-wolf, "
     "diffcam.k=50, rise.masks=2000 (the keyword arguments of its class; see docs/)."
 )
-
-
-QUESTIONS = ("why", "why-not", "unusual")
-
-
-def _bank_label(bank, target: str | int, loaded) -> object:
-    """The bank's label of a class given by index or name: the bank's labels may be class indices,
-    indices as text (folder names such as "5"), or the model's class names."""
-    index = None
-    try:
-        index = loaded.class_index(target)
-    except ValueError:
-        pass
-    candidates = [target, str(target)]
-    if index is not None:
-        candidates += [index, str(index), loaded.class_name(index)]
-    for candidate in candidates:
-        if candidate in bank.classes:
-            return candidate
-    raise click.BadParameter(
-        f"the reference bank has no class {target!r}; its classes: {', '.join(map(str, bank.labels))}",
-        param_hint="--versus/--target",
-    )
-
-
-def _ask(explainer, question: str, batch: torch.Tensor, labels: list, versus) -> torch.Tensor:
-    """DiffCAM's bank question for every image of a batch; images with the same label asked together."""
-    if question == "why-not":
-        return explainer.why_not(batch, versus)
-    ask = explainer.why if question == "why" else explainer.unusual
-    maps = None
-    for label in dict.fromkeys(labels):
-        rows = [i for i, other in enumerate(labels) if other == label]
-        part = ask(batch[rows], label)
-        maps = part.new_zeros((len(batch), *part.shape[1:])) if maps is None else maps
-        maps[rows] = part
-    return maps
 
 
 MODEL_OPTIONS = [
@@ -269,9 +210,10 @@ def list_methods() -> None:
 
     for name, cls in methods().items():
         needs = "target" if cls.needs_target else "no target"
-        grad = "gradient" if getattr(cls, "uses_gradient", False) else "no gradient"
-        reference = ", reference group" if callable(getattr(cls, "fit", None)) else ""
-        click.echo(f"{name:24s} {cls.summary}  [{needs}, {grad}{reference}]")
+        grad = "gradient" if cls.uses_gradient else "no gradient"
+        layer = ", layer" if cls.needs_layer else ""
+        reference = ", reference group" if cls.needs_reference else ""
+        click.echo(f"{name:24s} {cls.summary}  [{needs}, {grad}{layer}{reference}]")
 
 
 @main.command()
@@ -351,154 +293,36 @@ def explain(
       whycam explain threes/ --model digits-cnn --method diffcam --reference digits_bank.safetensors \\
           --question why-not --versus 5 --option diffcam.shrinkage=ledoit-wolf --out out/why_not_5
     """
-    from .evaluate import make_explainer, needs_reference
-    from .viz import overlay_figure, save_png
-
-    failures = Failures()
     names = _method_names(method_text)
     loaded = _load_model(model_spec, weights, download, device)
-    layer = _check_layer(loaded, layer)
-    options = _method_options(option_items, names, loaded.model, layer)
-    if (question == "why-not") != (versus is not None):
-        raise click.UsageError("--question why-not and --versus CLASS go together")
+    options = _method_options(option_items, names, loaded.model)
     target_index = None
     if target is not None:
         try:
             target_index = loaded.class_index(target)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--target") from None
-    explainers, questions = {}, {}
-    for name in names:
-        explainer = make_explainer(name, loaded.model, layer, **options.get(name, {}))
-        if isinstance(loaded.model, torch.jit.ScriptModule) and hasattr(explainer, "layers"):
-            raise click.UsageError(
-                f"{name} reads a layer through hooks, which TorchScript models do not support; use a "
-                "gradient or perturbation method (see `whycam methods`), or load the model as module:function"
-            )
-        if needs_reference(explainer):
-            if reference is None:
-                raise click.UsageError(
-                    f"{name} answers against a reference group: pass --reference DIR|STATS "
-                    "(build statistics with `whycam reference build`)"
-                )
-            questions[name] = _fit_reference(explainer, reference, loaded, failures, batch_size)
-            if question is not None:
-                bank = getattr(explainer, "bank", None)
-                if bank is None:
-                    raise click.UsageError(
-                        f"--question needs per-class statistics as --reference; {reference} holds one group "
-                        "(build a bank with `whycam reference build --per-class`)"
-                    )
-                if versus is not None:
-                    versus = _bank_label(bank, versus, loaded)
-                questions[name] += f"; question: {question}" + (f" {versus}" if versus is not None else "")
-        explainers[name] = explainer
-    if question is not None and not questions:
-        raise click.UsageError("--question is DiffCAM's: add diffcam to --method")
-    image_names, shown, inputs = _read_images(images, loaded.preprocess, failures)
-    if not inputs:
-        raise click.UsageError("no readable image among the inputs; nothing to explain")
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = [{"image": n} for n in image_names]
-    with torch.no_grad():
-        probabilities = torch.cat(
-            [
-                loaded.model(torch.stack(inputs[i : i + batch_size])).softmax(1)
-                for i in range(0, len(inputs), batch_size)
-            ]
+    try:
+        runner = Runner(
+            loaded,
+            {name: options.get(name, {}) for name in names},
+            layer=layer,
+            reference=reference,
+            question=question,
+            versus=versus,
+            batch_size=batch_size,
         )
-    predictions = probabilities.argmax(1)
-    for record, p, prob in zip(records, predictions.tolist(), probabilities, strict=True):
-        record.update(prediction=p, prediction_name=loaded.class_name(p), probability=float(prob[p]), results=[])
-    targets = predictions if target_index is None else torch.full_like(predictions, target_index)
-    grid: dict[str, list] = {}
-    times: dict[str, float] = {}
-    bar = tqdm(total=len(inputs) * len(explainers), desc="explain", unit="map")
-    for method, explainer in explainers.items():
-        for start in range(0, len(inputs), batch_size):
-            batch = torch.stack(inputs[start : start + batch_size])
-            chunk = targets[start : start + batch_size]
-            try:
-                asked = question is not None and method in questions
-                labels = [_bank_label(explainer.bank, int(t), loaded) for t in chunk] if asked else None
-                clock = time.perf_counter()
-                maps = (
-                    _ask(explainer, question, batch, labels, versus)
-                    if asked
-                    else explainer(batch, chunk if explainer.needs_target else None)
-                )
-                seconds = (time.perf_counter() - clock) / len(batch)
-            except Exception as error:  # noqa: BLE001 (one failing batch must not lose the others)
-                failures.add(f"{method} on {', '.join(image_names[start : start + len(batch)])}", error)
-                bar.update(len(batch))
-                continue
-            times[method] = times.get(method, 0.0) + seconds * len(batch)
-            for offset, saliency in enumerate(maps):
-                i = start + offset
-                stem = f"{image_names[i]}_{method}"
-                np.save(out_dir / f"{stem}.npy", saliency.cpu().numpy().astype(np.float32))
-                title = (
-                    f"{method}: {question} {versus if question == 'why-not' else labels[offset]}"
-                    if asked
-                    else f"{method}: {loaded.class_name(int(chunk[offset]))}"
-                    if explainer.needs_target
-                    else method
-                )
-                save_png(out_dir / f"{stem}.png", overlay_figure(shown[i], saliency, title))
-                records[i]["results"].append(
-                    {
-                        "method": method,
-                        "layer": layer if hasattr(explainer, "layers") else None,
-                        "target": int(chunk[offset]) if explainer.needs_target else None,
-                        "target_name": loaded.class_name(int(chunk[offset])) if explainer.needs_target else None,
-                        "reference": questions.get(method),
-                        "question": [question, versus if question == "why-not" else labels[offset]] if asked else None,
-                        "time_s": seconds,
-                        "overlay": f"{stem}.png",
-                        "map": f"{stem}.npy",
-                    }
-                )
-                grid.setdefault(method, [None] * len(inputs))[i] = saliency
-            bar.update(len(batch))
-    bar.close()
-    summary = {
-        "model": loaded.name,
-        "layer": layer,
-        "methods": names,
-        "images": records,
-        "failures": failures.items,
-    }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        result = runner.explain(list(images), target_index, progress=True)
+    except WhycamError as error:
+        raise click.UsageError(str(error)) from None
+    for method, layers in result.layers.items():
+        if layers:
+            click.echo(f"{method}: layer {', '.join(layers)}", err=True)
+    paths = write_explain(result, out, report=report)
     if report:
-        _explain_report(out_dir / "report.html", loaded, image_names, shown, grid, times, records, questions, failures)
-        click.echo(str(out_dir / "report.html"))
-    click.echo(f"wrote {out_dir / 'summary.json'}")
-    failures.exit(ctx)
-
-
-def _explain_report(path, loaded, image_names, shown, grid, times, records, questions, failures) -> None:
-    from .report import Report
-    from .viz import grid_figure
-
-    report = Report(f"whycam: {loaded.name}")
-    complete = {m: maps for m, maps in grid.items() if all(x is not None for x in maps)}
-    rows = [f"{n}\n{r['prediction_name']} ({r['probability']:.2f})" for n, r in zip(image_names, records, strict=True)]
-    if complete:
-        notes = {m: f"{times[m] / len(shown) * 1000:.0f} ms/img" for m in complete}
-        report.figure(
-            grid_figure(shown, complete, row_titles=rows, column_notes=notes),
-            "Images down, methods across; time per image under each method.",
-        )
-    for method, question in questions.items():
-        report.paragraph(f"{method}: reference group = {question}.")
-    report.table(
-        [{"image": r["image"], "prediction": r["prediction_name"], "probability": r["probability"]} for r in records]
-    )
-    if failures.items:
-        report.heading("Inputs that failed")
-        report.table(failures.items)
-    report.save(path)
+        click.echo(str(paths["report"]))
+    click.echo(f"wrote {paths['summary']}")
+    _exit_with_failures(ctx, result.failures)
 
 
 @main.group()
@@ -657,7 +481,7 @@ def _evaluate_command(
     failures = Failures()
     loaded = _load_model(model_spec, weights, download, device)
     layer = _check_layer(loaded, layer)
-    options = _method_options(option_items, method_names, loaded.model, layer)
+    options = _method_options(option_items, method_names, loaded.model)
     metric_names = [m.strip() for m in metric_text.split(",") if m.strip()]
     names, shown, inputs, masks, labels, boxes = _dataset_tensors(dataset, loaded, failures)
     # the box metrics match the map's box with each object's box; the rest read the mask (their union)

@@ -28,12 +28,14 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from .errors import InputError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 
 ImageSource = str | Path | Image.Image | np.ndarray | Tensor
 
 
-class ImageReadError(OSError):
+class ImageReadError(InputError, OSError):
     """An image file that does not exist, is not an image, or is damaged."""
 
     def __init__(self, path: str | Path, reason: str):
@@ -42,7 +44,7 @@ class ImageReadError(OSError):
         super().__init__(f"cannot read image {self.path}: {reason}")
 
 
-class NoImagesError(ValueError):
+class NoImagesError(InputError, ValueError):
     """A folder (or a list of paths) that holds no image file."""
 
 

@@ -109,7 +109,7 @@ def run(out: Path, quick: bool = False) -> Path:
         clock = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if callable(getattr(explainer, "fit", None)):
+            if explainer.needs_reference:
                 explainer.fit(texture_references(loaded.preprocess))
             torch.manual_seed(0)
             maps[name] = explainer(inputs, top.indices if explainer.needs_target else None)

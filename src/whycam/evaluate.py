@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .methods.base import Explainer
 from .methods.base import methods as registered_methods
+from .methods.factory import create, method_class
 
 LOCALISATION = (
     "auprc",
@@ -58,34 +59,10 @@ DEFAULT_METRICS = (
 
 
 def make_explainer(name: str, model: nn.Module, layer: str | None = None, **options) -> Explainer:
-    """A registered method by name, given ``layer`` and those ``options`` its constructor accepts."""
-    registry = registered_methods()
-    if name not in registry:
-        raise KeyError(f"unknown method {name!r}; registered: {', '.join(registry)}")
-    cls = registry[name]
-    accepted = constructor_options(cls)
-    kwargs = {k: v for k, v in options.items() if k in accepted}
-    if "layer" in accepted and layer is not None:
-        kwargs["layer"] = layer
-    return cls(model, **kwargs)
-
-
-def constructor_options(cls: type) -> set[str]:
-    """The keyword names an explainer class accepts, following ``**options`` up to its bases."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass) or klass is object:
-            continue
-        parameters = inspect.signature(klass.__init__).parameters.values()
-        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            break
-    return names - {"self", "model"}
-
-
-def needs_reference(explainer: Explainer) -> bool:
-    """Whether an explainer answers against a reference group (it has ``fit``: DiffCAM)."""
-    return callable(getattr(explainer, "fit", None))
+    """``create(name, model, **options)``, given ``layer`` when the method declares ``needs_layer``."""
+    if layer is not None and method_class(name).needs_layer:
+        options = {"layer": layer, **options}
+    return create(name, model, **options)
 
 
 def metric_functions(names: Sequence[str]) -> dict[str, object]:
@@ -402,7 +379,7 @@ def _explainer(
     """A registered method, fitted on ``reference`` (or on ``images``) if it needs a reference group."""
     settings = dict(options.get(name, {}))
     explainer = make_explainer(name, model, settings.pop("layer", layer), **settings)
-    if needs_reference(explainer):
+    if explainer.needs_reference:
         if reference is None:
             evaluation.notes.append(
                 f"{name}: no reference group given; fitted on the evaluated images "

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import ModelError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -137,7 +139,7 @@ class LoadedModel:
         raise ValueError(f"unknown class {target!r}: give a class index or one of the model's class names{known}")
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(ModelError):
     """A model spec or weights file that cannot be loaded."""
 
 

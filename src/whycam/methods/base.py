@@ -117,7 +117,11 @@ class Explainer:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    needs_target: ClassVar[bool] = True
+    # declared capabilities, read by the run loop, the CLI and the reports (never guessed from attributes)
+    needs_target: ClassVar[bool] = True  # explains a class score: the call's target is used
+    needs_layer: ClassVar[bool] = False  # reads a layer through hooks: takes ``layer=``, not TorchScript
+    uses_gradient: ClassVar[bool] = False  # back-propagates through the model
+    needs_reference: ClassVar[bool] = False  # answers against a reference group: ``fit`` it first
 
     def __init__(self, model: nn.Module, *, output: OutputSelector = None):
         if not isinstance(model, nn.Module):
@@ -146,6 +150,10 @@ class Explainer:
 
     def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
         raise NotImplementedError
+
+    def used_layers(self) -> list[str]:
+        """The dotted names of the layers explained, once resolved (empty for pixel methods)."""
+        return []
 
     def forward(self, images: Tensor) -> Tensor:
         """The model's selected output for ``images`` (NaN and infinity refused)."""
@@ -177,6 +185,7 @@ class CAMExplainer(Explainer):
     """
 
     uses_gradient: ClassVar[bool] = True
+    needs_layer: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -197,6 +206,9 @@ class CAMExplainer(Explainer):
             with preserved(self.model):
                 self._layers = resolve_layers(self.model, self.layer, images)
         return self._layers
+
+    def used_layers(self) -> list[str]:
+        return [] if self._layers is None else [name for name, _ in self._layers]
 
     def spatial(self, activation: Tensor, images: Tensor) -> Tensor:
         """A layer's output as (B, K, h, w)."""
