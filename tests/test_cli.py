@@ -19,7 +19,7 @@ from PIL import Image
 
 import whycam
 from whycam.cli import main
-from whycam.runs import read_inputs, unique_names
+from whycam.inputs import read_inputs, unique_names
 
 TINY = f"{Path(__file__).parent / 'tiny_model.py'}:make"
 SRC = str(Path(whycam.__file__).resolve().parent.parent)
@@ -508,7 +508,7 @@ def test_method_options_reach_the_method_and_bad_ones_stop_the_command(photos, t
 def test_a_voc_dataset_gives_the_box_metrics_every_object_of_the_class(tmp_path):
     """Each image's boxes of the explained class reach the box metrics as (N, M, 4), moved by the
     model's preprocessing and padded with empty boxes; the other metrics read their union as a mask."""
-    from whycam.cli import Failures, _dataset_tensors
+    from whycam.inputs import read_ground_truth
 
     root = tmp_path / "voc"
     root.mkdir()
@@ -528,7 +528,8 @@ def test_a_voc_dataset_gives_the_box_metrics_every_object_of_the_class(tmp_path)
             + "</annotation>"
         )
     loaded = whycam.models.load_model(TINY)  # 64 px images become 32 px inputs
-    names, _, _, masks, labels, boxes = _dataset_tensors(str(root), loaded, Failures())
+    truth = read_ground_truth(str(root), loaded, [])
+    names, masks, labels, boxes = truth.names, truth.masks, truth.labels, truth.boxes
     assert names == ["a", "b"] and labels == [2, 0]  # cat, ant
     assert boxes.tolist() == [[[2, 2, 10, 10], [20, 20, 30, 30]], [[5, 5, 15, 15], [0, 0, 0, 0]]]
     assert masks[0].sum() == 64 + 100 and masks[1].sum() == 100 and not masks[0, 0, 0]

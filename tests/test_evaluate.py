@@ -9,8 +9,21 @@ import pytest
 import torch
 
 import whycam
-from whycam.evaluate import make_explainer
+from whycam.evaluate import evaluate
 from whycam.methods.factory import constructor_options
+
+
+class Fixed(whycam.Explainer):
+    """An explainer that answers every batch with the same maps (an oracle, or a blank)."""
+
+    needs_target = False
+
+    def __init__(self, model, maps):
+        super().__init__(model)
+        self.maps = maps
+
+    def attribute(self, images, target):
+        return [self.maps[: len(images)]]
 
 
 @pytest.fixture
@@ -30,10 +43,7 @@ def test_a_perfect_map_scores_the_maximum_and_the_table_marks_it(task, tmp_path)
     from whycam.evaluate import evaluate
 
     model, images, masks = task
-    methods = {
-        "oracle": lambda batch, target: masks.float(),
-        "blank": lambda batch, target: torch.zeros(6, 32, 32),
-    }
+    methods = {"oracle": Fixed(model, masks.float()), "blank": Fixed(model, torch.zeros(6, 32, 32))}
     result = evaluate(
         model,
         images,
@@ -87,22 +97,60 @@ def test_unknown_names_are_refused(task):
     from whycam.evaluate import evaluate
 
     model, images, masks = task
-    with pytest.raises(KeyError, match="unknown metric"):
-        evaluate(model, images, methods=["gradcam"], metrics=["nosuch"], truth=masks, progress=False)
+    with pytest.raises(whycam.UsageError, match="unknown metric 'auprk' \\(closest: auprc\\)"):
+        evaluate(model, images, methods=["gradcam"], metrics=["auprk"], truth=masks, progress=False)
     with pytest.raises(whycam.UsageError, match="unknown method 'nosuch'"):
-        make_explainer("nosuch", model)
+        evaluate(model, images, methods=["nosuch"], metrics=["auprc"], truth=masks, progress=False)
 
 
 def test_options_reach_only_the_constructors_that_take_them(task):
-    import whycam
-
-    model, _, _ = task
+    model, images, _ = task
     assert {"layer", "output", "reshape", "classifier"} <= constructor_options(whycam.CAM)
-    explainer = make_explainer("cam", model, "features", classifier="classifier")
+    explainer = whycam.create("cam", model, layer="features", classifier="classifier")
     assert explainer.classifier == "classifier" and explainer.layer == "features"
-    assert make_explainer("saliency", model, "features").needs_layer is False  # the layer only where declared
     with pytest.raises(whycam.UsageError, match="cam has no option 'unrelated'; its options: classifier, layer"):
-        make_explainer("cam", model, "features", unrelated=3)  # refused, never dropped silently
+        evaluate(model, images, methods={"cam": {"unrelated": 3}}, metrics=["deletion"], progress=False)
+
+
+def test_evaluate_leaves_the_model_and_the_random_state_as_they_were(task):
+    """The caller's model stays in training mode (explained in eval mode all the same) and the global
+    random generator is not reseeded."""
+    model, images, masks = task
+    model.train()
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    result = evaluate(model, images, methods=["gradcam"], metrics=["auprc"], truth=masks, progress=False, keep_maps=6)
+    assert torch.equal(torch.rand(4), expected)
+    assert model.training and all(module.training for module in model.modules())
+    model.eval()
+    assert torch.equal(result.maps["gradcam"], whycam.GradCAM(model)(images))
+
+
+def test_evaluate_predicts_through_the_output_selector(task):
+    model, images, masks = task
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            return {"flipped": -self.net(x), "logits": self.net(x)}
+
+    labels = model(images).argmax(1)
+    result = evaluate(
+        TwoHeads().eval(),
+        images,
+        methods=["saliency"],
+        metrics=["auprc"],
+        truth=masks,
+        labels=labels,
+        output="flipped",
+        progress=False,
+    )
+    assert result.accuracy == (labels == (-model(images)).argmax(1)).double().mean().item() < 1
+    assert [row["target"] for row in result.rows] == (-model(images)).argmax(1).tolist()
 
 
 def test_score_maps_gives_each_metric_its_own_truth_options_and_images(task):

@@ -163,6 +163,17 @@ class Explainer:
         return f"{type(self).__name__}({type(self.model).__name__})"
 
 
+class FunctionExplainer(Explainer):
+    """A plain function ``f(images, target) -> (B, H, W)`` as an explainer; its maps are taken as they are."""
+
+    def __init__(self, model: nn.Module, function: Callable[[Tensor, Target], Tensor]):
+        super().__init__(model)
+        self.function = function
+
+    def __call__(self, images: Tensor, target: Target = None, *, raw: bool = False) -> Tensor:
+        return self.function(images, target).detach()
+
+
 @dataclass
 class LayerPass:
     """What one forward pass through the tapped model gives a CAM method for one layer."""

@@ -26,6 +26,7 @@ from ..taps import preserved
 from ..targets import OutputSelector, Target, select_output, target_classes
 from .imputation import impute, noise_fields
 from .ranks import pixel_ranks
+from .registry import metric
 from .result import MetricResult
 
 Transform = Callable[[Tensor], Tensor]
@@ -111,6 +112,7 @@ def _run(
     return torch.cat(scores).view(count, steps), accuracy
 
 
+@metric("faithfulness")
 def road(
     model: nn.Module,
     images: Tensor,
@@ -227,6 +229,7 @@ def _reveal(
     )
 
 
+@metric("faithfulness", higher_is_better=False)
 def deletion(
     model: nn.Module,
     images: Tensor,
@@ -252,6 +255,7 @@ def deletion(
     return _reveal(model, images, maps, targets, images, end, "deletion", False, steps, score, batch_size, output, seed)
 
 
+@metric("faithfulness")
 def insertion(
     model: nn.Module,
     images: Tensor,
@@ -313,6 +317,7 @@ def _masked_scores(
     return scorer.original, explained[:, 0]
 
 
+@metric("faithfulness", higher_is_better=False)
 def average_drop(
     model: nn.Module,
     images: Tensor,
@@ -348,6 +353,7 @@ def average_drop(
     )
 
 
+@metric("faithfulness")
 def increase_in_confidence(
     model: nn.Module,
     images: Tensor,
