@@ -350,6 +350,63 @@ def test_sanity_writes_verdict_and_figure(photos, tmp_path):
         figure.load()
 
 
+def test_sanity_of_diffcam_refits_its_reference_on_each_randomised_model(photos, tmp_path):
+    """`whycam sanity --method diffcam --reference DIR` runs (it used to crash with exit 1), and gives the
+    numbers of sanity_check on a DiffCAM refitted on the reference for each randomised copy."""
+    refs = _reference_folder(tmp_path)
+    out = tmp_path / "sanity"
+    result = invoke("sanity", photos, "--model", TINY, "--method", "diffcam", "--reference", refs, "--out", out)
+    assert result.returncode == 0, result.stderr
+    loaded = whycam.models.load_model(TINY)
+    _, inputs = _read([photos], loaded.preprocess)
+    references = torch.stack(_read([refs], loaded.preprocess)[1])
+    expected = whycam.metrics.sanity_check(
+        lambda model: whycam.DiffCAM(model, "features").fit(references), loaded.model, torch.stack(inputs)
+    )
+    data = json.loads((out / "sanity.json").read_text())["diffcam"]
+    assert data["spearman_after_full_randomisation"] == pytest.approx(expected["cascading"].value, abs=1e-6)
+    assert invoke("sanity", photos, "--model", TINY, "--method", "diffcam", "--out", out).returncode == 2
+
+
+def test_smoothgrad_wraps_a_method_named_by_an_option_and_the_layer_is_reported(photos, tmp_path):
+    out = tmp_path / "o"
+    options = ["--option", "smoothgrad.explainer=gradcam", "--option", "smoothgrad.samples=2"]
+    result = invoke("explain", photos, "--model", TINY, "--method", "smoothgrad", *options, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "smoothgrad: layer features" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"][0]["results"][0]["layer"] == "features"
+    loaded = whycam.models.load_model(TINY)
+    names, inputs = _read([photos], loaded.preprocess)
+    x = torch.stack(inputs)
+    expected = whycam.SmoothGrad(whycam.GradCAM(loaded.model, "features"), samples=2)(x, loaded.model(x).argmax(1))
+    assert np.allclose(np.load(out / f"{names[0]}_smoothgrad.npy"), expected[0].numpy(), atol=1e-6)
+
+
+def test_the_automatic_layer_is_recorded_and_reported(photos, tmp_path):
+    """A model with no layer of its own: the layer chosen automatically is written (not null) and said."""
+    spec = f"{Path(__file__).parent / 'tiny_model.py'}:no_layer"
+    result = invoke("explain", photos, "--model", spec, "--method", "gradcam,saliency", "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["layer"] == "features" and summary["layers"] == {"gradcam": ["features"], "saliency": []}
+    assert summary["images"][0]["results"][0]["layer"] == "features"
+    assert summary["images"][0]["results"][1]["layer"] is None
+    assert "gradcam: layer features" in result.stderr
+
+
+def test_a_crash_has_its_own_exit_code(photos, tmp_path, monkeypatch):
+    """A bug (an exception that is not a WhycamError) exits 3 with its traceback: never 1, which means
+    "some inputs failed, the rest written"."""
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(whycam.cli, "write_explain", broken)
+    result = invoke("explain", photos, "--model", TINY, "--out", tmp_path / "o")
+    assert result.returncode == 3 and "ZeroDivisionError: a bug" in result.stderr and "crashed" in result.stderr
+
+
 def test_benchmark_runs_every_registered_method(tmp_path):
     out = tmp_path / "bench"
     result = invoke(

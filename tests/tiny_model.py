@@ -22,6 +22,13 @@ def make() -> LoadedModel:
     return LoadedModel(model.eval(), preprocess, ["ant", "bee", "cat", "dog"], "features", "tiny")
 
 
+def no_layer() -> LoadedModel:
+    """The same model without a layer of its own: the layer methods choose one automatically."""
+    loaded = make()
+    loaded.layer = None
+    return loaded
+
+
 def plain() -> nn.Module:
     """The same network as a bare module (default preprocessing)."""
     return make().model
