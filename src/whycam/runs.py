@@ -48,41 +48,18 @@ MethodSpec = str | Sequence[str] | Mapping[str, Mapping[str, object]]
 
 
 @dataclass
-class BatchResult:
-    """One batch through every method.
+class Explained:
+    """What a run gives for its rows (one batch, or every batch together).
 
-    ``maps[m]``: (B, H, W) float32 in [0, 1] on the CPU, for each method m that succeeded;
-    ``raw[m]``: the signed maps at the method's resolution (with ``keep_raw``); ``predictions``,
-    ``probabilities``: the predicted class and its softmax probability (None when the selected
-    output is not (B, classes)); ``targets``: the classes explained (None for a callable target);
-    ``layers[m]``: the layers method m read; ``seconds[m]``: its time for the batch;
-    ``asked[m]``: per image, the bank label DiffCAM's question was asked against.
+    ``maps[m]``: (B, H, W) float32 in [0, 1] on the CPU for method m; ``raw[m]``: the signed maps at
+    the method's resolution (with ``keep_raw``); ``predictions``, ``probabilities``: the predicted
+    class and its softmax probability (None when the selected output is not (B, classes));
+    ``targets``: the classes explained (None for a callable target); ``layers[m]``: the layers
+    method m read; ``asked[m]``: per image, the bank label DiffCAM's question was asked against;
+    ``failures``: unreadable files and failed method batches; ``display``: the images the maps are
+    drawn on (files only).
     """
 
-    ids: list[str]
-    maps: dict[str, Tensor] = field(default_factory=dict)
-    raw: dict[str, Tensor] = field(default_factory=dict)
-    predictions: Tensor | None = None
-    probabilities: Tensor | None = None
-    targets: Tensor | None = None
-    layers: dict[str, list[str]] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-    asked: dict[str, list[object]] = field(default_factory=dict)
-    failures: list[Failure] = field(default_factory=list)
-    display: list[Tensor] | None = None
-    labels: object = None
-
-
-@dataclass
-class ExplainResult:
-    """Every batch of a run together; rows follow ``ids``.
-
-    ``maps[m]`` (N, H, W) float32, NaN rows where method m failed (``ok(m)`` says which rows hold
-    a map); ``seconds[m]`` (N,) the time per image; ``references[m]`` describes the reference group
-    of a DiffCAM-like method; ``failures`` holds unreadable files and failed method batches.
-    """
-
-    methods: list[str]
     ids: list[str] = field(default_factory=list)
     maps: dict[str, Tensor] = field(default_factory=dict)
     raw: dict[str, Tensor] = field(default_factory=dict)
@@ -90,10 +67,31 @@ class ExplainResult:
     probabilities: Tensor | None = None
     targets: Tensor | None = None
     layers: dict[str, list[str]] = field(default_factory=dict)
-    seconds: dict[str, Tensor] = field(default_factory=dict)
     asked: dict[str, list[object]] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     display: list[Tensor] | None = None
+
+
+@dataclass
+class BatchResult(Explained):
+    """One batch through every method: a map for each method that succeeded on it, ``seconds[m]``
+    its time for the batch, ``labels`` those the batch came with (a DataLoader's)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    labels: object = None
+
+
+@dataclass
+class ExplainResult(Explained):
+    """Every batch of a run together; rows follow ``ids``.
+
+    ``maps[m]`` (N, H, W), NaN rows where method m failed (``ok(m)`` says which rows hold a map);
+    ``seconds[m]`` (N,) the time per image; ``references[m]`` describes the reference group of a
+    DiffCAM-like method; ``needs_target[m]`` the method's declared capability.
+    """
+
+    methods: list[str] = field(default_factory=list)
+    seconds: dict[str, Tensor] = field(default_factory=dict)
     references: dict[str, str] = field(default_factory=dict)
     needs_target: dict[str, bool] = field(default_factory=dict)
     question: str | None = None
@@ -384,7 +382,7 @@ class Runner:
         """``BatchResult``s as one ``ExplainResult`` (the rows of a failed method are NaN)."""
         names = list(self.explainers)
         result = ExplainResult(
-            names,
+            methods=names,
             ids=[i for batch in batches for i in batch.ids],
             failures=[*self.failures, *(f for batch in batches for f in batch.failures)],
             references=dict(self.references),
