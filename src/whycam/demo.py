@@ -59,7 +59,7 @@ SKIPPED = {
 
 
 def _skimage(name: str) -> torch.Tensor:
-    import skimage.data  # the demo's optional dependency (pip install whycam[demo])
+    import skimage.data  # noqa: PLC0415 (the demo's optional dependency: whycam[demo])
 
     return to_tensor(getattr(skimage.data, name)())
 

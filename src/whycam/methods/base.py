@@ -40,7 +40,7 @@ def register(cls: type[Explainer]) -> type[Explainer]:
 
 def methods() -> dict[str, type[Explainer]]:
     """Every registered explainer, by name (``"gradcam"``, ``"scorecam"``, ``"diffcam"``, ...)."""
-    from .. import methods as _families  # noqa: F401  (importing the families registers them)
+    from .. import methods as _families  # noqa: F401, PLC0415 (the families import this module; importing them registers them)
 
     return dict(sorted(_REGISTRY.items()))
 
@@ -179,11 +179,9 @@ class LayerPass:
     """What one forward pass through the tapped model gives a CAM method for one layer."""
 
     images: Tensor
-    output: Tensor
     scores: Tensor | None
     classes: Tensor | None
     target: Target
-    name: str
     module: nn.Module
 
 
@@ -238,12 +236,10 @@ class CAMExplainer(Explainer):
                 torch.autograd.grad(scores.sum(), activations) if self.uses_gradient else [None] * len(activations)
             )
         maps = []
-        for (name, module), act, grad in zip(layers, activations, gradients, strict=True):
+        for (_, module), act, grad in zip(layers, activations, gradients, strict=True):
             act = self.spatial(act.detach(), images)
             grad = None if grad is None else self.spatial(grad, images)
-            step = LayerPass(
-                images, output.detach(), None if scores is None else scores.detach(), classes, target, name, module
-            )
+            step = LayerPass(images, None if scores is None else scores.detach(), classes, target, module)
             maps.append(self.layer_map(act, grad, step))
         return maps
 

@@ -19,11 +19,11 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
-from torchvision.transforms.v2.functional import gaussian_blur
 
 from ..methods.base import check_images, positive_int
+from ..methods.baselines import blur
 from ..taps import preserved
-from ..targets import OutputSelector, Target, select_output, target_classes
+from ..targets import OutputSelector, Target, callable_scores, select_output, target_classes
 from .imputation import impute, noise_fields
 from .ranks import pixel_ranks
 from .registry import metric
@@ -62,10 +62,7 @@ class _Scorer:
 
     def _select(self, output: Tensor, index: Tensor) -> tuple[Tensor, Tensor | None]:
         if self.classes is None:
-            scores = self.target(output)  # type: ignore[operator]
-            if not isinstance(scores, Tensor) or scores.shape != (output.shape[0],):
-                raise ValueError(f"a callable target must return one score per image, shape ({output.shape[0]},)")
-            return scores.float(), None
+            return callable_scores(self.target, output).float(), None
         classes = self.classes[index]
         return output.gather(1, classes[:, None])[:, 0], (output.argmax(1) == classes).float()
 
@@ -278,9 +275,7 @@ def insertion(
     images, maps = _inputs(model, images, maps)
     if blur_sigma <= 0:
         raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
-    size = 2 * math.ceil(3 * blur_sigma) + 1
-    size = min(size, 2 * ((min(images.shape[-2:]) - 1) // 2) + 1)
-    blurred = gaussian_blur(images, [size, size], [blur_sigma, blur_sigma])
+    blurred = blur(images, blur_sigma)
     return _reveal(
         model, images, maps, targets, blurred, images, "insertion", True, steps, score, batch_size, output, seed
     )
