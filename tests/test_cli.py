@@ -616,3 +616,74 @@ def test_device_option_moves_the_model_and_refuses_what_is_not_there(photos, tmp
         dataset = _mask_dataset(tmp_path)
         result = invoke("evaluate", dataset, "--model", TINY, "--device", "cuda", "--out", tmp_path / "e")
         assert result.returncode == 2 and "cuda is not available" in result.stderr and "--device cpu" in result.stderr
+
+
+def test_explain_and_evaluate_write_the_same_files_as_before(photos, tmp_path):
+    """The files of `explain` and `evaluate` on the run loop are those the commands wrote before it:
+    the same names and keys, each `.npy` the map of the explainer called directly on the batch, each
+    per-image score the metric called directly on those maps."""
+    refs = _reference_folder(tmp_path)
+    out = tmp_path / "explain"
+    methods = "gradcam,eigencam,saliency,diffcam"
+    result = invoke("explain", photos, "--model", TINY, "--method", methods, "--reference", refs, "--out", out)
+    assert result.returncode == 0, result.stderr
+    loaded = whycam.models.load_model(TINY)
+    names, inputs = _read([photos], loaded.preprocess)
+    x, model = torch.stack(inputs), loaded.model
+    predicted = model(x).argmax(1)
+    expected = {
+        "gradcam": whycam.GradCAM(model, "features")(x, predicted),
+        "eigencam": whycam.EigenCAM(model, "features")(x),
+        "saliency": whycam.Saliency(model)(x, predicted),
+        "diffcam": whycam.DiffCAM(model, "features").fit(torch.stack(_read([refs], loaded.preprocess)[1]))(x),
+    }
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(p.name for p in out.glob("*.npy")) == sorted(f"{n}_{m}.npy" for n in names for m in expected)
+    for i, (name, record) in enumerate(zip(names, summary["images"], strict=True)):
+        assert set(record) == {"image", "prediction", "prediction_name", "probability", "results"}
+        assert record["prediction"] == int(predicted[i])
+        for item in record["results"]:
+            assert set(item) == {
+                "method",
+                "layer",
+                "target",
+                "target_name",
+                "reference",
+                "question",
+                "time_s",
+                "overlay",
+                "map",
+            }
+            saliency = np.load(out / f"{name}_{item['method']}.npy")
+            assert np.allclose(saliency, expected[item["method"]][i].numpy(), atol=1e-6), (name, item["method"])
+    dataset = _mask_dataset(tmp_path)
+    out = tmp_path / "evaluate"
+    metric_names = ["auprc", "pointing_game", "deletion"]
+    result = invoke(
+        "evaluate", dataset, "--model", TINY, "--method", "gradcam", "--metrics", ",".join(metric_names), "--out", out
+    )
+    assert result.returncode == 0, result.stderr
+    truth = whycam.inputs.read_ground_truth(dataset, loaded, [])
+    targets = model(truth.inputs).argmax(1)
+    maps = whycam.GradCAM(model, "features")(truth.inputs, targets)
+    rows = json.loads((out / "results.json").read_text())["per_image"]
+    assert [row["image"] for row in rows] == truth.names and set(rows[0]) == {
+        "image",
+        "method",
+        "target",
+        "time_s",
+        *metric_names,
+    }
+    for name in metric_names:
+        function = getattr(whycam.metrics, name)
+        direct = function(model, truth.inputs, maps, targets) if name == "deletion" else function(maps, truth.masks)
+        assert np.allclose([row[name] for row in rows], direct.scores.double().numpy(), atol=1e-6, equal_nan=True), name
+    assert sorted(p.name for p in out.iterdir()) == [
+        "curve_deletion_accuracy.png",
+        "curve_deletion_score.png",
+        "per_image.csv",
+        "report.html",
+        "results.json",
+        "summary.csv",
+        "summary.md",
+    ]
