@@ -395,6 +395,19 @@ def test_the_automatic_layer_is_recorded_and_reported(photos, tmp_path):
     assert "gradcam: layer features" in result.stderr
 
 
+def test_predictions_go_through_the_output_selector(photos, tmp_path):
+    """A model returning a dict (the "logits" key is explained): the predictions read the same output
+    as the maps (the old code called .softmax on the dict and crashed)."""
+    spec = f"{Path(__file__).parent / 'tiny_model.py'}:dict_output"
+    result = invoke("explain", photos, "--model", spec, "--method", "gradcam", "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr
+    loaded = whycam.models.load_model(TINY)
+    names, inputs = _read([photos], loaded.preprocess)
+    predicted = loaded.model(torch.stack(inputs)).argmax(1).tolist()
+    records = json.loads((tmp_path / "o" / "summary.json").read_text())["images"]
+    assert [r["prediction"] for r in records] == predicted and [r["image"] for r in records] == names
+
+
 def test_a_crash_has_its_own_exit_code(photos, tmp_path, monkeypatch):
     """A bug (an exception that is not a WhycamError) exits 3 with its traceback: never 1, which means
     "some inputs failed, the rest written"."""

@@ -29,6 +29,25 @@ def no_layer() -> LoadedModel:
     return loaded
 
 
+class DictOutput(nn.Module):
+    """The tiny network with a Hugging Face-style output: ``{"logits": ..., "features": ...}``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return {"features": self.net.features(x), "logits": self.net(x)}
+
+
+def dict_output() -> LoadedModel:
+    """The same model returning a dict; the predictions must go through the output selector."""
+    loaded = make()
+    loaded.model = DictOutput(loaded.model).eval()
+    loaded.layer = "net.features"
+    return loaded
+
+
 def plain() -> nn.Module:
     """The same network as a bare module (default preprocessing)."""
     return make().model
