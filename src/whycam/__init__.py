@@ -22,11 +22,10 @@ from .methods.perturbation import RISE, MeaningfulPerturbation, Occlusion
 from .methods.score import AblationCAM, ScoreCAM
 from .models import load_model
 from .reference import ReferenceBank, ReferenceStats
-from .runs import BatchResult, ExplainResult, Runner, explain, iter_batches
+from .runs import BatchResult, ExplainResult, Runner, explain
 
 __all__ = [
     "BatchResult",
-    "iter_batches",
     "explain",
     "Runner",
     "ExplainResult",

@@ -2,7 +2,7 @@
 
 ``Runner(model, methods, ...)`` builds each explainer once (``create``), fits those that declare
 ``needs_reference`` (DiffCAM) on the reference group once, and ``explain_batch(images)`` runs one
-batch through every method. Everything else streams batches through it: ``iter_batches`` (for an
+batch through every method. Everything else streams batches through it: ``Runner.iter_batches`` (for an
 engine over a dataset), ``explain`` (the whole set, accumulated in an ``ExplainResult``),
 ``whycam.evaluate.evaluate`` (maps scored against ground truth) and the CLI.
 
@@ -422,19 +422,6 @@ def _model_device(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def iter_batches(
-    model: nn.Module | LoadedModel,
-    images: Images,
-    methods: MethodSpec = ("gradcam",),
-    *,
-    targets: Target = None,
-    progress: bool = False,
-    **options: object,
-) -> Iterator[BatchResult]:
-    """Stream ``images`` through ``Runner(model, methods, **options)``, one ``BatchResult`` per batch."""
-    yield from Runner(model, methods, **options).iter_batches(images, targets, progress=progress)
-
-
 def explain(
     model: nn.Module | LoadedModel,
     images: Images,
@@ -447,6 +434,6 @@ def explain(
     """Explain ``images`` (a tensor, files/folders, or a DataLoader) with every method: an ``ExplainResult``.
 
     ``options`` are ``Runner``'s (layer, output, preprocess, reference, question, versus, device,
-    classes, batch_size, keep_raw).
+    classes, batch_size, keep_raw, strict). To stream, hold the ``Runner`` and call ``iter_batches``.
     """
     return Runner(model, methods, **options).explain(images, targets, progress=progress)
