@@ -192,3 +192,54 @@ def test_score_maps_gives_each_metric_its_own_truth_options_and_images(task):
         "pointing_game": True,
         "average_drop": False,
     }
+
+
+STEPPED = ("deletion", "insertion")  # curve metrics, kept short here
+
+
+def test_every_metric_is_registered_with_its_kind_truth_and_direction(task):
+    """The registry's declarations agree with what each metric computes, and a new metric is one
+    decorated function."""
+    model, images, masks = task
+    maps = torch.rand(6, 32, 32, generator=torch.Generator().manual_seed(0))
+    targets = torch.zeros(6, dtype=torch.long)
+    registry = whycam.metrics.registry.metrics()
+    assert {"auprc", "road", "deletion", "max_box_accuracy", "energy_pointing_game"} <= set(registry)
+    for name, entry in registry.items():
+        assert entry.function is getattr(whycam.metrics, name)
+        if entry.faithfulness:
+            result = entry.function(model, images, maps, targets, **({"steps": 2} if name in STEPPED else {}))
+        else:
+            result = entry.function(maps, masks)
+        assert result.higher_is_better == entry.higher_is_better, name
+    assert registry["energy_pointing_game"].truth == "boxes" and registry["auprc"].truth == "mask"
+    with pytest.raises(ValueError, match="localisation metric reads one of"):
+        whycam.metrics.metric("localisation")
+
+
+def test_evaluate_routes_each_metric_its_declared_ground_truth(task):
+    """Given masks and boxes, the box metrics and the energy pointing game (Score-CAM: energy in the
+    box) read the boxes, the others the masks (the CLI used to give the energy pointing game masks,
+    the results benchmark boxes)."""
+    model, images, masks = task
+    boxes = torch.tensor([[[6.0, 2 + 2 * i, 26, 18 + 2 * i]] for i in range(6)])  # larger than the masks
+    result = evaluate(
+        model,
+        images,
+        methods=["gradcam"],
+        metrics=["auprc", "energy_pointing_game", "max_box_accuracy"],
+        masks=masks,
+        boxes=boxes,
+        progress=False,
+        keep_maps=6,
+    )
+    maps = result.maps["gradcam"]
+    expected = {
+        "auprc": whycam.metrics.auprc(maps, masks),
+        "energy_pointing_game": whycam.metrics.energy_pointing_game(maps, boxes),
+        "max_box_accuracy": whycam.metrics.max_box_accuracy(maps, boxes),
+    }
+    [summary] = result.summary
+    for name, value in expected.items():
+        assert summary[name][0] == pytest.approx(value.value), name
+    assert summary["energy_pointing_game"][0] != pytest.approx(whycam.metrics.energy_pointing_game(maps, masks).value)
