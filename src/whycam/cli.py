@@ -44,7 +44,8 @@ class WhycamGroup(click.Group):
         try:
             return super().invoke(ctx)
         except WhycamError as error:
-            raise click.UsageError(str(error), ctx) from None
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(EXIT_USAGE)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception:  # noqa: BLE001 (the crash exit code)
@@ -315,6 +316,8 @@ def reference_build(ctx, folders, model_spec, weights, download, device, layer, 
         diffcam.fit(batches)
     except ValueError as error:
         raise UsageError(f"cannot build the reference: {error}") from None
+    if diffcam.reference.count < 2:
+        raise UsageError("fewer than 2 images in the reference folders; nothing to summarise")
     stats = diffcam.bank if per_class else diffcam.reference
     path = stats.save(out)
     click.echo(f"wrote {path}: {stats!r}")
