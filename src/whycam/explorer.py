@@ -45,9 +45,10 @@ CURVES = ("deletion / insertion", "ROAD")
 class Source:
     """A model the page offers: how to load it, its example images, and its reference groups.
 
-    ``images``: name -> (3, H, W) image in [0, 1]. ``bank``: a per-class reference (images, labels)
-    or a saved bank, for DiffCAM's questions; ``group``: a reference group (images or statistics) and
-    ``group_images``: a few of its images, shown as thumbnails.
+    ``images``: name -> (3, H, W) image in [0, 1]. ``bank``: a per-class reference, model inputs and
+    labels ``(inputs, labels)`` or a saved bank, for DiffCAM's questions (``bank_images``: the same
+    images in [0, 1], for thumbnails); ``group``: a reference group (model inputs, statistics, or a
+    folder) and ``group_images``: a few of its images, shown as thumbnails.
     """
 
     load: Callable[[], LoadedModel]
@@ -56,6 +57,7 @@ class Source:
     group: object = None
     group_images: Sequence[Tensor] = ()
     group_name: str = ""
+    bank_images: Tensor | None = None
 
 
 @dataclass
@@ -156,9 +158,9 @@ class Explorer:
         source = self.sources[name]
         if question == "group" or source.bank is None:
             return list(source.group_images)[:6]
-        if not (isinstance(source.bank, tuple) and len(source.bank) == 2):
+        if source.bank_images is None:
             return []
-        images, labels = source.bank
+        images, labels = source.bank_images, source.bank[1]
         chosen = {"why": labels != target, "why-not": labels == versus, "unusual": labels == target}.get(question)
         if chosen is None or target is None:
             return []
@@ -306,7 +308,9 @@ def digits_source(per_class: int = 4) -> Source:
     for digit in range(10):
         for k, index in enumerate((labels == digit).nonzero()[:, 0][-per_class:].tolist()):
             shown[f"digit {digit} #{k + 1}"] = images[index]
-    return Source(lambda: load_model("digits-cnn"), shown, bank=(images, labels))
+    loaded = load_model("digits-cnn")
+    inputs = torch.stack([loaded.preprocess(image) for image in images])
+    return Source(lambda: loaded, shown, bank=(inputs, labels), bank_images=images)
 
 
 def folder_images(folder: str | Path, limit: int = 64) -> dict[str, Tensor]:
