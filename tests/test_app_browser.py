@@ -75,10 +75,10 @@ def overlay_pixels(page: Page, index: int) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
 
-def run_and_wait(page: Page, count: int) -> None:
+def run_and_wait(page: Page, count: int, status: str = "Class explained") -> None:
     page.locator("#run").click()
+    expect(page.locator("#status")).to_contain_text(status, timeout=TIMEOUT)
     expect(page.locator("#maps img")).to_have_count(count, timeout=TIMEOUT)
-    expect(page.locator("#status")).to_contain_text("Class explained", timeout=TIMEOUT)
 
 
 def choose_methods(page: Page, names: list[str]) -> None:
@@ -107,9 +107,7 @@ def test_explorer_session(browser_page: Page, tmp_path):
     page.locator("#versus input").fill("5")
     page.keyboard.press("Enter")
     expect(page.locator("#reference img").first).to_be_visible(timeout=TIMEOUT)
-    page.locator("#status").evaluate("node => node.innerText = ''")
-    run_and_wait(page, 3)
-    expect(page.locator("#status")).to_contain_text("why-not 5")
+    run_and_wait(page, 3, "why-not 5")
     why_not = overlay_pixels(page, 1)
     assert why.shape == why_not.shape and np.abs(why - why_not).max() > 30  # DiffCAM's map changed
 
