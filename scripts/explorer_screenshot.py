@@ -33,6 +33,7 @@ def main() -> None:
             browser = playwright.chromium.launch(executable_path=args.chromium, args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.set_default_timeout(300_000)
+            expect.set_options(timeout=300_000)
             page.goto(f"http://127.0.0.1:{port}/")
             page.locator("#examples img").first.click()
             expect(page.locator("#status")).to_contain_text("predicted")
