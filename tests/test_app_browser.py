@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not instal
 
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
-from whycam.app import launch  # noqa: E402
+from whycam.app import BROWSER_FLAGS, launch  # noqa: E402
 from whycam.explorer import Explorer, digits_source  # noqa: E402
 
 ARGS = [
@@ -53,7 +53,7 @@ def served():
 @pytest.fixture(scope="module")
 def browser_page(served):
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(TIMEOUT)
         page.console_errors, page.outside = [], []

@@ -28,6 +28,9 @@ import gradio as gr  # noqa: E402  (after switching analytics off)
 
 DEFAULT_METHODS = ("gradcam", "diffcam", "eigencam")
 SIGNS = {"evidence for": "positive", "evidence against": "negative", "both (signed)": "both"}
+PROGRESS = gr.Progress()  # Gradio gives each run its own tracker in place of this default
+# Headless Chromium on a machine with no internet (the browser tests and the README's screenshot).
+BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 CSS = "#maps .thumbnail-item { min-height: 220px } footer { display: none !important }"
 
 
@@ -92,7 +95,7 @@ class Page:
             f"{what}: predicted **{top[0][1]}** ({top[0][2]:.2f}). Choose methods and press *Explain*.",
         )
 
-    def explain(self, name, image, chosen, target, layer, sign, question, versus, opacity, progress=gr.Progress()):
+    def explain(self, name, image, chosen, target, layer, sign, question, versus, opacity, progress=PROGRESS):
         """Every chosen method's map of the image, side by side."""
         if image is None:
             return gr.skip(), None, "**Error:** pick or upload an image first."
@@ -192,7 +195,7 @@ def build(explorer: Explorer) -> gr.Blocks:
                     cancel = gr.Button("Cancel", elem_id="cancel")
                 opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity", elem_id="opacity")
                 status = gr.Markdown("Pick an example image or upload one.", elem_id="status")
-                maps = gr.Gallery(label="Maps", columns=3, height="auto", elem_id="maps")
+                maps = gr.Gallery(label="Maps", columns=3, height=360, object_fit="contain", elem_id="maps")
                 with gr.Row():
                     kind = gr.Radio(list(CURVES), value=CURVES[0], label="Faithfulness", elem_id="curve-kind")
                     plot_button = gr.Button("Plot curves", elem_id="plot")

@@ -112,6 +112,38 @@ class Explorer:
         textures), and the digits CNN on scikit-learn's digits (DiffCAM's three questions)."""
         return cls({"efficientnet-lite0": photo_source(), "digits-cnn": digits_source()})
 
+    @classmethod
+    def launched(
+        cls,
+        model: LoadedModel | None = None,
+        *,
+        images: str | Path | None = None,
+        reference: str | Path | None = None,
+        bank: str | Path | None = None,
+    ) -> Explorer:
+        """The demo models, and ``model`` (first) with DiffCAM's ``reference`` group (a folder of
+        images or a statistics file) and per-class ``bank`` file; ``images``: a folder of images
+        offered with ``model`` (or, without one, with every demo model)."""
+        if model is None and (reference is not None or bank is not None):
+            raise UsageError("--reference and --bank are the reference groups of --model: give --model too")
+        explorer = cls.demo()
+        extra = folder_images(images) if images is not None else {}
+        if model is None:
+            for source in explorer.sources.values():
+                source.images = {**extra, **source.images}
+            return explorer
+        source = Source(
+            lambda: model,
+            extra or explorer.sources["efficientnet-lite0"].images,
+            bank=None if bank is None else str(bank),
+            group=None if reference is None else str(reference),
+            group_images=list(folder_images(reference, limit=6).values())
+            if reference and Path(reference).is_dir()
+            else [],
+            group_name=str(reference or ""),
+        )
+        return cls({model.name or "model": source, **explorer.sources})
+
     # ------------------------------------------------------------------------------------- models
     def model(self, name: str) -> LoadedModel:
         """The loaded model ``name`` (loaded once)."""
