@@ -142,7 +142,8 @@ class Explorer:
             else [],
             group_name=str(reference or ""),
         )
-        return cls({model.name or "model": source, **explorer.sources})
+        name = model.name or "model"
+        return cls({name: source, **{key: other for key, other in explorer.sources.items() if key != name}})
 
     # ------------------------------------------------------------------------------------- models
     def model(self, name: str) -> LoadedModel:
