@@ -1,9 +1,9 @@
 """Take the README's screenshot of the explorer: the demo page in a typical session.
 
-EfficientNet-Lite0 on scikit-image's cat, Grad-CAM (evidence for and against), DiffCAM against
-plain textures and Eigen-CAM side by side, in Debian's Chromium driven by Playwright.
+EfficientNet-Lite0 on scikit-image's cat: Grad-CAM, DiffCAM against plain textures and Eigen-CAM
+side by side, with their deletion and insertion curves, in Debian's Chromium driven by Playwright.
 
-    python scripts/explorer_screenshot.py --out docs/explorer.png
+    python scripts/explorer_screenshot.py --out docs/explorer.jpg
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from whycam.explorer import Explorer
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/explorer.png")
+    parser.add_argument("--out", default="docs/explorer.jpg")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
     with socket.socket() as probe:
@@ -35,13 +35,12 @@ def main() -> None:
             page.goto(f"http://127.0.0.1:{port}/")
             page.locator("#examples img").first.click()
             expect(page.locator("#status")).to_contain_text("predicted")
-            page.locator("#sign").get_by_label("both (signed)").check()
             page.locator("#run").click()
             expect(page.locator("#status")).to_contain_text("Class explained")
             expect(page.locator("#maps img")).to_have_count(3)
             page.locator("#plot").click()
             expect(page.locator("#status")).to_contain_text("curves of")
-            page.screenshot(path=args.out, full_page=True)
+            page.screenshot(path=args.out, full_page=True, type="jpeg", quality=80)
             browser.close()
     finally:
         blocks.close()
