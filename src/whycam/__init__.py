@@ -9,6 +9,7 @@ from .methods.base import CAMExplainer, Explainer, methods, register
 from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from .methods.diffcam import DiffCAM
 from .methods.gradient import (
+    Deconvnet,
     GuidedBackprop,
     GuidedGradCAM,
     InputXGradient,
@@ -25,6 +26,7 @@ __all__ = [
     "AblationCAM",
     "CAM",
     "CAMExplainer",
+    "Deconvnet",
     "DiffCAM",
     "EigenCAM",
     "Explainer",

@@ -52,7 +52,8 @@ class DiffCAM(CAMExplainer):
     [0, 1] (default 0.5, chosen on the validation splits of docs/results.md; 1 = no whitening,
     w = z - mu up to scale), ``"ledoit-wolf"``, ``"oas"`` or ``("ridge", value)``. ``k``: use, for
     each image, only its k nearest references (keeps the reference embeddings, memory O(n K)).
-    The call's ``target`` is ignored: the reference group is the question (``why``, ``why_not``,
+    ``sign``: ``"negative"`` shows where the image resembles the reference group more than itself,
+    ``"both"`` the signed map (see ``whycam.methods.base``). The call's ``target`` is ignored: the reference group is the question (``why``, ``why_not``,
     ``unusual``, ``contrast`` pick it from a bank).
     """
 
@@ -71,13 +72,14 @@ class DiffCAM(CAMExplainer):
         shrinkage: Shrinkage = 0.5,
         k: int | None = None,
         reshape: Callable[[Tensor], Tensor] | None = None,
+        sign: str = "positive",
     ):
         if layer is not None and not isinstance(layer, (str, nn.Module)):
             raise ValueError(
                 "DiffCAM explains one layer (its statistics belong to that layer); "
                 "pass one name or module, or fit one DiffCAM per layer"
             )
-        super().__init__(model, layer, reshape=reshape)
+        super().__init__(model, layer, reshape=reshape, sign=sign)
         if not callable(embedding) and embedding not in EMBEDDINGS:
             raise ValueError(
                 f"embedding={embedding!r} is not one of {', '.join(EMBEDDINGS)} or a callable (B, K, h, w) -> (B, K)"
