@@ -8,6 +8,7 @@ from .layers import LayerNotFoundError
 from .methods.base import CAMExplainer, Explainer, methods, register
 from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from .methods.diffcam import DiffCAM
+from .methods.finer import FinerCAM, FinerTarget
 from .methods.gradient import (
     Deconvnet,
     GuidedBackprop,
@@ -17,8 +18,11 @@ from .methods.gradient import (
     Saliency,
     SmoothGrad,
 )
+from .methods.kpca import KPCACAM
+from .methods.legrad import LeGrad
 from .methods.perturbation import RISE, MeaningfulPerturbation, Occlusion
 from .methods.score import AblationCAM, ScoreCAM
+from .methods.shapley import ShapleyCAM
 from .models import load_model
 from .reference import ReferenceBank, ReferenceStats
 
@@ -30,6 +34,8 @@ __all__ = [
     "DiffCAM",
     "EigenCAM",
     "Explainer",
+    "FinerCAM",
+    "FinerTarget",
     "GradCAM",
     "GradCAMPlusPlus",
     "GuidedBackprop",
@@ -37,8 +43,10 @@ __all__ = [
     "HiResCAM",
     "InputXGradient",
     "IntegratedGradients",
+    "KPCACAM",
     "LayerCAM",
     "LayerNotFoundError",
+    "LeGrad",
     "MeaningfulPerturbation",
     "Occlusion",
     "RISE",
@@ -46,6 +54,7 @@ __all__ = [
     "ReferenceStats",
     "Saliency",
     "ScoreCAM",
+    "ShapleyCAM",
     "SmoothGrad",
     "XGradCAM",
     "__version__",

@@ -52,9 +52,10 @@ class DiffCAM(CAMExplainer):
     [0, 1] (default 0.5, chosen on the validation splits of docs/results.md; 1 = no whitening,
     w = z - mu up to scale), ``"ledoit-wolf"``, ``"oas"`` or ``("ridge", value)``. ``k``: use, for
     each image, only its k nearest references (keeps the reference embeddings, memory O(n K)).
-    ``sign``: ``"negative"`` shows where the image resembles the reference group more than itself,
-    ``"both"`` the signed map (see ``whycam.methods.base``). The call's ``target`` is ignored: the reference group is the question (``why``, ``why_not``,
-    ``unusual``, ``contrast`` pick it from a bank).
+    ``sign``: ``"negative"`` shows the cells whose features lie on the reference group's side of
+    the Fisher direction (evidence for the reference), ``"both"`` the signed map (see
+    ``whycam.methods.base``). The call's ``target`` is ignored: the reference group is the question
+    (``why``, ``why_not``, ``unusual``, ``contrast`` pick it from a bank).
     """
 
     name = "diffcam"
