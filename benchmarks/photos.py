@@ -88,8 +88,8 @@ def main() -> None:
 
     rows = []
     for name in whycam.methods():
-        if name in SKIPPED:
-            notes.append(f"{name}: not run ({SKIPPED[name]})")
+        if name in SKIPPED or getattr(whycam.methods()[name], "needs_attention", False):
+            notes.append(f"{name}: not run ({SKIPPED.get(name, 'it explains transformers; the model is a CNN')})")
             continue
         explainer = make_explainer(name, model, loaded.layer, **LIGHT.get(name, {}))
         if callable(getattr(explainer, "fit", None)):

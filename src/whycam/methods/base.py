@@ -15,6 +15,8 @@ Evidence against (the counterfactual explanations of the Grad-CAM paper): a CAM 
 says which part of its signed map M is shown. ``"positive"`` (the default): ReLU(M), min-max to
 [0, 1]. ``"negative"``: ReLU(-M), min-max to [0, 1], the evidence against the target. ``"both"``: M
 upsampled and divided by max |M| per image, in [-1, 1] with 0 kept at 0.
+Methods whose weights are never negative (Grad-CAM++, LayerCAM, Score-CAM) on post-ReLU
+activations find no evidence against: their negative map is 0.
 
 After a call, ``stride_`` holds the map's resolution in input pixels per map cell, (rows, columns),
 of the coarsest layer explained ((1.0, 1.0) for maps computed at input resolution): details finer

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -145,6 +146,7 @@ class LeGrad(Explainer):
     name = "legrad"
     summary = "LeGrad (ViT): positive gradients of each layer's prediction on its attention, averaged."
     uses_gradient = True
+    needs_attention: ClassVar[bool] = True  # explains transformers only
 
     def __init__(
         self,
