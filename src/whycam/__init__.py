@@ -23,6 +23,7 @@ from .methods.legrad import LeGrad
 from .methods.perturbation import RISE, MeaningfulPerturbation, Occlusion
 from .methods.score import AblationCAM, ScoreCAM
 from .methods.shapley import ShapleyCAM
+from .methods.visualize import visualize_class
 from .models import load_model
 from .reference import ReferenceBank, ReferenceStats
 
@@ -63,4 +64,5 @@ __all__ = [
     "methods",
     "metrics",
     "register",
+    "visualize_class",
 ]

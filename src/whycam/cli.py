@@ -1,4 +1,4 @@
-"""The ``whycam`` command: demo, explain, reference build/info, evaluate, sanity, methods, benchmark.
+"""The ``whycam`` command: demo, explain, reference build/info, evaluate, sanity, methods, benchmark, visualize.
 
 Exit codes: 0 everything worked; 1 some inputs failed (each reported by name) but every other
 result was written; 2 usage error (bad option, unknown method, model or layer, unusable reference,
@@ -900,6 +900,66 @@ def sanity(ctx, images, model_spec, weights, download, device, method_text, laye
     report.save(out_dir / "report.html")
     click.echo(f"wrote {out_dir / 'sanity.json'} and {out_dir / 'report.html'}")
     failures.exit(ctx)
+
+
+@main.command()
+@model_options
+@click.option("--class", "classes", multiple=True, required=True, help="Class index or name (repeat for several).")
+@click.option("--size", type=int, default=None, help="Image side in pixels; default: the model's input crop.")
+@click.option("--steps", default=200, show_default=True, help="Gradient-ascent steps.")
+@click.option("--lr", default=0.3, show_default=True, help="Ascent step size.")
+@click.option("--l2", default=0.05, show_default=True, help="lambda of the L2 penalty lambda ||I||^2.")
+@click.option("--jitter", default=0, show_default=True, help="Random shift (pixels) before each step.")
+@click.option("--blur", "blur_sigma", default=0.0, show_default=True, help="Gaussian blur sigma (0: none).")
+@click.option("--blur-every", default=4, show_default=True, help="Blur every N steps.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+def visualize(
+    model_spec, weights, download, device, classes, size, steps, lr, l2, jitter, blur_sigma, blur_every, seed, out
+) -> None:
+    """Class model visualisation: the image that maximises a class score (Simonyan et al., 2014).
+
+    Writes one PNG per class, named class_<index>_<name>.png: the optimum of S_c(I) - l2 ||I||^2
+    found by gradient ascent from the mean image, in the model's input space, shown with the
+    model's normalisation undone and stretched to the full grey/colour range.
+
+    \b
+    Example:
+      whycam visualize --model efficientnet-lite0 --class tabby --class 967 --jitter 8 --blur 1 --out out/vis
+    """
+    from .methods.visualize import displayable, visualize_class
+    from .viz import save_png
+
+    loaded = _load_model(model_spec, weights, download, device)
+    try:
+        indices = [loaded.class_index(c) for c in classes]
+    except (KeyError, ValueError) as error:
+        raise click.BadParameter(str(error), param_hint="--class") from None
+    preprocess = loaded.preprocess
+    side = (size, size) if size else tuple(preprocess.crop or (224, 224))
+    try:
+        images = visualize_class(
+            loaded.model,
+            indices,
+            size=side,
+            channels=preprocess.channels,
+            steps=steps,
+            lr=lr,
+            l2=l2,
+            jitter=jitter,
+            blur_sigma=blur_sigma,
+            blur_every=blur_every,
+            seed=seed,
+        )
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    pictures = displayable(images.cpu(), preprocess.mean, preprocess.std)
+    out_dir = Path(out)
+    for index, picture in zip(indices, pictures, strict=True):
+        array = (picture.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        name = "".join(ch if ch.isalnum() else "_" for ch in loaded.class_name(index))
+        path = save_png(out_dir / f"class_{index}_{name}.png", array)
+        click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":
