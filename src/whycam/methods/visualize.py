@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
-from ..targets import OutputSelector, Target, select_output, target_scores
 from ..taps import preserved
+from ..targets import OutputSelector, Target, select_output, target_scores
 from .base import positive_int
 
 
