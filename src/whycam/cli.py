@@ -808,6 +808,8 @@ def benchmark(
 ) -> None:
     """Run every registered method on a dataset with ground truth; write the table (Markdown, CSV).
 
+    Methods that explain transformers only (LeGrad) are left out: name them with whycam evaluate.
+
     \b
     Example:
       whycam benchmark data/masks/ --model digits-cnn --out out/benchmark
@@ -822,7 +824,7 @@ def benchmark(
         weights,
         download,
         device,
-        list(methods()),
+        [name for name, cls in methods().items() if not getattr(cls, "needs_attention", False)],
         metric_text or ",".join(DEFAULT_METRICS),
         layer,
         reference,
