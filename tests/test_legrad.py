@@ -104,3 +104,10 @@ def test_legrad_refuses_a_cnn_and_a_vit_without_a_known_head(images):
     model = timm_vit()
     with pytest.raises(ValueError, match="attention maps"):
         whycam.LeGrad(model, ["blocks.0.norm1"], score_projection=lambda t: t.mean(1)[:, :10])(images, 3)
+
+
+def test_legrad_takes_the_blocks_in_any_order(images):
+    model = timm_vit()
+    forward = whycam.LeGrad(model, ["blocks.1", "blocks.2"])(images, CLASSES, raw=True)
+    backward = whycam.LeGrad(model, ["blocks.2", "blocks.1"])(images, CLASSES, raw=True)
+    assert torch.allclose(forward, backward, atol=1e-7)

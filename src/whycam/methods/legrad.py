@@ -167,7 +167,8 @@ class LeGrad(Explainer):
 
     def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
         with preserved(self.model):
-            layers = resolve_layers(self.model, self.layer or transformer_blocks(self.model, images), images)
+            blocks = self.layer if self.layer is not None else transformer_blocks(self.model, images)
+            layers = resolve_layers(self.model, blocks, images)
         capture = AttentionCapture()
         tokens: dict[int, Tensor] = {}
         handles = []
@@ -175,7 +176,7 @@ class LeGrad(Explainer):
         def enter(index):
             def hook(module, args):
                 capture.block = index
-                if index == 0 and args and isinstance(args[0], Tensor):  # the graph starts here
+                if not torch.is_grad_enabled() and args and isinstance(args[0], Tensor):  # the graph starts here
                     torch.set_grad_enabled(True)
                     return (args[0].detach().requires_grad_(True), *args[1:])
                 return None
