@@ -135,8 +135,8 @@ def run(out: Path, quick: bool = False) -> Path:
         ("Gradient and perturbation methods", [n for n in maps if not _is_layer_method(registry[n])]),
     ]
     for title, names in families:
-        for start in range(0, len(names), 7):
-            part = names[start : start + 7]
+        for first in range(0, len(names), 7):
+            part = names[first : first + 7]
             report.figure(
                 grid_figure(
                     shown,
