@@ -16,12 +16,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .errors import UsageError
+
 LayerSpec = str | nn.Module | None
 
 _RESAMPLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample, nn.Identity, nn.Dropout)
 
 
-class LayerNotFoundError(ValueError):
+class LayerNotFoundError(UsageError):
     """A layer name that the model does not have."""
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -146,7 +145,7 @@ class LeGrad(Explainer):
     name = "legrad"
     summary = "LeGrad (ViT): positive gradients of each layer's prediction on its attention, averaged."
     uses_gradient = True
-    needs_attention: ClassVar[bool] = True  # explains transformers only
+    needs_attention = True  # its blocks are found by itself: it does not take the run's ``layer``
 
     def __init__(
         self,
@@ -158,6 +157,7 @@ class LeGrad(Explainer):
     ):
         super().__init__(model, **options)
         self.layer = layer
+        self._blocks: list[str] = []
         self.score_projection = score_projection or default_projection(model)
         if self.score_projection is None:
             raise ValueError(
@@ -165,13 +165,35 @@ class LeGrad(Explainer):
                 "(B, N, D) to class scores (B, classes)> (timm and torchvision ViTs are read automatically)"
             )
 
+    def used_layers(self) -> list[str]:
+        return list(self._blocks)
+
     def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
         with preserved(self.model):
             blocks = self.layer if self.layer is not None else transformer_blocks(self.model, images)
             layers = resolve_layers(self.model, blocks, images)
-        capture = AttentionCapture()
-        tokens: dict[int, Tensor] = {}
-        handles = []
+            self._blocks = [name for name, _ in layers]
+        capture, tokens = AttentionCapture(), {}
+        handles = self._hooks([module for _, module in layers], capture, tokens)
+        try:
+            with torch.no_grad(), capture:
+                output = self.forward(images)
+                pinned = pin_target(target, len(images), lambda: output.detach())
+                relevance = [
+                    self._relevance(name, capture.probabilities.get(index, []), tokens.get(index), pinned, index)
+                    for index, name in enumerate(self._blocks)
+                ]
+        finally:
+            for handle in handles:
+                handle.remove()
+        keys = torch.stack(relevance).mean(0)  # (B, N)
+        layout = token_layout(self.model, keys.shape[1], tuple(images.shape[-2:]))
+        return [keys[:, layout.prefix :].reshape(len(images), *layout.grid).detach()]
+
+    @staticmethod
+    def _hooks(blocks: list[nn.Module], capture: AttentionCapture, tokens: dict[int, Tensor]) -> list:
+        """Hooks that mark which block runs, start the graph at the first one to run, keep each
+        block's output tokens, and read ``nn.MultiheadAttention`` inside the blocks."""
 
         def enter(index):
             def hook(module, args):
@@ -190,33 +212,26 @@ class LeGrad(Explainer):
 
             return hook
 
-        try:
-            for index, (_, module) in enumerate(layers):
-                handles.append(module.register_forward_pre_hook(enter(index)))
-                handles.append(module.register_forward_hook(leave(index)))
-            for _, module in layers:
-                for attention in module.modules():
-                    if isinstance(attention, nn.MultiheadAttention):
-                        handles.append(attention.register_forward_hook(capture.multihead_hook, with_kwargs=True))
-            with torch.no_grad(), capture:
-                output = self.forward(images)
-                pinned = pin_target(target, len(images), lambda: output.detach())
-                relevance = []
-                for index, (name, _) in enumerate(layers):
-                    found = capture.probabilities.get(index, [])
-                    if len(found) != 1:
-                        raise ValueError(
-                            f"block {name!r} computed {len(found)} attention maps; LeGrad reads one per block, "
-                            "from F.scaled_dot_product_attention or nn.MultiheadAttention"
-                        )
-                    if index not in tokens or tokens[index].dim() != 3:
-                        raise ValueError(f"block {name!r} did not return tokens (B, N, D)")
-                    scores, _ = target_scores(self.score_projection(tokens[index]), pinned)
-                    (gradient,) = torch.autograd.grad(scores.sum(), found[0], retain_graph=index < len(layers) - 1)
-                    relevance.append(gradient.clamp(min=0).mean((1, 2)))
-        finally:
-            for handle in handles:
-                handle.remove()
-        keys = torch.stack(relevance).mean(0)  # (B, N)
-        layout = token_layout(self.model, keys.shape[1], tuple(images.shape[-2:]))
-        return [keys[:, layout.prefix :].reshape(len(images), *layout.grid).detach()]
+        handles = []
+        for index, module in enumerate(blocks):
+            handles += [module.register_forward_pre_hook(enter(index)), module.register_forward_hook(leave(index))]
+            handles += [
+                attention.register_forward_hook(capture.multihead_hook, with_kwargs=True)
+                for attention in module.modules()
+                if isinstance(attention, nn.MultiheadAttention)
+            ]
+        return handles
+
+    def _relevance(self, name: str, found: list[Tensor], tokens: Tensor | None, pinned, index: int) -> Tensor:
+        """E^l (B, N): the block's positive attention gradients of its own prediction, averaged over
+        heads and queries."""
+        if len(found) != 1:
+            raise ValueError(
+                f"block {name!r} computed {len(found)} attention maps; LeGrad reads one per block, "
+                "from F.scaled_dot_product_attention or nn.MultiheadAttention"
+            )
+        if tokens is None or tokens.dim() != 3:
+            raise ValueError(f"block {name!r} did not return tokens (B, N, D)")
+        scores, _ = target_scores(self.score_projection(tokens), pinned)
+        (gradient,) = torch.autograd.grad(scores.sum(), found[0], retain_graph=index < len(self._blocks) - 1)
+        return gradient.clamp(min=0).mean((1, 2))
