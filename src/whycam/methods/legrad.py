@@ -144,8 +144,9 @@ class LeGrad(Explainer):
 
     name = "legrad"
     summary = "LeGrad (ViT): positive gradients of each layer's prediction on its attention, averaged."
+    needs_layer = True  # its ``layer`` is the transformer blocks (None: every block of the last stack)
     uses_gradient = True
-    needs_attention = True  # its blocks are found by itself: it does not take the run's ``layer``
+    needs_attention = True
 
     def __init__(
         self,
