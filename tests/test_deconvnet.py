@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 
+import captum.attr as ca
 import pytest
 import torch
 import torchvision
@@ -13,7 +14,6 @@ from torch import nn
 
 import whycam
 
-ca = pytest.importorskip("captum.attr")
 TARGETS = [3, 7]
 
 
