@@ -22,10 +22,16 @@ from .methods.perturbation import RISE, MeaningfulPerturbation, Occlusion
 from .methods.score import AblationCAM, ScoreCAM
 from .models import load_model
 from .reference import ReferenceBank, ReferenceStats
+from .engines import build_reference, run_dataset, run_on_ray
 from .runs import ExplainResult, Runner, explain, iter_batches
+from .shards import load_run
 
 __all__ = [
     "iter_batches",
+    "build_reference",
+    "load_run",
+    "run_dataset",
+    "run_on_ray",
     "explain",
     "Runner",
     "ExplainResult",
