@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from . import metrics
 from .data import load_images
+from .engines import build_reference, run_dataset, run_on_ray
 from .errors import InputError, ModelError, ReferenceGroupError, UsageError, WhycamError
 from .layers import LayerNotFoundError
 from .methods.base import CAMExplainer, Explainer, methods, register
@@ -22,7 +23,6 @@ from .methods.perturbation import RISE, MeaningfulPerturbation, Occlusion
 from .methods.score import AblationCAM, ScoreCAM
 from .models import load_model
 from .reference import ReferenceBank, ReferenceStats
-from .engines import build_reference, run_dataset, run_on_ray
 from .runs import ExplainResult, Runner, explain, iter_batches
 from .shards import load_run
 
