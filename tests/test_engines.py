@@ -135,7 +135,8 @@ def test_streamed_evaluation_equals_the_in_memory_evaluation(masks_dataset, load
     )
     streamed = evaluation_of_run(out)
     images = torch.stack([loaded.preprocess(whycam.load_images(s.path)[0]) for s in dataset])
-    masks = torch.stack([loaded.preprocess.geometry(s.mask((32, 32))[None].float(), "nearest")[0] > 0.5 for s in dataset])
+    geometry = loaded.preprocess.geometry
+    masks = torch.stack([geometry(s.mask((32, 32))[None].float(), "nearest")[0] > 0.5 for s in dataset])
     single = evaluate(
         loaded.model, images, methods=["gradcam"], metrics=metrics, truth=masks, layer="features", progress=False
     )
@@ -168,3 +169,38 @@ def test_streamed_reference_statistics_equal_a_fit_in_memory(folder, loaded):
         assert got.count == expected.count == 100 and got.meta == expected.meta
         for name in ("sum", "outer", "moment3", "moment4"):
             torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=1e-12, atol=1e-12)
+
+
+def test_the_commands_stream_with_engine_local_and_resume(folder, masks_dataset, tmp_path):
+    from click.testing import CliRunner
+    from test_cli import TINY
+
+    from whycam.cli import main
+
+    def invoke(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    out = tmp_path / "explain"
+    command = ["explain", folder, "--model", TINY, "--method", "gradcam", "--engine", "local", "--workers", "1"]
+    result = invoke(*command, "--shard-size", "100", "--out", out)
+    assert result.exit_code == 1 and "gradcam failed on" in result.output and "corrupt.png" in result.output
+    table = whycam.load_run(out)
+    assert len(table) == 201 and table["failure"].notna().sum() == 1 and not list(out.glob("*.png"))
+    assert invoke(*command, "--out", out).exit_code == 2  # the folder holds a run: --resume or another --out
+    assert invoke(*command, "--resume", "--out", out).exit_code == 1  # nothing left to do but the corrupt file
+    assert len(whycam.load_run(out)) == 201
+
+    result = invoke(
+        "evaluate", masks_dataset, "--model", TINY, "--method", "gradcam", "--metrics", "auprc,average_drop",
+        "--engine", "local", "--workers", "0", "--out", tmp_path / "evaluate",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "| gradcam | 40 |" in (tmp_path / "evaluate" / "summary.md").read_text()
+
+    bank = tmp_path / "bank.safetensors"
+    result = invoke("reference", "build", folder, "--per-class", "--model", TINY, "--workers", "1", "--out", bank)
+    assert result.exit_code == 1 and "corrupt.png" in result.output
+    assert {label: stats.count for label, stats in whycam.ReferenceBank.load(bank).classes.items()} == {
+        "0": 100,
+        "1": 100,
+    }

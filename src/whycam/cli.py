@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
+from .engines.cli import engine_options, evaluate_files, explain_files
 from .errors import WhycamError
 from .methods.factory import create
 from .runs import QUESTIONS, Failure, Runner
@@ -265,6 +266,7 @@ def demo(ctx: click.Context, out: str, quick: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--report", is_flag=True, help="Also write report.html.")
 @click.option("--batch-size", default=8, show_default=True)
+@engine_options()
 @click.pass_context
 def explain(
     ctx,
@@ -283,8 +285,10 @@ def explain(
     out,
     report,
     batch_size,
+    engine,
 ) -> None:
-    """Explain IMAGES (files or folders): overlays (PNG), raw maps (.npy) and summary.json.
+    """Explain IMAGES (files or folders): overlays (PNG), raw maps (.npy) and summary.json; with
+    --engine local|ray, shards of maps and rows + manifest.json (read back by whycam.load_run).
 
     \b
     Examples:
@@ -292,6 +296,7 @@ def explain(
           --reference references/ --out out/explain --report
       whycam explain threes/ --model digits-cnn --method diffcam --reference digits_bank.safetensors \\
           --question why-not --versus 5 --option diffcam.shrinkage=ledoit-wolf --out out/why_not_5
+      whycam explain archive/ --model digits-cnn --method gradcam --engine local --workers 4 --out out/archive
     """
     names = _method_names(method_text)
     loaded = _load_model(model_spec, weights, download, device)
@@ -312,6 +317,8 @@ def explain(
             versus=versus,
             batch_size=batch_size,
         )
+        if engine.streams:
+            return explain_files(ctx, runner, images, target_index, out, engine)
         result = runner.explain(list(images), target_index, progress=True)
     except WhycamError as error:
         raise click.UsageError(str(error)) from None
@@ -337,58 +344,32 @@ def reference() -> None:
 @click.option("--per-class", is_flag=True, help="Each subfolder of FOLDERS is a class: build a per-class bank.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .safetensors (or .npz).")
 @click.option("--batch-size", default=32, show_default=True)
+@engine_options(("local", "ray"), "local")
 @click.pass_context
-def reference_build(ctx, folders, model_spec, weights, download, device, layer, per_class, out, batch_size) -> None:
-    """Summarise reference images (count, sum, sum of outer products) for DiffCAM.
+def reference_build(ctx, folders, model_spec, weights, download, device, layer, per_class, out, batch_size, engine):
+    """Summarise reference images (count, sum, sum of outer products) for DiffCAM, streamed: the images
+    are read by --workers processes (or Ray actors) and never held in memory together.
 
     \b
     Examples:
       whycam reference build healthy/ --model efficientnet-lite0 --out healthy.safetensors
       whycam reference build train/ --per-class --model digits-cnn --out digits_bank.safetensors
+      whycam reference build archive/ --model digits-cnn --engine ray --ray-address HEAD:6379 --out bank.safetensors
     """
-    from .data import find_images
+    from .engines import build_reference
 
     failures = Failures()
     loaded = _load_model(model_spec, weights, download, device)
     layer = _check_layer(loaded, layer)
-    from .evaluate import make_explainer
-
-    explainer = make_explainer("diffcam", loaded.model, layer)
-    groups: list[tuple[str | None, list[str]]] = []
-    for folder in map(Path, folders):
-        if per_class:
-            classes = sorted(p for p in folder.iterdir() if p.is_dir())
-            if not classes:
-                raise click.UsageError(f"--per-class: {folder} has no subfolders (one per class)")
-            groups.extend((c.name, [str(c)]) for c in classes)
-        else:
-            groups.append((None, [str(folder)]))
-    total = 0
-    for _, paths in groups:
-        try:
-            count = len(find_images(paths))
-        except (OSError, ValueError) as error:
-            failures.add(paths[0], error)
-            continue
-        total += count
-    if total < 2:
-        raise click.UsageError("fewer than 2 images in the reference folders; nothing to summarise")
-
-    def batches():
-        bar = tqdm(total=total, desc="reference", unit="image")
-        for label, paths in groups:
-            _, _, inputs = _read_images(paths, loaded.preprocess, failures)
-            for start in range(0, len(inputs), batch_size):
-                chunk = torch.stack(inputs[start : start + batch_size])
-                bar.update(len(chunk))
-                yield chunk if label is None else (chunk, [label] * len(chunk))
-        bar.close()
-
     try:
-        explainer.fit(batches())
-    except ValueError as error:
+        stats, unreadable = build_reference(
+            loaded, folders, layer=layer, per_class=per_class, engine=engine.name, batch_size=batch_size,
+            workers=engine.workers, address=engine.address, num_actors=engine.num_actors, shard_size=engine.shard_size,
+        )  # fmt: skip
+    except (WhycamError, ValueError) as error:
         raise click.UsageError(f"cannot build the reference: {error}") from None
-    stats = explainer.bank if per_class else explainer.reference
+    for path, error in unreadable:
+        failures.add(path, error)
     path = stats.save(out)
     click.echo(f"wrote {path}: {stats!r}")
     failures.exit(ctx)
@@ -570,6 +551,7 @@ def _evaluate_command(
 @click.option("--option", "option_items", multiple=True, metavar="METHOD.KEY=VALUE", help=OPTION_HELP)
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--batch-size", default=8, show_default=True)
+@engine_options()
 @click.pass_context
 def evaluate(
     ctx,
@@ -585,6 +567,7 @@ def evaluate(
     option_items,
     out,
     batch_size,
+    engine,
 ) -> None:
     """Score methods with metrics on a dataset with ground truth: CSV/JSON tables, curves, report.html.
 
@@ -593,7 +576,21 @@ def evaluate(
     Example:
       whycam evaluate data/boxes.csv --model efficientnet-lite0 --method gradcam,scorecam \\
           --metrics road,deletion,insertion,pointing_game,auprc --out out/eval
+    With --engine local|ray every image is scored as it streams past (DiffCAM then needs --reference)
+    and the intervals are computed once at the end; the tables are those of the in-memory run.
     """
+    if engine.streams:
+        names = _method_names(method_text)
+        loaded = _load_model(model_spec, weights, download, device)
+        options = _method_options(option_items, names, loaded.model)
+        try:
+            runner = Runner(
+                loaded, {n: options.get(n, {}) for n in names}, layer=layer, reference=reference, batch_size=batch_size
+            )
+        except WhycamError as error:
+            raise click.UsageError(str(error)) from None
+        metrics = [m.strip() for m in metric_text.split(",") if m.strip()]
+        return evaluate_files(ctx, runner, dataset, loaded, metrics, out, engine)
     _evaluate_command(
         ctx,
         dataset,

@@ -92,6 +92,8 @@ def evaluation_of_run(out: str | Path, *, seed: int = 0, resamples: int = 1000):
     """The ``whycam.evaluate.Evaluation`` of a run with metrics: its rows (one per image and method
     that produced a map) and, per method, each metric's mean with its 95% bootstrap interval over the
     images, computed here once from every image's score."""
+    import pandas as pd
+
     from ..evaluate import Evaluation
     from ..metrics.result import MetricResult
 
@@ -114,7 +116,8 @@ def evaluation_of_run(out: str | Path, *, seed: int = 0, resamples: int = 1000):
             summary[metric] = (result.value, *result.interval(resamples=resamples, seed=seed))
         evaluation.summary.append(summary)
         for row in rows.itertuples(index=False):
-            record = {"image": row.id, "method": method, "target": row.target, "time_s": time_s}
+            target = None if pd.isna(row.target) else int(row.target)
+            record = {"image": row.id, "method": method, "target": target, "time_s": time_s}
             record.update({metric: float(getattr(row, metric)) for metric in metrics})
             evaluation.rows.append(record)
     failed = table[table["failure"].notna()]

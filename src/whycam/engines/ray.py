@@ -48,10 +48,14 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, progre
 
 
 def _dataset(ray, items: Sequence[Item], shard_size: int):
-    """The items as a Ray dataset of contiguous blocks of about ``shard_size`` items."""
-    return ray.data.from_items(
-        [{"item": item} for item in items], override_num_blocks=math.ceil(len(items) / shard_size)
-    )
+    """The items as a Ray dataset of contiguous blocks of about ``shard_size`` items (pickled: an item
+    may carry a ground-truth ``Sample``); ``_items`` reads a block back."""
+    rows = [{"item": pickle.dumps(item)} for item in items]
+    return ray.data.from_items(rows, override_num_blocks=math.ceil(len(items) / shard_size))
+
+
+def _items(block: dict[str, np.ndarray]) -> list[Item]:
+    return [pickle.loads(data) for data in block["item"]]
 
 
 def _placement(ray, num_actors: int | None, gpus_per_actor: float | None) -> tuple[int, float]:
@@ -80,7 +84,7 @@ class ExplainActor:
         self.batch_size = runner.batch_size
 
     def __call__(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        items = list(block["item"])
+        items = _items(block)
         parts = [
             self.writer.rows(
                 read_batch(items[start : start + self.batch_size], self.preprocess, display=self.writer.overlays,
@@ -140,7 +144,7 @@ class SummariseActor:
         self.batch_size, self.labelled = batch_size, labelled
 
     def __call__(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        items = list(block["item"])
+        items = _items(block)
         batches = [
             read_batch(items[start : start + self.batch_size], self.preprocess)
             for start in range(0, len(items), self.batch_size)
