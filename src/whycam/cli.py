@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
+from .engines import build_reference
 from .engines.cli import engine_options, evaluate_files, explain_files
 from .errors import WhycamError
 from .methods.factory import create
@@ -356,8 +357,6 @@ def reference_build(ctx, folders, model_spec, weights, download, device, layer, 
       whycam reference build train/ --per-class --model digits-cnn --out digits_bank.safetensors
       whycam reference build archive/ --model digits-cnn --engine ray --ray-address HEAD:6379 --out bank.safetensors
     """
-    from .engines import build_reference
-
     failures = Failures()
     loaded = _load_model(model_spec, weights, download, device)
     layer = _check_layer(loaded, layer)

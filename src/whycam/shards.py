@@ -18,12 +18,15 @@ positions that a resumed run skips. ``load_run(folder)`` reads everything back a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .errors import UsageError
 
 FORMAT = "whycam-run/1"
 MANIFEST = "manifest.json"
@@ -63,8 +66,8 @@ def write_shard(
     """Write one shard: ``rows`` (dicts with ``COLUMNS``, plus score columns) and their ``maps``
     (float16 (n, H, W); row ``map_row`` of each row), ``metadata`` in the Parquet schema. Atomic: the
     ``.parquet`` appears last."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # noqa: PLC0415 (pyarrow/pandas load only when a run is written or read)
+    import pyarrow.parquet as pq  # noqa: PLC0415 (pyarrow/pandas load only when a run is written or read)
 
     folder = Path(folder)
     name = shard_name(int(row["index"]) for row in rows)
@@ -88,7 +91,7 @@ def shard_paths(folder: str | Path) -> list[Path]:
 
 def finished(folder: str | Path) -> set[int]:
     """The run positions of the images already in a complete shard (what ``--resume`` skips)."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # noqa: PLC0415 (pyarrow/pandas load only when a run is written or read)
 
     done: set[int] = set()
     for path in shard_paths(folder):
@@ -98,7 +101,7 @@ def finished(folder: str | Path) -> set[int]:
 
 def shard_metadata(folder: str | Path, key: str) -> dict[str, object]:
     """The JSON value of ``key`` in the shards' Parquet metadata, merged over shards."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # noqa: PLC0415 (pyarrow/pandas load only when a run is written or read)
 
     merged: dict[str, object] = {}
     for path in shard_paths(folder):
@@ -128,7 +131,7 @@ def load_run(folder: str | Path, *, maps: bool = True):
     """A run's output as one pandas DataFrame, a row per image and method, sorted by run position:
     ``index, id, path, method, prediction, probability, target, layer, seconds, failure``, the score
     columns of an evaluation, and ``map`` (the (H, W) float32 array, None where the method failed)."""
-    import pandas as pd
+    import pandas as pd  # noqa: PLC0415 (pyarrow/pandas load only when a run is written or read)
 
     read_manifest(folder)
     frames = []
@@ -155,8 +158,6 @@ def open_run(folder: str | Path, manifest: Mapping[str, object], *, resume: bool
     A folder that holds another run is refused unless it is resumed, and a run is resumed only with
     the same model, methods, inputs, metrics and targets.
     """
-    from .errors import UsageError
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / MANIFEST).is_file():
@@ -180,8 +181,6 @@ def open_run(folder: str | Path, manifest: Mapping[str, object], *, resume: bool
 
 def inputs_fingerprint(paths: Iterable[str]) -> str:
     """A hash of the ordered input paths (a resumed run must see the same images in the same order)."""
-    import hashlib
-
     digest = hashlib.blake2b(digest_size=12)
     for path in paths:
         digest.update(path.encode() + b"\0")

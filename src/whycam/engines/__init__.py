@@ -18,10 +18,14 @@ import torch
 from torch import nn
 
 from ..errors import ReferenceGroupError, UsageError
+from ..evaluate import Evaluation, make_explainer
+from ..metrics.result import MetricResult
 from ..models import LoadedModel
 from ..runs import MethodSpec, Runner
 from ..shards import load_run, read_manifest, shard_metadata
 from .files import Item, list_items
+from .local import reference_local, run_local
+from .ray import reference_on_ray, run_on_ray_engine
 
 ENGINES = ("local", "ray")
 
@@ -61,11 +65,7 @@ def run_dataset(
         shard_size=shard_size, resume=resume, overlays=overlays, metrics=metrics, metric_options=metric_options
     )
     if engine == "local":
-        from .local import run_local
-
         return run_local(runner, items, out, workers=workers, progress=progress, **shared)
-    from .ray import run_on_ray_engine
-
     return run_on_ray_engine(
         runner, items, out, address=address, num_actors=num_actors, gpus_per_actor=gpus_per_actor, progress=progress,
         **shared,
@@ -92,10 +92,7 @@ def evaluation_of_run(out: str | Path, *, seed: int = 0, resamples: int = 1000):
     """The ``whycam.evaluate.Evaluation`` of a run with metrics: its rows (one per image and method
     that produced a map) and, per method, each metric's mean with its 95% bootstrap interval over the
     images, computed here once from every image's score."""
-    import pandas as pd
-
-    from ..evaluate import Evaluation
-    from ..metrics.result import MetricResult
+    import pandas as pd  # noqa: PLC0415 (pandas loads only when a run is read)
 
     manifest = read_manifest(out)
     table = load_run(out, maps=False)
@@ -143,8 +140,6 @@ def build_reference(
     """DiffCAM's reference statistics of the images in ``folders``, streamed: a ``ReferenceStats``, or
     with ``per_class`` a ``ReferenceBank`` with one class per subfolder; and the unreadable files
     as ``(path, error)``. The statistics are sums, so both engines build the same numbers."""
-    from ..evaluate import make_explainer
-
     loaded = model if isinstance(model, LoadedModel) else LoadedModel(model)
     layer = loaded.layer if layer is None else layer
     groups: list[tuple[str | None, Path]] = []
@@ -159,15 +154,11 @@ def build_reference(
     items = list_items([path for _, path in groups], labels=[label for label, _ in groups])
     explainer = make_explainer("diffcam", loaded.model, layer, **options)
     if engine == "local":
-        from .local import reference_local
-
         statistics, failures = reference_local(
             explainer, items, loaded.preprocess, batch_size=batch_size, workers=workers, progress=progress
         )
         failures = [(item.path, error) for item, error in failures]
     elif engine == "ray":
-        from .ray import reference_on_ray
-
         statistics, failures = reference_on_ray(
             explainer, items, loaded.preprocess, batch_size=batch_size, address=address, num_actors=num_actors,
             shard_size=shard_size, progress=progress,

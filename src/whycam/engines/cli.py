@@ -15,7 +15,11 @@ from pathlib import Path
 
 import click
 
+from ..data import load_dataset
 from ..errors import WhycamError
+from ..shards import load_run
+from . import evaluation_of_run, run_dataset
+from .files import sample_items
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,6 @@ def engine_options(choices: tuple[str, ...] = ("memory", "local", "ray"), defaul
 
 def explain_files(ctx: click.Context, runner, images, target: int | None, out: str, engine: EngineOptions) -> None:
     """``whycam explain --engine local|ray``: the run into shards of ``out``; failures named, exit 1 if any."""
-    from ..shards import load_run
-    from . import run_dataset
-
     try:
         run_dataset(runner, list(images), None, out, target=target, **engine.run_options())
     except WhycamError as error:
@@ -102,11 +103,6 @@ def explain_files(ctx: click.Context, runner, images, target: int | None, out: s
 def evaluate_files(ctx, runner, dataset, loaded, metrics, out: str, engine: EngineOptions):
     """``whycam evaluate --engine local|ray``: per-image scores into shards, then the tables of the
     in-memory evaluation (``per_image.csv``, ``summary.csv``, ``summary.md``, ``results.json``)."""
-    from ..data import load_dataset
-    from ..shards import load_run
-    from . import evaluation_of_run, run_dataset
-    from .files import sample_items
-
     try:
         samples = load_dataset(dataset).samples
     except (OSError, ValueError) as error:

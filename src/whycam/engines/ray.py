@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..errors import UsageError
 from ..runs import Runner
 from ..shards import open_run
 from .files import Item, read_batch
@@ -33,10 +35,8 @@ from .work import ShardWriter, block_statistics, merge_statistics, read_failures
 def start_ray(address: str | None = None, *, num_cpus: int | None = None, progress: bool = True):
     """Connect to the cluster at ``address`` (None: a local one), once per process; returns ``ray``."""
     try:
-        import ray
+        import ray  # noqa: PLC0415 (optional: whycam[ray])
     except ImportError:
-        from ..errors import UsageError
-
         raise UsageError("the Ray engine needs Ray: pip install 'whycam[ray]'") from None
     if not ray.is_initialized():
         local = {} if address else {"num_cpus": num_cpus}
@@ -72,8 +72,6 @@ class ExplainActor:
     """One actor of the pool: a ``Runner`` (moved to this actor's GPU, if it has one) writing shards."""
 
     def __init__(self, runner: Runner, out: str, options: dict):
-        import torch
-
         if torch.cuda.is_available() and options.pop("gpu"):
             runner.model.to("cuda")
             runner.device = torch.device("cuda")

@@ -17,6 +17,7 @@ from ..evaluate import BOX_METRICS, call_metric, is_faithfulness, metric_functio
 from ..reference import ReferenceBank, ReferenceStats
 from ..runs import Runner
 from ..shards import write_shard
+from ..viz import overlay_figure, save_png
 from .files import FileBatch, Item
 
 
@@ -91,8 +92,6 @@ class ShardWriter:
         saliency = result.maps[method][j]
         maps.append(saliency.numpy())
         if self.overlays and batch.display is not None:
-            from ..viz import overlay_figure, save_png
-
             title = method if row["target"] is None else f"{method}: {self._class_name(row['target'])}"
             save_png(
                 self.out / "overlays" / f"{row['id']}_{method}.png", overlay_figure(batch.display[j], saliency, title)
