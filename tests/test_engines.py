@@ -189,6 +189,7 @@ def test_the_commands_stream_with_engine_local_and_resume(folder, masks_dataset,
     assert invoke(*command, "--out", out).exit_code == 2  # the folder holds a run: --resume or another --out
     assert invoke(*command, "--resume", "--out", out).exit_code == 1  # nothing left to do but the corrupt file
     assert len(whycam.load_run(out)) == 201
+    assert invoke("explain", folder, "--model", TINY, "--resume", "--out", tmp_path / "memory").exit_code == 2
 
     result = invoke(
         "evaluate", masks_dataset, "--model", TINY, "--method", "gradcam", "--metrics", "auprc,average_drop",

@@ -81,6 +81,10 @@ def engine_options(choices: tuple[str, ...] = ("memory", "local", "ray"), defaul
         @functools.wraps(function)
         def command(*args, **kwargs):
             values = {key: kwargs.pop(key) for key in KEYS}
+            if values["engine_name"] == "memory" and values["resume"]:
+                raise click.UsageError(
+                    "--resume continues a run of --engine local or ray (the memory engine keeps none)"
+                )
             kwargs["engine"] = EngineOptions(values.pop("engine_name"), **values)
             return function(*args, **kwargs)
 

@@ -107,7 +107,7 @@ class ShardWriter:
         model = self.runner.model
         for name, function in self.metrics.items():
             images = batch.inputs.to(self.runner.device)
-            truth = None if batch.masks is None else batch.masks
+            truth = None if batch.masks is None else batch.masks.to(images.device)
             result = call_metric(
                 function, model, images, maps.to(images.device), targets.to(images.device), truth,
                 **self.metric_options.get(name, {}),
