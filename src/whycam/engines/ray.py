@@ -71,12 +71,10 @@ def _placement(ray, num_actors: int | None, gpus_per_actor: float | None) -> tup
 class ExplainActor:
     """One actor of the pool: a ``Runner`` (moved to this actor's GPU, if it has one) writing shards."""
 
-    def __init__(self, runner: Runner, out: str, options: dict):
-        if torch.cuda.is_available() and options.pop("gpu"):
+    def __init__(self, runner: Runner, out: str, options: dict, gpu: bool):
+        if gpu and torch.cuda.is_available():  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
             runner.model.to("cuda")
             runner.device = torch.device("cuda")
-        else:
-            options.pop("gpu")
         self.preprocess = reader_preprocess(runner)
         self.writer = ShardWriter(runner, out, **options)
         self.batch_size = runner.batch_size
@@ -119,10 +117,10 @@ def run_on_ray_engine(
     todo = [item for item in items if item.index not in done]
     if todo:
         actors, gpus = _placement(ray, num_actors, gpus_per_actor)
-        options = {"overlays": overlays, "metrics": list(metrics), "metric_options": metric_options, "gpu": gpus > 0}
+        options = {"overlays": overlays, "metrics": list(metrics), "metric_options": metric_options}
         written = _dataset(ray, todo, shard_size).map_batches(
             ExplainActor,
-            fn_constructor_args=(runner, str(out), options),
+            fn_constructor_args=(runner, str(out), options, gpus > 0),
             batch_size=None,
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=gpus,
