@@ -112,6 +112,11 @@ class ShardWriter:
                 function, model, images, maps.to(images.device), targets.to(images.device), truth,
                 **self.metric_options.get(name, {}),
             )  # fmt: skip
+            if result.statistic is not None:
+                raise UsageError(
+                    f"{name}'s value is a statistic of the whole dataset, not a mean of per-image scores; "
+                    "run it in memory (whycam evaluate without --engine)"
+                )
             self.higher_is_better[name] = bool(result.higher_is_better)
             scores[name] = result.scores.detach().double().cpu().numpy()
         return scores
