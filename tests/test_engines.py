@@ -165,9 +165,9 @@ def test_streamed_reference_statistics_equal_a_fit_in_memory(folder, loaded):
         readable = [item for item in list_items([folder / label]) if item.id != "corrupt"]
         images = torch.stack([loaded.preprocess(whycam.load_images(item.path)[0]) for item in readable])
         explainer.fit(images, batch_size=7)
-        expected, got = explainer.reference, bank.classes[label]
-        assert got.count == expected.count == 100 and got.meta == expected.meta
-        for name in ("sum", "outer", "moment3", "moment4"):
+        expected, got = explainer.reference_, bank.classes[label]
+        assert got.count_ == expected.count_ == 100 and got.meta == expected.meta
+        for name in ("sum_", "outer_", "moment3_", "moment4_"):
             torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=1e-12, atol=1e-12)
 
 
@@ -201,7 +201,7 @@ def test_the_commands_stream_with_engine_local_and_resume(folder, masks_dataset,
     bank = tmp_path / "bank.safetensors"
     result = invoke("reference", "build", folder, "--per-class", "--model", TINY, "--workers", "1", "--out", bank)
     assert result.exit_code == 1 and "corrupt.png" in result.output
-    assert {label: stats.count for label, stats in whycam.ReferenceBank.load(bank).classes.items()} == {
+    assert {label: stats.count_ for label, stats in whycam.ReferenceBank.load(bank).classes.items()} == {
         "0": 100,
         "1": 100,
     }

@@ -77,8 +77,8 @@ def test_ray_reference_statistics_equal_the_local_ones(cluster, folder, loaded):
     assert remote.labels == local.labels == ["0", "1"]
     for label in local.labels:
         got, expected = remote.classes[label], local.classes[label]
-        assert got.count == expected.count == 100 and got.meta == expected.meta
-        for name in ("sum", "outer", "moment3", "moment4"):  # per-block sums merged: equal to float64 rounding
+        assert got.count_ == expected.count_ == 100 and got.meta == expected.meta
+        for name in ("sum_", "outer_", "moment3_", "moment4_"):  # per-block sums merged: equal to float64 rounding
             torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=1e-12, atol=1e-12)
 
 

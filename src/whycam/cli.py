@@ -399,7 +399,7 @@ def reference_info(file: str) -> None:
         click.echo(f"  {key}: {value}")
     if len(groups) > 1:
         for label, group in groups.items():
-            click.echo(f"  class {label}: {group.count} images")
+            click.echo(f"  class {label}: {group.count_} images")
 
 
 def _dataset_tensors(dataset_path: str, loaded, failures: Failures):

@@ -395,13 +395,13 @@ class Runner:
             raise UsageError("a question is DiffCAM's: add diffcam to the methods")
         for name in asked:
             explainer = self.explainers[name]
-            if not isinstance(explainer, DiffCAM) or explainer.bank is None:
+            if not isinstance(explainer, DiffCAM) or explainer.bank_ is None:
                 raise ReferenceGroupError(
                     f"the question needs {name} fitted on per-class statistics (a bank: `whycam reference build "
                     "--per-class`, or batches of (images, labels))"
                 )
             if versus is not None:
-                versus = bank_label(explainer.bank, versus, self.classes)
+                versus = bank_label(explainer.bank_, versus, self.classes)
             self.references[name] += f"; question: {self.question}" + (f" {versus}" if versus is not None else "")
         return versus
 
@@ -475,7 +475,7 @@ class Runner:
     def _labels(self, targets: Target) -> list[object]:
         if not isinstance(targets, Tensor):
             raise UsageError("DiffCAM's bank questions need class targets, not a callable")
-        bank = next(e.bank for e in self.explainers.values() if isinstance(e, DiffCAM) and e.bank is not None)
+        bank = next(e.bank_ for e in self.explainers.values() if isinstance(e, DiffCAM) and e.bank_ is not None)
         return [bank_label(bank, int(t), self.classes) for t in targets.tolist()]
 
     def iter_batches(self, images: Images, targets: Target = None, *, progress: bool = False) -> Iterator[BatchResult]:

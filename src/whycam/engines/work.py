@@ -150,7 +150,7 @@ def block_statistics(explainer, batches: Iterable[FileBatch], labelled: bool) ->
         if "held no images" in str(error):
             return {}
         raise
-    return dict(explainer.bank.classes) if labelled else {None: explainer.reference}
+    return dict(explainer.bank_.classes) if labelled else {None: explainer.reference_}
 
 
 def merge_statistics(parts: Sequence[Mapping[object, ReferenceStats]], labels: Sequence[object]):
