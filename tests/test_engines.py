@@ -153,7 +153,7 @@ def test_streamed_evaluation_equals_the_in_memory_evaluation(masks_dataset, load
 
 
 def test_box_metrics_are_refused_image_by_image(folder, loaded, tmp_path):
-    with pytest.raises(whycam.UsageError, match="max_box_accuracy score the whole dataset"):
+    with pytest.raises(whycam.UsageError, match="max_box_accuracy compare boxes"):
         whycam.run_dataset(loaded, folder, "gradcam", tmp_path / "x", metrics=["max_box_accuracy"], progress=False)
 
 

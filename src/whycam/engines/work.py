@@ -41,8 +41,9 @@ class ShardWriter:
         boxes = [name for name in metrics if name in BOX_METRICS]
         if boxes:
             raise UsageError(
-                f"{', '.join(boxes)} score the whole dataset at once (the best threshold over all images), not "
-                "image by image; run them in memory (whycam evaluate without --engine)"
+                f"{', '.join(boxes)} compare boxes, and the streaming engines read one mask per image (MaxBoxAcc's "
+                "value is moreover a statistic of the whole dataset); run them in memory (whycam evaluate without "
+                "--engine)"
             )
         self.runner, self.out, self.overlays = runner, Path(out), overlays
         self.metrics = metric_functions(list(metrics))
