@@ -95,11 +95,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="dataset_speed_"))
     rows = []
 
-    inputs = torch.stack([loaded.preprocess(whycam.load_images(p)[0]) for p in sorted(folder.glob("*.png"))[:512]])
-    with torch.no_grad():
-        loaded.model(inputs[:BATCH])
-        seconds, _ = timed(lambda: [loaded.model(chunk) for chunk in inputs.split(BATCH) for _ in range(4)])
-    forward = 4 * len(inputs) / seconds
+    forward = forward_rate(loaded, folder)
     rows.append(["model forward pass only (in-memory tensors, batches of 64)", f"{forward:.0f}", "1.00", "—"])
 
     def in_memory(count: int):
@@ -130,6 +126,33 @@ def main() -> None:
          f"{args.images / seconds / forward:.2f}", f"{memory.mib:.0f}"]
     )  # fmt: skip
 
+    rows.append(ray_row(loaded, folder, args, scratch, forward))
+
+    with PeakMemory() as memory:
+        seconds, _ = timed(lambda: local(args.large, scratch / "large"))
+    local_memory[args.large] = memory.mib
+    large_rate = args.large / seconds
+    load_end = os.getloadavg()[0]
+    shutil.rmtree(scratch)
+
+    text = section(args, rows, local_memory, memory_loop, large_rate, (load_start, load_end))
+    print(text)
+    write_section("benchmarks.md", "dataset_speed", "## Whole datasets\n\n" + text)
+
+
+def forward_rate(loaded, folder: Path) -> float:
+    """Images/s of the model's forward pass alone, on 512 of the images already in memory."""
+    inputs = torch.stack([loaded.preprocess(whycam.load_images(p)[0]) for p in sorted(folder.glob("*.png"))[:512]])
+    with torch.no_grad():
+        loaded.model(inputs[:BATCH])
+        seconds, _ = timed(lambda: [loaded.model(chunk) for chunk in inputs.split(BATCH) for _ in range(4)])
+    return 4 * len(inputs) / seconds
+
+
+def ray_row(loaded, folder: Path, args, scratch: Path, forward: float) -> list[str]:
+    """The Ray engine's row: a local Ray started (its time stated apart), the run timed, Ray shut down."""
+    import ray
+
     from whycam.engines.ray import start_ray
 
     ray_start, _ = timed(lambda: start_ray(None, num_cpus=max(args.actors, 2), progress=False))
@@ -139,21 +162,14 @@ def main() -> None:
             progress=False,
         )
     )  # fmt: skip
-    rows.append(
-        [f"Ray engine, {args.actors} actors (actor start included; `ray.init` {ray_start:.0f} s not)",
-         f"{args.images / seconds:.0f}", f"{args.images / seconds / forward:.2f}", "—"]
-    )  # fmt: skip
-    import ray
-
     ray.shutdown()
+    return [f"Ray engine, {args.actors} actors (actor start included; `ray.init` {ray_start:.0f} s not)",
+            f"{args.images / seconds:.0f}", f"{args.images / seconds / forward:.2f}", "—"]  # fmt: skip
 
-    with PeakMemory() as memory:
-        seconds, _ = timed(lambda: local(args.large, scratch / "large"))
-    local_memory[args.large] = memory.mib
-    large_rate = args.large / seconds
-    load_end = os.getloadavg()[0]
-    shutil.rmtree(scratch)
 
+def section(args, rows, local_memory, memory_loop, large_rate: float, loads: tuple[float, float]) -> str:
+    """The Markdown of the benchmarks.md section."""
+    load_start, load_end = loads
     text = (
         f"`python benchmarks/dataset_speed.py --images {args.images} --large {args.large} --workers {args.workers} "
         f"--actors {args.actors}`: {machine()}; digits-cnn (32 px), {METHOD}, batches of {BATCH}, the same "
@@ -171,8 +187,7 @@ def main() -> None:
         f"dataset); the in-memory loop {memory_loop[args.images]:.0f} and {memory_loop[args.large]:.0f} MiB (it "
         "keeps every input, display image and map until the end).\n"
     )
-    print(text)
-    write_section("benchmarks.md", "dataset_speed", "## Whole datasets\n\n" + text)
+    return text
 
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ from .methods.perturbation import RISE, MeaningfulPerturbation, Occlusion
 from .methods.score import AblationCAM, ScoreCAM
 from .models import load_model
 from .reference import ReferenceBank, ReferenceStats
-from .runs import ExplainResult, Runner, explain, iter_batches
+from .runs import BatchResult, ExplainResult, Runner, explain
 from .shards import load_run
 
 __all__ = [
-    "iter_batches",
+    "BatchResult",
     "build_reference",
     "load_run",
     "run_dataset",

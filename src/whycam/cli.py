@@ -1,55 +1,63 @@
 """The ``whycam`` command: demo, explain, reference build/info, evaluate, sanity, methods, benchmark.
 
+Each command parses its options, calls the run loop (``whycam.runs``, ``whycam.evaluate``,
+``whycam.metrics.sanity_check``) and hands the result to ``whycam.writers``.
+
 Exit codes: 0 everything worked; 1 some inputs failed (each reported by name) but every other
 result was written; 2 usage error (bad option, unknown method, model or layer, unusable reference,
-nothing to process).
+nothing to process: every ``WhycamError``); 3 whycam crashed (a bug: the traceback is printed).
 """
 
 from __future__ import annotations
 
 import ast
-import json
-import sys
+import traceback
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import click
 import torch
-from tqdm.auto import tqdm
 
 from . import __version__
+from .demo import run as run_demo
 from .engines import build_reference
 from .engines.cli import engine_options, evaluate_files, explain_files
-from .errors import WhycamError
+from .errors import UsageError, WhycamError
+from .evaluate import DEFAULT_METRICS
+from .evaluate import evaluate as evaluate_methods
+from .inputs import Failure, read_ground_truth, read_inputs, read_reference
+from .methods.base import methods
 from .methods.factory import create
-from .runs import QUESTIONS, Failure, Runner
-from .writers import write_explain
+from .metrics.sanity import method_factory, sanity_check
+from .models import LoadedModel, load_model
+from .reference import ReferenceBank
+from .runs import QUESTIONS, Runner
+from .writers import write_evaluation, write_explain, write_sanity
 
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
-
-
-class Failures:
-    """Inputs that failed: reported on stderr as they happen, counted for the exit code."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, str]] = []
-
-    def add(self, what: object, error: object) -> None:
-        self.items.append({"input": str(what), "error": str(error)})
-        tqdm.write(f"whycam: skipped {what}: {error}", file=sys.stderr)
-
-    def exit(self, ctx: click.Context) -> None:
-        if self.items:
-            click.echo(f"whycam: {len(self.items)} input(s) failed; the other results were written.", err=True)
-            ctx.exit(EXIT_PARTIAL)
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
 
 
-def _load_model(spec: str, weights: str | None, download: bool, device: str = "cpu"):
+class WhycamGroup(click.Group):
+    """The command group: a ``WhycamError`` is a usage error (exit 2, its message on stderr); any other
+    exception is a crash (exit 3, with the traceback), never confused with exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except WhycamError as error:
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception:  # noqa: BLE001 (the crash exit code)
+            click.echo(traceback.format_exc(), err=True)
+            click.echo("whycam crashed: this is a bug; please report it with the traceback above.", err=True)
+            ctx.exit(EXIT_CRASH)
+
+
+def _load_model(spec: str, weights: str | None, download: bool, device: str = "cpu") -> LoadedModel:
     """The model, moved to ``device``; its preprocessing then puts every input there too."""
-    from dataclasses import replace
-
-    from .models import ModelSpecError, load_model
-
     try:
         where = torch.device(device)
     except (RuntimeError, ValueError) as error:
@@ -61,30 +69,13 @@ def _load_model(spec: str, weights: str | None, download: bool, device: str = "c
         raise click.BadParameter(
             f"{where.type} is not available on this machine; use --device cpu", param_hint="--device"
         )
-    try:
-        loaded = load_model(spec, weights, download=download)
-    except ModelSpecError as error:
-        raise click.BadParameter(str(error), param_hint="--model/--weights") from None
+    loaded = load_model(spec, weights, download=download)
     loaded.model.to(where)
     loaded.preprocess = replace(loaded.preprocess, device=str(where))
     return loaded
 
 
-def _check_layer(loaded, layer: str | None) -> str | None:
-    from .layers import LayerNotFoundError, resolve_layer
-
-    layer = layer or loaded.layer
-    if layer is not None:
-        try:
-            resolve_layer(loaded.model, layer)
-        except LayerNotFoundError as error:
-            raise click.BadParameter(str(error), param_hint="--layer") from None
-    return layer
-
-
 def _method_names(text: str) -> list[str]:
-    from .methods.base import methods
-
     registry = methods()
     names = list(registry) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in registry]
@@ -97,24 +88,6 @@ def _method_names(text: str) -> list[str]:
     return names
 
 
-def _read_images(paths: Sequence[str], preprocess, failures: Failures, desc: str = "read"):
-    """(names, display images (3, h, w) in [0, 1], model inputs (C, h, w)) of the readable images."""
-    from .data import iter_images
-
-    names, shown, inputs, seen = [], [], [], {}
-    for path, image in tqdm(iter_images(paths), desc=desc, unit="image", leave=False):
-        if isinstance(image, Exception):
-            failures.add(path, image)
-            continue
-        stem = path.stem
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-        display = preprocess.geometry(image)
-        shown.append(display)
-        inputs.append(preprocess.normalize(display))
-    return names, shown, inputs
-
-
 def _parse_value(text: str) -> object:
     """A Python literal (number, bool, None, tuple) where the text is one, else the text itself."""
     try:
@@ -124,9 +97,9 @@ def _parse_value(text: str) -> object:
 
 
 def _method_options(items: Sequence[str], names: Sequence[str], model) -> dict[str, dict]:
-    """``--option METHOD.KEY=VALUE`` items as ``{method: {key: value}}``; each method is built once
-    with its options here, so an unknown key or a bad value stops the command before any work."""
-    options: dict[str, dict] = {}
+    """``{method: options}`` of every method run, from ``--option METHOD.KEY=VALUE`` items; each method
+    with options is built once here, so an unknown key or a bad value stops the command before any work."""
+    options: dict[str, dict] = {name: {} for name in names}
     for item in items:
         head, equals, text = item.partition("=")
         method, dot, key = head.strip().partition(".")
@@ -139,10 +112,11 @@ def _method_options(items: Sequence[str], names: Sequence[str], model) -> dict[s
                 f"{item!r} sets an option of {method!r}, which is not run here (methods: {', '.join(names)})",
                 param_hint="--option",
             )
-        options.setdefault(method, {})[key] = _parse_value(text.strip())
+        options[method][key] = _parse_value(text.strip())
     for method, settings in options.items():
         try:
-            create(method, model, **settings)
+            if settings:
+                create(method, model, **settings)
         except (ValueError, TypeError) as error:
             raise click.BadParameter(f"{method}: {error}", param_hint="--option") from None
     return options
@@ -158,11 +132,17 @@ def _exit_with_failures(ctx: click.Context, failures: Sequence[Failure]) -> None
         ctx.exit(EXIT_PARTIAL)
 
 
+def _echo_layers(layers: dict[str, list[str]]) -> None:
+    """Say which layer each method read (the automatic choice included)."""
+    for method, names in layers.items():
+        if names:
+            click.echo(f"{method}: layer {', '.join(names)}", err=True)
+
+
 OPTION_HELP = (
     "A method's option as METHOD.KEY=VALUE, repeatable, e.g. diffcam.shrinkage=ledoit-wolf, "
-    "diffcam.k=50, rise.masks=2000 (the keyword arguments of its class; see docs/)."
+    "diffcam.k=50, rise.masks=2000, smoothgrad.explainer=gradcam (the keyword arguments of its class)."
 )
-
 
 MODEL_OPTIONS = [
     click.option(
@@ -189,7 +169,7 @@ def model_options(function):
     return function
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=WhycamGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="whycam")
 def main() -> None:
     """whycam: saliency maps that say why a vision model decides as it does.
@@ -202,14 +182,12 @@ def main() -> None:
 
 @main.command("methods")
 def list_methods() -> None:
-    """List every registered method with a one-line description.
+    """List every registered method with a one-line description and what it declares it needs.
 
     \b
     Example:
       whycam methods
     """
-    from .methods.base import methods
-
     for name, cls in methods().items():
         needs = "target" if cls.needs_target else "no target"
         grad = "gradient" if cls.uses_gradient else "no gradient"
@@ -221,8 +199,7 @@ def list_methods() -> None:
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="out/demo", show_default=True)
 @click.option("--quick", is_flag=True, help="Two photographs and fewer methods (for a smoke test).")
-@click.pass_context
-def demo(ctx: click.Context, out: str, quick: bool) -> None:
+def demo(out: str, quick: bool) -> None:
     """Run the demo: EfficientNet-Lite0 on real photographs and the digits CNN, every main method,
     into a self-contained HTML report.
 
@@ -230,10 +207,7 @@ def demo(ctx: click.Context, out: str, quick: bool) -> None:
     Example:
       whycam demo --out out/demo
     """
-    from .demo import run
-
-    report = run(Path(out), quick=quick)
-    click.echo(str(report))
+    click.echo(str(run_demo(Path(out), quick=quick)))
 
 
 @main.command()
@@ -308,24 +282,13 @@ def explain(
             target_index = loaded.class_index(target)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--target") from None
-    try:
-        runner = Runner(
-            loaded,
-            {name: options.get(name, {}) for name in names},
-            layer=layer,
-            reference=reference,
-            question=question,
-            versus=versus,
-            batch_size=batch_size,
-        )
-        if engine.streams:
-            return explain_files(ctx, runner, images, target_index, out, engine)
-        result = runner.explain(list(images), target_index, progress=True)
-    except WhycamError as error:
-        raise click.UsageError(str(error)) from None
-    for method, layers in result.layers.items():
-        if layers:
-            click.echo(f"{method}: layer {', '.join(layers)}", err=True)
+    runner = Runner(
+        loaded, options, layer=layer, reference=reference, question=question, versus=versus, batch_size=batch_size
+    )
+    if engine.streams:
+        return explain_files(ctx, runner, images, target_index, out, engine)
+    result = runner.explain(list(images), target_index, progress=True)
+    _echo_layers(result.layers)
     paths = write_explain(result, out, report=report)
     if report:
         click.echo(str(paths["report"]))
@@ -357,21 +320,21 @@ def reference_build(ctx, folders, model_spec, weights, download, device, layer, 
       whycam reference build train/ --per-class --model digits-cnn --out digits_bank.safetensors
       whycam reference build archive/ --model digits-cnn --engine ray --ray-address HEAD:6379 --out bank.safetensors
     """
-    failures = Failures()
     loaded = _load_model(model_spec, weights, download, device)
-    layer = _check_layer(loaded, layer)
     try:
         stats, unreadable = build_reference(
-            loaded, folders, layer=layer, per_class=per_class, engine=engine.name, batch_size=batch_size,
-            workers=engine.workers, address=engine.address, num_actors=engine.num_actors, shard_size=engine.shard_size,
+            loaded, folders, layer=layer or loaded.layer, per_class=per_class, engine=engine.name,
+            batch_size=batch_size, workers=engine.workers, address=engine.address, num_actors=engine.num_actors,
+            shard_size=engine.shard_size,
         )  # fmt: skip
-    except (WhycamError, ValueError) as error:
-        raise click.UsageError(f"cannot build the reference: {error}") from None
-    for path, error in unreadable:
-        failures.add(path, error)
+    except ValueError as error:
+        if isinstance(error, WhycamError):
+            raise
+        raise UsageError(f"cannot build the reference: {error}") from None
+    failures = [Failure([path], error) for path, error in unreadable]
     path = stats.save(out)
     click.echo(f"wrote {path}: {stats!r}")
-    failures.exit(ctx)
+    _exit_with_failures(ctx, failures)
 
 
 @reference.command("info")
@@ -383,17 +346,11 @@ def reference_info(file: str) -> None:
     Example:
       whycam reference info healthy.safetensors
     """
-    from .reference import ReferenceBank, ReferenceStats
-
     try:
-        stats = ReferenceStats.load(file)
-        groups = {"(all)": stats}
-    except (ValueError, KeyError):
-        try:
-            stats = ReferenceBank.load(file)
-        except (ValueError, KeyError, OSError) as error:
-            raise click.BadParameter(f"{file} is not a whycam reference file: {error}", param_hint="FILE") from None
-        groups = dict(stats.classes)
+        stats, _ = read_reference(file, None, [])
+    except (ValueError, KeyError, OSError) as error:
+        raise click.BadParameter(f"{file} is not a whycam reference file: {error}", param_hint="FILE") from None
+    groups = dict(stats.classes) if isinstance(stats, ReferenceBank) else {"(all)": stats}
     click.echo(f"{file}: {stats!r}")
     for key, value in sorted(stats.meta.items()):
         click.echo(f"  {key}: {value}")
@@ -402,154 +359,68 @@ def reference_info(file: str) -> None:
             click.echo(f"  class {label}: {group.count_} images")
 
 
-def _dataset_tensors(dataset_path: str, loaded, failures: Failures):
-    """Read a ground-truth dataset through the model's preprocessing: names, display images, inputs,
-    masks (N, h, w), labels (class indices, or None where a label is not a class of the model), and
-    the explained class's boxes (N, M, 4), padded with empty boxes (None for a mask dataset)."""
-    from .data import load_dataset, read_image, to_tensor
-
-    try:
-        dataset = load_dataset(dataset_path)
-    except (OSError, ValueError) as error:
-        raise click.BadParameter(str(error), param_hint="DATASET") from None
-    names, shown, inputs, masks, labels, boxes = [], [], [], [], [], []
-    for sample in tqdm(dataset, desc="read", unit="image", leave=False):
-        try:
-            image = to_tensor(read_image(sample.path))
-            mask = sample.mask(tuple(image.shape[-2:]))
-        except (OSError, ValueError) as error:
-            failures.add(sample.path, error)
-            continue
-        moved = loaded.preprocess.boxes(sample.explained_boxes, tuple(image.shape[-2:]))
-        boxes.append(torch.tensor(moved, dtype=torch.float32).reshape(-1, 4))
-        display = loaded.preprocess.geometry(image)
-        names.append(sample.path.stem)
-        shown.append(display)
-        inputs.append(loaded.preprocess.normalize(display))
-        masks.append(loaded.preprocess.geometry(mask[None].float(), mode="nearest")[0] > 0.5)
-        try:
-            labels.append(None if sample.label is None else loaded.class_index(sample.label))
-        except ValueError:
-            labels.append(None)
-    if not inputs:
-        raise click.UsageError(f"no readable image in the dataset {dataset_path}")
-    most = max(len(b) for b in boxes)
-    padded = torch.stack([torch.cat([b, b.new_zeros(most - len(b), 4)]) for b in boxes]) if most else None
-    return names, shown, torch.stack(inputs), torch.stack(masks), labels, padded
-
-
-def _evaluate_command(
-    ctx,
-    dataset,
-    model_spec,
-    weights,
-    download,
-    device,
-    method_names,
-    metric_text,
-    layer,
-    reference,
-    option_items,
-    out,
-    batch_size,
-    title,
-) -> None:
-    from .evaluate import BOX_METRICS, evaluate
-    from .report import Report
-    from .viz import curve_figure, grid_figure, save_png
-
-    failures = Failures()
+def _evaluate_command(ctx, dataset, model_spec, weights, download, device, names, metric_text, rest, title) -> None:
+    """``whycam evaluate`` and ``whycam benchmark``: read the dataset, evaluate, write."""
+    layer, reference, option_items, out, batch_size = rest
+    failures: list[Failure] = []
     loaded = _load_model(model_spec, weights, download, device)
-    layer = _check_layer(loaded, layer)
-    options = _method_options(option_items, method_names, loaded.model)
-    metric_names = [m.strip() for m in metric_text.split(",") if m.strip()]
-    names, shown, inputs, masks, labels, boxes = _dataset_tensors(dataset, loaded, failures)
-    # the box metrics match the map's box with each object's box; the rest read the mask (their union)
-    truth = masks if boxes is None else {m: boxes if m in BOX_METRICS else masks for m in metric_names}
-    known = [label for label in labels if label is not None]
-    targets = torch.tensor(labels, device=inputs.device) if len(known) == len(labels) else None
-    reference_images = None
-    if reference is not None:
-        _, _, ref_inputs = _read_images([reference], loaded.preprocess, failures, "reference")
-        reference_images = torch.stack(ref_inputs) if ref_inputs else None
-    try:
-        evaluation = evaluate(
-            loaded.model,
-            inputs,
-            targets,
-            methods=method_names,
-            metrics=metric_names,
-            truth=truth,
-            labels=targets,
-            names=names,
-            layer=layer,
-            reference=reference_images,
-            options=options,
-            batch_size=batch_size,
-            skip_failures=True,
-            keep_maps=6,
-        )
-    except KeyError as error:
-        raise click.BadParameter(str(error.args[0]), param_hint="--metrics/--method") from None
-    for method, error in evaluation.failures.items():
-        failures.add(f"method {method}", error)
-    if targets is None:
+    options = _method_options(option_items, names, loaded.model)
+    truth = read_ground_truth(dataset, loaded, failures)
+    evaluation = evaluate_methods(
+        loaded.model,
+        truth.inputs,
+        truth.targets,
+        methods=options,
+        metrics=[m.strip() for m in metric_text.split(",") if m.strip()],
+        masks=truth.masks,
+        boxes=truth.boxes,
+        labels=truth.targets,
+        names=truth.names,
+        layer=layer or loaded.layer,
+        preprocess=loaded.preprocess,
+        reference=reference,
+        batch_size=batch_size,
+        skip_failures=True,
+        keep_maps=6,
+    )
+    failures += [Failure([f"method {method}"], error) for method, error in evaluation.failures.items()]
+    if truth.targets is None:
         evaluation.notes.append(
             "targets: the predicted class (the dataset's labels are not all class names of the model)"
         )
-    out_dir = Path(out)
-    paths = evaluation.save(out_dir)
-    report = Report(title)
-    report.paragraph(
-        f"Model {loaded.name}, dataset {dataset}: {evaluation.n_images} images"
-        + ("" if evaluation.accuracy is None else f", accuracy {evaluation.accuracy:.3f}")
-        + "."
-    )
-    report.table(evaluation.table())
-    for note in evaluation.notes:
-        report.paragraph(note, "note")
-    for metric, by_method in evaluation.curves.items():
-        for curve_name in next(iter(by_method.values())):
-            if curve_name == "steps":
-                continue
-            figure = curve_figure(
-                {m: (c["steps"], c[curve_name]) for m, c in by_method.items()},
-                title=f"{metric}: {curve_name}",
-                xlabel="step",
-                ylabel=curve_name,
-            )
-            save_png(out_dir / f"curve_{metric}_{curve_name}.png", figure)
-            report.figure(figure, f"{metric}, mean {curve_name} curve per method")
-    shown_n = min(len(shown), 6)
-    columns = {"ground truth": masks[:shown_n].float(), **evaluation.maps}
-    report.figure(
-        grid_figure(shown[:shown_n], columns, row_titles=names[:shown_n]),
-        "The first images: the ground truth, then each method's map.",
-    )
-    if failures.items:
-        report.heading("Inputs that failed")
-        report.table(failures.items)
-    report.save(out_dir / "report.html")
+    about = f"Model {loaded.name}, dataset {dataset}"
+    paths = write_evaluation(evaluation, out, title=title, about=about, truth=truth, failures=failures)
     click.echo(evaluation.markdown())
-    click.echo(f"wrote {paths['summary']}, {paths['json']} and {out_dir / 'report.html'}")
-    failures.exit(ctx)
+    click.echo(f"wrote {paths['summary']}, {paths['json']} and {paths['report']}")
+    _exit_with_failures(ctx, failures)
+
+
+EVALUATE_OPTIONS = [
+    click.argument("dataset", type=click.Path(exists=True)),
+    *MODEL_OPTIONS,
+    click.option("--layer", default=None),
+    click.option(
+        "--reference",
+        default=None,
+        type=click.Path(exists=True),
+        help="DiffCAM's reference group: a folder of images or a statistics file (default: the dataset's own images).",
+    ),
+    click.option("--option", "option_items", multiple=True, metavar="METHOD.KEY=VALUE", help=OPTION_HELP),
+    click.option("--out", type=click.Path(file_okay=False), required=True),
+    click.option("--batch-size", default=8, show_default=True),
+]
+
+
+def evaluate_options(function):
+    for option in reversed(EVALUATE_OPTIONS):
+        function = option(function)
+    return function
 
 
 @main.command()
-@click.argument("dataset", type=click.Path(exists=True))
-@model_options
+@evaluate_options
 @click.option("--method", "method_text", default="gradcam", show_default=True, help="Method name(s), comma-separated.")
 @click.option("--metrics", "metric_text", default="road,deletion,insertion,pointing_game,auprc", show_default=True)
-@click.option("--layer", default=None)
-@click.option(
-    "--reference",
-    default=None,
-    type=click.Path(exists=True, file_okay=False),
-    help="Reference images for DiffCAM (default: the dataset's own images).",
-)
-@click.option("--option", "option_items", multiple=True, metavar="METHOD.KEY=VALUE", help=OPTION_HELP)
-@click.option("--out", type=click.Path(file_okay=False), required=True)
-@click.option("--batch-size", default=8, show_default=True)
 @engine_options()
 @click.pass_context
 def evaluate(
@@ -559,15 +430,15 @@ def evaluate(
     weights,
     download,
     device,
-    method_text,
-    metric_text,
     layer,
     reference,
     option_items,
     out,
     batch_size,
+    method_text,
+    metric_text,
     engine,
-) -> None:
+):
     """Score methods with metrics on a dataset with ground truth: CSV/JSON tables, curves, report.html.
 
     \b
@@ -578,78 +449,39 @@ def evaluate(
     With --engine local|ray every image is scored as it streams past (DiffCAM then needs --reference)
     and the intervals are computed once at the end; the tables are those of the in-memory run.
     """
+    rest = (layer, reference, option_items, out, batch_size)
+    names = _method_names(method_text)
     if engine.streams:
-        names = _method_names(method_text)
         loaded = _load_model(model_spec, weights, download, device)
         options = _method_options(option_items, names, loaded.model)
-        try:
-            runner = Runner(
-                loaded, {n: options.get(n, {}) for n in names}, layer=layer, reference=reference, batch_size=batch_size
-            )
-        except WhycamError as error:
-            raise click.UsageError(str(error)) from None
+        runner = Runner(loaded, options, layer=layer, reference=reference, batch_size=batch_size)
         metrics = [m.strip() for m in metric_text.split(",") if m.strip()]
         return evaluate_files(ctx, runner, dataset, loaded, metrics, out, engine)
-    _evaluate_command(
-        ctx,
-        dataset,
-        model_spec,
-        weights,
-        download,
-        device,
-        _method_names(method_text),
-        metric_text,
-        layer,
-        reference,
-        option_items,
-        out,
-        batch_size,
-        "whycam evaluate",
-    )
+    _evaluate_command(ctx, dataset, model_spec, weights, download, device, names, metric_text, rest, "whycam evaluate")
 
 
 @main.command()
-@click.argument("dataset", type=click.Path(exists=True))
-@model_options
-@click.option("--layer", default=None)
+@evaluate_options
 @click.option(
     "--metrics",
     "metric_text",
-    default=None,
+    default=",".join(DEFAULT_METRICS),
+    show_default=True,
     help="Metrics, comma-separated; default: every localisation and faithfulness metric.",
 )
-@click.option("--reference", default=None, type=click.Path(exists=True, file_okay=False))
-@click.option("--option", "option_items", multiple=True, metavar="METHOD.KEY=VALUE", help=OPTION_HELP)
-@click.option("--out", type=click.Path(file_okay=False), required=True)
-@click.option("--batch-size", default=8, show_default=True)
 @click.pass_context
 def benchmark(
-    ctx, dataset, model_spec, weights, download, device, layer, metric_text, reference, option_items, out, batch_size
-) -> None:
+    ctx, dataset, model_spec, weights, download, device, layer, reference, option_items, out, batch_size, metric_text
+):
     """Run every registered method on a dataset with ground truth; write the table (Markdown, CSV).
 
     \b
     Example:
       whycam benchmark data/masks/ --model digits-cnn --out out/benchmark
     """
-    from .evaluate import DEFAULT_METRICS
-    from .methods.base import methods
-
+    rest = (layer, reference, option_items, out, batch_size)
     _evaluate_command(
-        ctx,
-        dataset,
-        model_spec,
-        weights,
-        download,
-        device,
-        list(methods()),
-        metric_text or ",".join(DEFAULT_METRICS),
-        layer,
-        reference,
-        option_items,
-        out,
-        batch_size,
-        "whycam benchmark",
+        ctx, dataset, model_spec, weights, download, device, list(methods()), metric_text, rest, "whycam benchmark"
     )
 
 
@@ -658,68 +490,41 @@ def benchmark(
 @model_options
 @click.option("--method", "method_text", default="gradcam", show_default=True)
 @click.option("--layer", default=None)
+@click.option(
+    "--reference",
+    default=None,
+    type=click.Path(exists=True),
+    help="DiffCAM's reference group (a folder of images or a statistics file), fitted again on each randomised model.",
+)
+@click.option("--option", "option_items", multiple=True, metavar="METHOD.KEY=VALUE", help=OPTION_HELP)
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
-def sanity(ctx, images, model_spec, weights, download, device, method_text, layer, out, seed) -> None:
+def sanity(ctx, images, model_spec, weights, download, device, method_text, layer, reference, option_items, out, seed):
     """Model-randomisation sanity check: do the maps change when the weights do? (Adebayo, 2018)
 
     \b
     Example:
       whycam sanity photos/ --model efficientnet-lite0 --method gradcam,saliency --out out/sanity
+      whycam sanity digits/ --model digits-cnn --method diffcam --reference references/ --out out/sanity
     """
-    from .evaluate import make_explainer
-    from .metrics import sanity_check
-    from .report import Report
-    from .viz import curve_figure, save_png
-
-    failures = Failures()
     names = _method_names(method_text)
     loaded = _load_model(model_spec, weights, download, device)
-    layer = _check_layer(loaded, layer)
-    _, _, inputs = _read_images(images, loaded.preprocess, failures)
+    options = _method_options(option_items, names, loaded.model)
+    failures: list[Failure] = []
+    inputs = [model_input for _, _, model_input in read_inputs(images, loaded.preprocess, failures)]
     if not inputs:
-        raise click.UsageError("no readable image among the inputs")
-    batch = torch.stack(inputs)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = Report("whycam sanity check")
+        raise UsageError("no readable image among the inputs")
+    group = None if reference is None else read_reference(reference, loaded.preprocess, failures)[0]
     results = {}
-    for method in tqdm(names, desc="sanity", unit="method"):
-
-        def factory(model, method=method):
-            return make_explainer(method, model, layer)
-
-        checks = sanity_check(factory, loaded.model, batch, seed=seed)
-        cascading = checks["cascading"]
-        layers = cascading.settings["layers"]
-        curves = {key: (list(range(len(layers))), value.nanmean(0).tolist()) for key, value in cascading.curves.items()}
-        figure = curve_figure(
-            curves,
-            title=f"{method}: cascading randomisation (top layer first)",
-            xlabel="layers randomised",
-            ylabel="similarity to the original map",
-        )
-        save_png(out_dir / f"sanity_{method}.png", figure)
-        passed = cascading.settings.get("passed")
-        results[method] = {
-            "passed": passed,
-            "spearman_after_full_randomisation": cascading.value,
-            "threshold": cascading.settings.get("threshold"),
-            "layers": layers,
-            "independent_mean_spearman": checks["independent"].value,
-        }
-        report.heading(method)
-        report.paragraph(
-            f"{'PASS' if passed else 'FAIL'}: mean Spearman correlation after randomising every "
-            f"layer = {cascading.value:.3f} (passes below {cascading.settings.get('threshold')})."
-        )
-        report.figure(figure, f"{method}: similarity per randomisation step")
-        click.echo(f"{method}: {'pass' if passed else 'FAIL'} (Spearman {cascading.value:.3f})")
-    (out_dir / "sanity.json").write_text(json.dumps(results, indent=2))
-    report.save(out_dir / "report.html")
-    click.echo(f"wrote {out_dir / 'sanity.json'} and {out_dir / 'report.html'}")
-    failures.exit(ctx)
+    for method in names:
+        factory = method_factory(method, options[method], layer=layer or loaded.layer, reference=group)
+        results[method] = sanity_check(factory, loaded.model, torch.stack(inputs), seed=seed)
+        cascading = results[method]["cascading"]
+        click.echo(f"{method}: {'pass' if cascading.settings['passed'] else 'FAIL'} (Spearman {cascading.value:.3f})")
+    paths = write_sanity(results, out)
+    click.echo(f"wrote {paths['json']} and {paths['report']}")
+    _exit_with_failures(ctx, failures)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 ``Runner(model, methods, ...)`` builds each explainer once (``create``), fits those that declare
 ``needs_reference`` (DiffCAM) on the reference group once, and ``explain_batch(images)`` runs one
-batch through every method. Everything else streams batches through it: ``iter_batches`` (for an
+batch through every method. Everything else streams batches through it: ``Runner.iter_batches`` (for an
 engine over a dataset), ``explain`` (the whole set, accumulated in an ``ExplainResult``),
 ``whycam.evaluate.evaluate`` (maps scored against ground truth) and the CLI.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .data import iter_images
 from .errors import InputError, ModelError, ReferenceGroupError, UsageError, WhycamError
+from .inputs import Failure, Images, batch_targets, input_batches, read_reference
 from .layers import resolve_layers
 from .methods.base import Explainer, check_images, normalize_maps
 from .methods.diffcam import DiffCAM
@@ -45,68 +45,21 @@ log = logging.getLogger("whycam")
 
 QUESTIONS = ("why", "why-not", "unusual")
 MethodSpec = str | Sequence[str] | Mapping[str, Mapping[str, object]]
-Images = Tensor | str | Path | Sequence[str | Path] | Iterable
 
 
 @dataclass
-class Failure:
-    """A method (or, with ``method=None``, the reading of a file) that failed on some inputs."""
+class Explained:
+    """What a run gives for its rows (one batch, or every batch together).
 
-    inputs: list[str]
-    error: str
-    method: str | None = None
-
-    def as_dict(self) -> dict[str, str]:
-        what = ", ".join(self.inputs)
-        return {"input": what if self.method is None else f"{self.method} on {what}", "error": self.error}
-
-
-@dataclass
-class InputBatch:
-    """One batch of model inputs with their names, and the images the maps are drawn on (or None)."""
-
-    inputs: Tensor
-    ids: list[str]
-    display: list[Tensor] | None = None
-    labels: object = None
-
-
-@dataclass
-class BatchResult:
-    """One batch through every method.
-
-    ``maps[m]``: (B, H, W) float32 in [0, 1] on the CPU, for each method m that succeeded;
-    ``raw[m]``: the signed maps at the method's resolution (with ``keep_raw``); ``predictions``,
-    ``probabilities``: the predicted class and its softmax probability (None when the selected
-    output is not (B, classes)); ``targets``: the classes explained (None for a callable target);
-    ``layers[m]``: the layers method m read; ``seconds[m]``: its time for the batch;
-    ``asked[m]``: per image, the bank label DiffCAM's question was asked against.
+    ``maps[m]``: (B, H, W) float32 in [0, 1] on the CPU for method m; ``raw[m]``: the signed maps at
+    the method's resolution (with ``keep_raw``); ``predictions``, ``probabilities``: the predicted
+    class and its softmax probability (None when the selected output is not (B, classes));
+    ``targets``: the classes explained (None for a callable target); ``layers[m]``: the layers
+    method m read; ``asked[m]``: per image, the bank label DiffCAM's question was asked against;
+    ``failures``: unreadable files and failed method batches; ``display``: the images the maps are
+    drawn on (files only).
     """
 
-    ids: list[str]
-    maps: dict[str, Tensor] = field(default_factory=dict)
-    raw: dict[str, Tensor] = field(default_factory=dict)
-    predictions: Tensor | None = None
-    probabilities: Tensor | None = None
-    targets: Tensor | None = None
-    layers: dict[str, list[str]] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-    asked: dict[str, list[object]] = field(default_factory=dict)
-    failures: list[Failure] = field(default_factory=list)
-    display: list[Tensor] | None = None
-    labels: object = None
-
-
-@dataclass
-class ExplainResult:
-    """Every batch of a run together; rows follow ``ids``.
-
-    ``maps[m]`` (N, H, W) float32, NaN rows where method m failed (``ok(m)`` says which rows hold
-    a map); ``seconds[m]`` (N,) the time per image; ``references[m]`` describes the reference group
-    of a DiffCAM-like method; ``failures`` holds unreadable files and failed method batches.
-    """
-
-    methods: list[str]
     ids: list[str] = field(default_factory=list)
     maps: dict[str, Tensor] = field(default_factory=dict)
     raw: dict[str, Tensor] = field(default_factory=dict)
@@ -114,10 +67,31 @@ class ExplainResult:
     probabilities: Tensor | None = None
     targets: Tensor | None = None
     layers: dict[str, list[str]] = field(default_factory=dict)
-    seconds: dict[str, Tensor] = field(default_factory=dict)
     asked: dict[str, list[object]] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     display: list[Tensor] | None = None
+
+
+@dataclass
+class BatchResult(Explained):
+    """One batch through every method: a map for each method that succeeded on it, ``seconds[m]``
+    its time for the batch, ``labels`` those the batch came with (a DataLoader's)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    labels: object = None
+
+
+@dataclass
+class ExplainResult(Explained):
+    """Every batch of a run together; rows follow ``ids``.
+
+    ``maps[m]`` (N, H, W), NaN rows where method m failed (``ok(m)`` says which rows hold a map);
+    ``seconds[m]`` (N,) the time per image; ``references[m]`` describes the reference group of a
+    DiffCAM-like method; ``needs_target[m]`` the method's declared capability.
+    """
+
+    methods: list[str] = field(default_factory=list)
+    seconds: dict[str, Tensor] = field(default_factory=dict)
     references: dict[str, str] = field(default_factory=dict)
     needs_target: dict[str, bool] = field(default_factory=dict)
     question: str | None = None
@@ -134,108 +108,6 @@ class ExplainResult:
     def class_name(self, index: int) -> str:
         """The name of class ``index``, or the index as text."""
         return self.classes[index] if self.classes is not None and 0 <= index < len(self.classes) else str(index)
-
-
-# --------------------------------------------------------------------------------------------- inputs
-def unique_names(paths: Iterable[Path]) -> list[str]:
-    """File stems, made unique by a ``_2``, ``_3``... suffix where two files share one."""
-    seen: dict[str, int] = {}
-    names = []
-    for path in paths:
-        seen[path.stem] = seen.get(path.stem, 0) + 1
-        names.append(path.stem if seen[path.stem] == 1 else f"{path.stem}_{seen[path.stem]}")
-    return names
-
-
-def read_inputs(
-    paths: Iterable[str | Path], preprocess: Preprocess, failures: list[Failure]
-) -> Iterator[tuple[Path, Tensor, Tensor]]:
-    """``(path, display image (3, h, w) in [0, 1], model input)`` of each readable image; the others
-    are appended to ``failures``."""
-    for path, image in iter_images(paths):
-        if isinstance(image, Exception):
-            failures.append(Failure([str(path)], str(image)))
-            continue
-        display = preprocess.geometry(image)
-        yield path, display, preprocess.normalize(display)
-
-
-def file_batches(
-    paths: Sequence[str | Path], preprocess: Preprocess, batch_size: int, failures: list[Failure]
-) -> Iterator[InputBatch]:
-    """Images read from files and folders, in batches named by unique file stems."""
-    seen: list[Path] = []
-    chunk: list[tuple[Tensor, Tensor]] = []
-    for path, display, inputs in read_inputs(paths, preprocess, failures):
-        seen.append(path)
-        chunk.append((display, inputs))
-        if len(chunk) == batch_size:
-            yield _file_batch(chunk, unique_names(seen)[-len(chunk) :])
-            chunk = []
-    if chunk:
-        yield _file_batch(chunk, unique_names(seen)[-len(chunk) :])
-
-
-def _file_batch(chunk: list[tuple[Tensor, Tensor]], ids: list[str]) -> InputBatch:
-    return InputBatch(torch.stack([inputs for _, inputs in chunk]), ids, [display for display, _ in chunk])
-
-
-def input_batches(
-    images: Images, batch_size: int, preprocess: Preprocess | None, failures: list[Failure]
-) -> Iterator[InputBatch]:
-    """``images`` as batches: a (N, C, H, W) tensor (rows named "0", "1", ...), files and folders
-    (read through ``preprocess``), or an iterable / DataLoader of tensors or ``(images, labels)``."""
-    if isinstance(images, Tensor):
-        if images.dim() != 4:
-            raise UsageError(f"images must be (N, C, H, W); got {tuple(images.shape)}")
-        for start in range(0, images.shape[0], batch_size):
-            chunk = images[start : start + batch_size]
-            yield InputBatch(chunk, [str(i) for i in range(start, start + len(chunk))])
-        return
-    if isinstance(images, (str, Path)) or (
-        isinstance(images, Sequence) and images and all(isinstance(p, (str, Path)) for p in images)
-    ):
-        if preprocess is None:
-            raise UsageError("reading image files needs the model's preprocessing: pass preprocess= or a LoadedModel")
-        yield from file_batches(
-            [images] if isinstance(images, (str, Path)) else list(images), preprocess, batch_size, failures
-        )
-        return
-    start = 0
-    for item in images:
-        chunk, labels = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
-        if not isinstance(chunk, Tensor):
-            raise UsageError(f"a batch must be images (B, C, H, W) or (images, labels), not {type(chunk).__name__}")
-        yield InputBatch(chunk, [str(i) for i in range(start, start + len(chunk))], labels=labels)
-        start += len(chunk)
-
-
-def batch_targets(targets: Target, start: int, length: int) -> Target:
-    """The targets of rows ``start:start+length``: one class or a callable is shared, one per image sliced."""
-    if targets is None or isinstance(targets, int) or callable(targets):
-        return targets
-    return torch.as_tensor(targets).flatten()[start : start + length]
-
-
-# --------------------------------------------------------------------------------------------- references
-def read_reference(reference: str | Path, preprocess: Preprocess | None, failures: list[Failure]):
-    """A reference given as a path: saved statistics (a file) or a folder of images (a tensor)."""
-    path = Path(reference)
-    if path.is_file():
-        try:
-            stats = ReferenceStats.load(path)
-        except (ValueError, KeyError):
-            stats = ReferenceBank.load(path)
-        return stats, f"statistics {path.name} ({stats!r})"
-    if preprocess is None:
-        raise UsageError("a folder of reference images needs the model's preprocessing: pass preprocess=")
-    inputs = [model_input for _, _, model_input in read_inputs([path], preprocess, failures)]
-    if len(inputs) < 2:
-        raise ReferenceGroupError(
-            f"the reference folder {reference} holds {len(inputs)} readable image(s); "
-            "a reference group needs at least 2"
-        )
-    return torch.stack(inputs), f"{len(inputs)} images from {reference}"
 
 
 def describe(reference: object) -> str:
@@ -279,12 +151,13 @@ def ask(explainer: DiffCAM, question: str, images: Tensor, labels: list, versus:
 
 
 # --------------------------------------------------------------------------------------------- the loop
-def method_options(methods: MethodSpec) -> dict[str, dict[str, object]]:
-    """``"gradcam,diffcam"``, ``["gradcam"]`` or ``{"rise": {"masks": 500}}`` as ``{name: options}``."""
+def method_options(methods: MethodSpec) -> dict[str, dict[str, object] | Explainer]:
+    """``"gradcam,diffcam"``, ``["gradcam"]`` or ``{"rise": {"masks": 500}}`` as ``{name: options}``
+    (a ready ``Explainer`` as a value is used as it is)."""
     if isinstance(methods, str):
         methods = [name.strip() for name in methods.split(",") if name.strip()]
     if isinstance(methods, Mapping):
-        return {name: dict(options or {}) for name, options in methods.items()}
+        return {name: o if isinstance(o, Explainer) else dict(o or {}) for name, o in methods.items()}
     names = list(methods)
     if not names:
         raise UsageError("no method given; see `whycam methods`")
@@ -301,6 +174,8 @@ class Runner:
     ``reference``: the reference group of the methods that declare ``needs_reference``: images, a
     DataLoader or iterable of batches, ``ReferenceStats``/``ReferenceBank``, a statistics file or a
     folder of images. ``question``/``versus``: DiffCAM's question to a per-class bank.
+    ``keep_raw``: keep the signed maps too; ``strict``: a failing method raises instead of being
+    recorded as a ``Failure``.
     """
 
     def __init__(
@@ -318,6 +193,7 @@ class Runner:
         classes: Sequence[str] | None = None,
         batch_size: int = 8,
         keep_raw: bool = False,
+        strict: bool = False,
     ):
         if isinstance(model, LoadedModel):
             layer = model.layer if layer is None else layer
@@ -334,14 +210,18 @@ class Runner:
         if (question == "why-not") != (versus is not None):
             raise UsageError("the question why-not and versus=CLASS go together")
         self.model, self.output, self.preprocess, self.classes = model, output, preprocess, classes
-        self.batch_size, self.keep_raw, self.question = batch_size, keep_raw, question
+        self.batch_size, self.keep_raw, self.question, self.strict = batch_size, keep_raw, question, strict
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.failures: list[Failure] = []
-        self.explainers = {name: self._build(name, options, layer) for name, options in method_options(methods).items()}
-        self.references = {
+        given = method_options(methods)
+        self.explainers = {
+            name: options if isinstance(options, Explainer) else self._build(name, options, layer)
+            for name, options in given.items()
+        }
+        self.references = {  # ready explainers come fitted
             name: self._fit(name, explainer, reference)
             for name, explainer in self.explainers.items()
-            if explainer.needs_reference
+            if explainer.needs_reference and not isinstance(given[name], Explainer)
         }
         self.versus = self._check_question(versus)
         self._logged: set[str] = set()
@@ -434,6 +314,8 @@ class Runner:
             try:
                 self._run(name, explainer, images, explained, result)
             except Exception as error:  # noqa: BLE001 (one failing method must not lose the others)
+                if self.strict:
+                    raise
                 result.failures.append(Failure(ids, f"{type(error).__name__}: {error}", name))
         return result
 
@@ -500,7 +382,7 @@ class Runner:
         """``BatchResult``s as one ``ExplainResult`` (the rows of a failed method are NaN)."""
         names = list(self.explainers)
         result = ExplainResult(
-            names,
+            methods=names,
             ids=[i for batch in batches for i in batch.ids],
             failures=[*self.failures, *(f for batch in batches for f in batch.failures)],
             references=dict(self.references),
@@ -540,19 +422,6 @@ def _model_device(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def iter_batches(
-    model: nn.Module | LoadedModel,
-    images: Images,
-    methods: MethodSpec = ("gradcam",),
-    *,
-    targets: Target = None,
-    progress: bool = False,
-    **options: object,
-) -> Iterator[BatchResult]:
-    """Stream ``images`` through ``Runner(model, methods, **options)``, one ``BatchResult`` per batch."""
-    yield from Runner(model, methods, **options).iter_batches(images, targets, progress=progress)
-
-
 def explain(
     model: nn.Module | LoadedModel,
     images: Images,
@@ -565,6 +434,6 @@ def explain(
     """Explain ``images`` (a tensor, files/folders, or a DataLoader) with every method: an ``ExplainResult``.
 
     ``options`` are ``Runner``'s (layer, output, preprocess, reference, question, versus, device,
-    classes, batch_size, keep_raw).
+    classes, batch_size, keep_raw, strict). To stream, hold the ``Runner`` and call ``iter_batches``.
     """
     return Runner(model, methods, **options).explain(images, targets, progress=progress)

@@ -4,7 +4,9 @@
 ``{i}_{m}.npy`` (the (H, W) float32 map in [0, 1]), ``{i}_{m}.png`` (the overlay, when the run read
 files and so has display images), ``summary.json`` (predictions, targets, the layer each method
 actually read, the reference group, the time, the failures) and, with ``report=True``,
-``report.html`` (through ``whycam.report``). A new output format is one more function here.
+``report.html`` (through ``whycam.report``). ``write_evaluation`` and ``write_sanity`` do the same
+for ``whycam evaluate``/``benchmark`` and ``whycam sanity``. A new output format is one more
+function here.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .evaluate import Evaluation
+from .inputs import Failure, GroundTruth
+from .metrics.result import MetricResult
 from .report import Report
 from .runs import ExplainResult
-from .viz import grid_figure, overlay_figure, save_png
+from .viz import curve_figure, grid_figure, overlay_figure, save_png
 
 
 def stem(result: ExplainResult, index: int, method: str) -> str:
@@ -115,9 +120,7 @@ def write_report(result: ExplainResult, path: Path) -> Path:
             for r in images
         ]
     )
-    if result.failures:
-        report.heading("Inputs that failed")
-        report.table([failure.as_dict() for failure in result.failures])
+    _failure_section(report, result.failures)
     return report.save(path)
 
 
@@ -130,4 +133,87 @@ def write_explain(result: ExplainResult, folder: str | Path, *, report: bool = F
     paths["summary"].write_text(json.dumps(summary(result), indent=2, default=str))
     if report:
         paths["report"] = write_report(result, folder / "report.html")
+    return paths
+
+
+def _failure_section(report: Report, failures: list[Failure]) -> None:
+    if failures:
+        report.heading("Inputs that failed")
+        report.table([failure.as_dict() for failure in failures])
+
+
+def write_curves(evaluation: Evaluation, folder: Path, report: Report) -> None:
+    """``curve_{metric}_{curve}.png``: each curve metric's mean curve per method, also in ``report``."""
+    for metric, by_method in evaluation.curves.items():
+        for curve in [name for name in next(iter(by_method.values())) if name != "steps"]:
+            figure = curve_figure(
+                {method: (c["steps"], c[curve]) for method, c in by_method.items()},
+                title=f"{metric}: {curve}",
+                xlabel="step",
+                ylabel=curve,
+            )
+            save_png(folder / f"curve_{metric}_{curve}.png", figure)
+            report.figure(figure, f"{metric}, mean {curve} curve per method")
+
+
+def write_evaluation(
+    evaluation: Evaluation, folder: str | Path, *, title: str, about: str, truth: GroundTruth, failures: list[Failure]
+) -> dict[str, Path]:
+    """The tables (``Evaluation.save``), the curves and ``report.html`` of an evaluation."""
+    folder = Path(folder)
+    paths = evaluation.save(folder)
+    report = Report(title)
+    accuracy = "" if evaluation.accuracy is None else f", accuracy {evaluation.accuracy:.3f}"
+    report.paragraph(f"{about}: {evaluation.n_images} images{accuracy}.")
+    report.table(evaluation.table())
+    for note in evaluation.notes:
+        report.paragraph(note, "note")
+    write_curves(evaluation, folder, report)
+    shown = min(len(truth.display), 6)
+    columns = {"ground truth": truth.masks[:shown].float(), **{m: v[:shown] for m, v in evaluation.maps.items()}}
+    report.figure(
+        grid_figure(truth.display[:shown], columns, row_titles=truth.names[:shown]),
+        "The first images: the ground truth, then each method's map.",
+    )
+    _failure_section(report, failures)
+    paths["report"] = report.save(folder / "report.html")
+    return paths
+
+
+def sanity_record(checks: dict[str, MetricResult]) -> dict[str, object]:
+    """What ``sanity.json`` says about one method: the verdict, the score, the layers randomised."""
+    cascading = checks["cascading"]
+    return {
+        "passed": cascading.settings.get("passed"),
+        "spearman_after_full_randomisation": cascading.value,
+        "threshold": cascading.settings.get("threshold"),
+        "layers": cascading.settings["layers"],
+        "independent_mean_spearman": checks["independent"].value,
+    }
+
+
+def write_sanity(results: dict[str, dict[str, MetricResult]], folder: str | Path) -> dict[str, Path]:
+    """``sanity_{method}.png`` (similarity per randomisation step), ``sanity.json`` and ``report.html``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    report = Report("whycam sanity check")
+    for method, checks in results.items():
+        cascading, record = checks["cascading"], sanity_record(checks)
+        steps = list(range(len(record["layers"])))
+        figure = curve_figure(
+            {key: (steps, value.nanmean(0).tolist()) for key, value in cascading.curves.items()},
+            title=f"{method}: cascading randomisation (top layer first)",
+            xlabel="layers randomised",
+            ylabel="similarity to the original map",
+        )
+        save_png(folder / f"sanity_{method}.png", figure)
+        report.heading(method)
+        report.paragraph(
+            f"{'PASS' if record['passed'] else 'FAIL'}: mean Spearman correlation after randomising every "
+            f"layer = {cascading.value:.3f} (passes below {record['threshold']})."
+        )
+        report.figure(figure, f"{method}: similarity per randomisation step")
+    paths = {"json": folder / "sanity.json", "report": folder / "report.html"}
+    paths["json"].write_text(json.dumps({m: sanity_record(c) for m, c in results.items()}, indent=2))
+    report.save(paths["report"])
     return paths

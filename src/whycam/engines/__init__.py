@@ -18,9 +18,11 @@ import torch
 from torch import nn
 
 from ..errors import ReferenceGroupError, UsageError
-from ..evaluate import Evaluation, make_explainer
+from ..evaluate import Evaluation
+from ..methods.factory import create
 from ..metrics.result import MetricResult
 from ..models import LoadedModel
+from ..reference import ReferenceBank, ReferenceStats
 from ..runs import MethodSpec, Runner
 from ..shards import load_run, read_manifest, shard_metadata
 from .files import Item, list_items
@@ -152,7 +154,7 @@ def build_reference(
         else:
             groups.append((None, folder))
     items = list_items([path for _, path in groups], labels=[label for label, _ in groups])
-    explainer = make_explainer("diffcam", loaded.model, layer, **options)
+    explainer = create("diffcam", loaded.model, layer=layer, **options)
     if engine == "local":
         statistics, failures = reference_local(
             explainer, items, loaded.preprocess, batch_size=batch_size, workers=workers, progress=progress
@@ -165,8 +167,9 @@ def build_reference(
         )  # fmt: skip
     else:
         raise UsageError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
-    if not statistics or (hasattr(statistics, "classes") and not statistics.classes):
-        raise ReferenceGroupError("no readable reference image; a reference group needs at least 2")
+    group = statistics.all() if isinstance(statistics, ReferenceBank) and statistics.classes else statistics
+    if not isinstance(group, ReferenceStats) or group.count_ < 2:
+        raise ReferenceGroupError("fewer than 2 images in the reference folders; nothing to summarise")
     return statistics, failures
 
 

@@ -18,8 +18,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..data import ImageReadError, NoImagesError, Sample, find_images, read_image, to_tensor
+from ..inputs import unique_names
 from ..models import Preprocess
-from ..runs import unique_names
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,15 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..evaluate import BOX_METRICS, call_metric, is_faithfulness, metric_functions
+from ..metrics.registry import get_metrics
 from ..reference import ReferenceBank, ReferenceStats
 from ..runs import Runner
 from ..shards import write_shard
 from ..viz import overlay_figure, save_png
 from .files import FileBatch, Item
+
+#: Metrics that compare the map's box with each object's box: the streaming engines read one mask per image.
+BOX_METRICS = ("box_accuracy", "max_box_accuracy")
 
 
 class ShardWriter:
@@ -46,13 +49,13 @@ class ShardWriter:
                 "--engine)"
             )
         self.runner, self.out, self.overlays = runner, Path(out), overlays
-        self.metrics = metric_functions(list(metrics))
+        self.metrics = get_metrics(list(metrics))
         self.metric_options = {name: dict(options) for name, options in (metric_options or {}).items()}
         self.higher_is_better: dict[str, bool] = {}
 
     @property
     def needs_masks(self) -> bool:
-        return any(not is_faithfulness(function) for function in self.metrics.values())
+        return any(not entry.faithfulness for entry in self.metrics.values())
 
     def rows(self, batch: FileBatch) -> tuple[list[dict], list[np.ndarray]]:
         """One row per item and method (see ``whycam.shards``) and the maps the rows point to."""
@@ -106,13 +109,15 @@ class ShardWriter:
         """Each metric's per-image scores of one method's maps on the readable images of ``batch``."""
         scores = {}
         model = self.runner.model
-        for name, function in self.metrics.items():
-            images = batch.inputs.to(self.runner.device)
-            truth = None if batch.masks is None else batch.masks.to(images.device)
-            result = call_metric(
-                function, model, images, maps.to(images.device), targets.to(images.device), truth,
-                **self.metric_options.get(name, {}),
-            )  # fmt: skip
+        images = batch.inputs.to(self.runner.device)
+        for name, entry in self.metrics.items():
+            options = self.metric_options.get(name, {})
+            if entry.faithfulness:
+                result = entry.function(model, images, maps.to(images.device), targets.to(images.device), **options)
+            elif batch.masks is None:
+                raise UsageError(f"{name} needs ground truth: evaluate a dataset with masks or boxes")
+            else:
+                result = entry.function(maps, batch.masks.to(maps.device), **options)
             if result.statistic is not None:
                 raise UsageError(
                     f"{name}'s value is a statistic of the whole dataset, not a mean of per-image scores; "

@@ -40,7 +40,7 @@ def register(cls: type[Explainer]) -> type[Explainer]:
 
 def methods() -> dict[str, type[Explainer]]:
     """Every registered explainer, by name (``"gradcam"``, ``"scorecam"``, ``"diffcam"``, ...)."""
-    from .. import methods as _families  # noqa: F401  (importing the families registers them)
+    from .. import methods as _families  # noqa: F401, PLC0415 (the families import this module; importing them registers them)
 
     return dict(sorted(_REGISTRY.items()))
 
@@ -163,16 +163,25 @@ class Explainer:
         return f"{type(self).__name__}({type(self.model).__name__})"
 
 
+class FunctionExplainer(Explainer):
+    """A plain function ``f(images, target) -> (B, H, W)`` as an explainer; its maps are taken as they are."""
+
+    def __init__(self, model: nn.Module, function: Callable[[Tensor, Target], Tensor]):
+        super().__init__(model)
+        self.function = function
+
+    def __call__(self, images: Tensor, target: Target = None, *, raw: bool = False) -> Tensor:
+        return self.function(images, target).detach()
+
+
 @dataclass
 class LayerPass:
     """What one forward pass through the tapped model gives a CAM method for one layer."""
 
     images: Tensor
-    output: Tensor
     scores: Tensor | None
     classes: Tensor | None
     target: Target
-    name: str
     module: nn.Module
 
 
@@ -227,12 +236,10 @@ class CAMExplainer(Explainer):
                 torch.autograd.grad(scores.sum(), activations) if self.uses_gradient else [None] * len(activations)
             )
         maps = []
-        for (name, module), act, grad in zip(layers, activations, gradients, strict=True):
+        for (_, module), act, grad in zip(layers, activations, gradients, strict=True):
             act = self.spatial(act.detach(), images)
             grad = None if grad is None else self.spatial(grad, images)
-            step = LayerPass(
-                images, output.detach(), None if scores is None else scores.detach(), classes, target, name, module
-            )
+            step = LayerPass(images, None if scores is None else scores.detach(), classes, target, module)
             maps.append(self.layer_map(act, grad, step))
         return maps
 
