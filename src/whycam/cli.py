@@ -26,6 +26,7 @@ from .engines.cli import engine_options, evaluate_files, explain_files
 from .errors import UsageError, WhycamError
 from .evaluate import DEFAULT_METRICS
 from .evaluate import evaluate as evaluate_methods
+from .explorer import Explorer
 from .inputs import Failure, read_ground_truth, read_inputs, read_reference
 from .methods.base import methods
 from .methods.factory import create
@@ -525,6 +526,37 @@ def sanity(ctx, images, model_spec, weights, download, device, method_text, laye
     paths = write_sanity(results, out)
     click.echo(f"wrote {paths['json']} and {paths['report']}")
     _exit_with_failures(ctx, failures)
+
+
+@main.command("app")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (0.0.0.0: every interface).")
+@click.option("--port", default=7860, show_default=True)
+@click.option("--model", "model_spec", default=None, help="A model besides the demo ones (a spec as for explain).")
+@click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False), help="Weights of --model.")
+@click.option("--device", default="cpu", show_default=True, help="Where --model runs: cpu, cuda, cuda:1, mps.")
+@click.option("--images", default=None, type=click.Path(exists=True, file_okay=False), help="A folder of images.")
+@click.option(
+    "--reference",
+    default=None,
+    type=click.Path(exists=True),
+    help="DiffCAM's reference group for --model: a folder of images or a statistics file.",
+)
+@click.option(
+    "--bank",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Per-class statistics for --model (whycam reference build --per-class): DiffCAM's why / why-not / unusual.",
+)
+def app(host, port, model_spec, weights, device, images, reference, bank) -> None:
+    """The explorer: an interactive page in the browser (needs: pip install 'whycam[app]')."""
+    try:
+        from .app import launch  # noqa: PLC0415 (the optional extra whycam[app]: imported by this command only)
+    except ImportError as error:
+        raise click.UsageError(f"the explorer needs the app extra: pip install 'whycam[app]' ({error})") from None
+    loaded = None if model_spec is None else _load_model(model_spec, weights, False, device)
+    explorer = Explorer.launched(loaded, images=images, reference=reference, bank=bank)
+    click.echo(f"whycam explorer on http://{host}:{port}/ (Ctrl+C to stop)")
+    launch(explorer, host=host, port=port)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ SKIPPED = {
 }
 
 
-def _skimage(name: str) -> torch.Tensor:
+def skimage_image(name: str) -> torch.Tensor:
     import skimage.data  # noqa: PLC0415 (the demo's optional dependency: whycam[demo])
 
     return to_tensor(getattr(skimage.data, name)())
@@ -69,7 +69,7 @@ def texture_references(preprocess, size: int = 224) -> torch.Tensor:
     and their mirror images (24 images)."""
     images = []
     for name in TEXTURES:
-        texture = _skimage(name)
+        texture = skimage_image(name)
         height, width = texture.shape[-2:]
         crop = min(height, width) * 2 // 3
         for top, left in ((0, 0), (0, width - crop), (height - crop, 0), (height - crop, width - crop)):
@@ -117,7 +117,7 @@ def _photos_section(report: Report, quick: bool) -> None:
         chosen = [n for n in chosen if n in ("gradcam", "eigencam", "saliency", "diffcam")]
     photos = list(PHOTOS)[:2] if quick else list(PHOTOS)
     loaded = load_model("efficientnet-lite0")
-    shown = torch.stack([loaded.preprocess.geometry(_skimage(name)) for name in photos])
+    shown = torch.stack([loaded.preprocess.geometry(skimage_image(name)) for name in photos])
     inputs = torch.stack([loaded.preprocess.normalize(image) for image in shown])
     runner = Runner(
         loaded, {n: LIGHT.get(n, {}) for n in chosen}, reference=texture_references(loaded.preprocess), batch_size=24
