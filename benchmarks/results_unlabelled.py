@@ -332,7 +332,8 @@ def run(task: str, n: int, references: int, seed: int, out: Path) -> tuple[str, 
     return text, records
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run, and write docs/ (0), or with --check compare with the committed CSVs (0 if they agree, else 1)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"presets {QUICK} instead of {FULL}")
     parser.add_argument("--tasks", nargs="+", default=["objects", "anomaly"], choices=["objects", "anomaly"])
@@ -359,13 +360,14 @@ def main(argv: list[str] | None = None) -> None:
 
         names = [f"unlabelled-{task}" for task in args.tasks]
         agree = [check(name, CHECK / f"{name}.csv", DOCS / "results" / f"{name}.csv") for name in names]
-        sys.exit(0 if all(agree) else 1)
+        return 0 if all(agree) else 1
     command = " ".join(["python benchmarks/results_unlabelled.py", *(argv if argv is not None else sys.argv[1:])])
     footer = f"_`{command}`: {machine()}; whole run {minutes:.1f} min._"
     for task, markdown in sections.items():
         write_section("results.md", f"unlabelled-{task}", f"{markdown}\n\n{footer}")
     write_section("results.md", "unlabelled-models", models_table(records))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
