@@ -152,6 +152,13 @@ def committed(task: str, n: int) -> list[Row]:
     return rows
 
 
+def untrained_backbone(model: str, seed: int) -> nn.Module:
+    """A self-supervised model's backbone as initialised before training (the same seed): what the
+    maps owe to the architecture and the image contrast alone."""
+    torch.manual_seed(seed)
+    return train_ssl.build(train_ssl.RECIPES[model]).eval()
+
+
 def objects_rows(n: int, references: int, seed: int) -> tuple[tasks.TaskData, list[Row], dict]:
     """Every map of the objects table, and the models' records."""
     data = tasks.objects("test", n, seed)
@@ -165,11 +172,18 @@ def objects_rows(n: int, references: int, seed: int) -> tuple[tasks.TaskData, li
     dino, dino_record = train_ssl.load_or_train("dino-vit", seed)
     simclr, simclr_record = train_ssl.load_or_train("simclr-cnn", seed)
     vit, vit_record = train_ssl.load_or_train("supervised-vit", seed)
+    untrained = {name: untrained_backbone(name, seed) for name in ("dino-vit", "simclr-cnn")}
+    bare = {"background-only scenes": groups["background-only scenes"]}
     others = {c: _sample(train.images[train.labels != c], references, seed) for c in range(len(data.classes))}
     rows = [
         *(Row("ViT", "DINO, no labels", m, v) for m, v in label_free(dino, VIT_LAYER, data.images, groups).items()),
         Row("ViT", "DINO, no labels", "class-token attention", attention_maps(dino, data.images)),
         *(Row("CNN", "SimCLR, no labels", m, v) for m, v in label_free(simclr, "block4", data.images, groups).items()),
+        *(
+            Row(arch, "none (random init)", m, v)
+            for arch, (name, layer) in (("ViT", ("dino-vit", VIT_LAYER)), ("CNN", ("simclr-cnn", "block4")))
+            for m, v in label_free(untrained[name], layer, data.images, bare).items()
+        ),
         *committed("objects", len(data)),
         *(
             Row("ViT", "supervised", m, v)
@@ -298,7 +312,7 @@ def models_table(records: dict[str, dict]) -> str:
                 f"{probe['knn']:.3f} / {probe['linear']:.3f}" if probe else "-",
                 f"{random_init['knn']:.3f} / {random_init['linear']:.3f}" if random_init else "-",
                 f"{record['test_accuracy']:.3f}" if "test_accuracy" in record else "-",
-                f"{record['seconds']:.0f} s ({record['threads']} threads)",
+                f"{record['seconds']:.0f} s ({record['threads']} thread{'s' * (record['threads'] != 1)})",
             ]
         )
     header = [
