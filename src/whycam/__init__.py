@@ -4,10 +4,12 @@ __version__ = "0.1.0"
 
 from . import metrics
 from .data import load_images
+from .errors import InputError, ModelError, ReferenceGroupError, UsageError, WhycamError
 from .layers import LayerNotFoundError
 from .methods.base import CAMExplainer, Explainer, methods, register
 from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from .methods.diffcam import DiffCAM
+from .methods.factory import create
 from .methods.gradient import (
     GuidedBackprop,
     GuidedGradCAM,
@@ -20,8 +22,19 @@ from .methods.perturbation import RISE, MeaningfulPerturbation, Occlusion
 from .methods.score import AblationCAM, ScoreCAM
 from .models import load_model
 from .reference import ReferenceBank, ReferenceStats
+from .runs import BatchResult, ExplainResult, Runner, explain
 
 __all__ = [
+    "BatchResult",
+    "explain",
+    "Runner",
+    "ExplainResult",
+    "create",
+    "WhycamError",
+    "UsageError",
+    "ReferenceGroupError",
+    "ModelError",
+    "InputError",
     "AblationCAM",
     "CAM",
     "CAMExplainer",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,8 +33,6 @@ def png_uri(picture: Figure | np.ndarray | bytes) -> str:
     if isinstance(picture, Figure):
         data = png(picture)
     elif isinstance(picture, np.ndarray):
-        import io
-
         buffer = io.BytesIO()
         Image.fromarray(picture).save(buffer, format="PNG")
         data = buffer.getvalue()

@@ -2,5 +2,6 @@
 
 from . import cam, diffcam, gradient, perturbation, score  # noqa: F401
 from .base import CAMExplainer, Explainer, methods, register
+from .factory import create
 
-__all__ = ["CAMExplainer", "Explainer", "methods", "register"]
+__all__ = ["CAMExplainer", "Explainer", "create", "methods", "register"]

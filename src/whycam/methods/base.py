@@ -40,7 +40,7 @@ def register(cls: type[Explainer]) -> type[Explainer]:
 
 def methods() -> dict[str, type[Explainer]]:
     """Every registered explainer, by name (``"gradcam"``, ``"scorecam"``, ``"diffcam"``, ...)."""
-    from .. import methods as _families  # noqa: F401  (importing the families registers them)
+    from .. import methods as _families  # noqa: F401, PLC0415 (the families import this module; importing them registers them)
 
     return dict(sorted(_REGISTRY.items()))
 
@@ -117,7 +117,11 @@ class Explainer:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    needs_target: ClassVar[bool] = True
+    # declared capabilities, read by the run loop, the CLI and the reports (never guessed from attributes)
+    needs_target: ClassVar[bool] = True  # explains a class score: the call's target is used
+    needs_layer: ClassVar[bool] = False  # reads a layer through hooks: takes ``layer=``, not TorchScript
+    uses_gradient: ClassVar[bool] = False  # back-propagates through the model
+    needs_reference: ClassVar[bool] = False  # answers against a reference group: ``fit`` it first
 
     def __init__(self, model: nn.Module, *, output: OutputSelector = None):
         if not isinstance(model, nn.Module):
@@ -147,6 +151,10 @@ class Explainer:
     def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
         raise NotImplementedError
 
+    def used_layers(self) -> list[str]:
+        """The dotted names of the layers explained, once resolved (empty for pixel methods)."""
+        return []
+
     def forward(self, images: Tensor) -> Tensor:
         """The model's selected output for ``images`` (NaN and infinity refused)."""
         return select_output(self.model(images), self.output)
@@ -155,16 +163,25 @@ class Explainer:
         return f"{type(self).__name__}({type(self.model).__name__})"
 
 
+class FunctionExplainer(Explainer):
+    """A plain function ``f(images, target) -> (B, H, W)`` as an explainer; its maps are taken as they are."""
+
+    def __init__(self, model: nn.Module, function: Callable[[Tensor, Target], Tensor]):
+        super().__init__(model)
+        self.function = function
+
+    def __call__(self, images: Tensor, target: Target = None, *, raw: bool = False) -> Tensor:
+        return self.function(images, target).detach()
+
+
 @dataclass
 class LayerPass:
     """What one forward pass through the tapped model gives a CAM method for one layer."""
 
     images: Tensor
-    output: Tensor
     scores: Tensor | None
     classes: Tensor | None
     target: Target
-    name: str
     module: nn.Module
 
 
@@ -177,6 +194,7 @@ class CAMExplainer(Explainer):
     """
 
     uses_gradient: ClassVar[bool] = True
+    needs_layer: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -198,6 +216,9 @@ class CAMExplainer(Explainer):
                 self._layers = resolve_layers(self.model, self.layer, images)
         return self._layers
 
+    def used_layers(self) -> list[str]:
+        return [] if self._layers is None else [name for name, _ in self._layers]
+
     def spatial(self, activation: Tensor, images: Tensor) -> Tensor:
         """A layer's output as (B, K, h, w)."""
         if self.reshape is not None:
@@ -215,12 +236,10 @@ class CAMExplainer(Explainer):
                 torch.autograd.grad(scores.sum(), activations) if self.uses_gradient else [None] * len(activations)
             )
         maps = []
-        for (name, module), act, grad in zip(layers, activations, gradients, strict=True):
+        for (_, module), act, grad in zip(layers, activations, gradients, strict=True):
             act = self.spatial(act.detach(), images)
             grad = None if grad is None else self.spatial(grad, images)
-            step = LayerPass(
-                images, output.detach(), None if scores is None else scores.detach(), classes, target, name, module
-            )
+            step = LayerPass(images, None if scores is None else scores.detach(), classes, target, module)
             maps.append(self.layer_map(act, grad, step))
         return maps
 

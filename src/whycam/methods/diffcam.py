@@ -78,6 +78,7 @@ class DiffCAM(Params, CAMExplainer):
     summary = "DiffCAM: the Fisher direction from a reference group to the image's embedding; no gradient."
     uses_gradient = False
     needs_target = False
+    needs_reference = True
 
     def __init__(
         self,

@@ -342,11 +342,15 @@ class GuidedGradCAM(PixelExplainer):
     name = "guidedgradcam"
     summary = "Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM."
     default_reduce = "max_abs"
+    needs_layer = True
 
     def __init__(self, model: nn.Module, layer: LayerSpec = None, *, reshape=None, **options):
         super().__init__(model, **options)
         self.gradcam = GradCAM(model, layer, output=self.output, reshape=reshape)
         self.guided = GuidedBackprop(model, output=self.output)
+
+    def used_layers(self) -> list[str]:
+        return self.gradcam.used_layers()
 
     def attribute_pixels(self, images, target):
         size = tuple(images.shape[-2:])
@@ -397,7 +401,21 @@ class SmoothGrad(PixelExplainer):
         self.explainer, self.noise, self.variant, self.seed = explainer, float(noise), variant, seed
         self.samples = positive_int(samples, "samples")
         self.batch_size = positive_int(batch_size, "batch_size")
+        # the capabilities are those of the explainer smoothed
         self.needs_target = explainer.needs_target
+        self.needs_layer = explainer.needs_layer
+        self.uses_gradient = explainer.uses_gradient
+        self.needs_reference = explainer.needs_reference
+
+    def fit(self, references, **options) -> SmoothGrad:
+        """Fit the smoothed explainer's reference group (DiffCAM); returns ``self``."""
+        if not self.needs_reference:
+            raise TypeError(f"{self.explainer!r} answers without a reference group; there is nothing to fit")
+        self.explainer.fit(references, **options)
+        return self
+
+    def used_layers(self) -> list[str]:
+        return self.explainer.used_layers()
 
     def attribute(self, images, target):
         if isinstance(self.explainer, PixelExplainer):
