@@ -128,11 +128,20 @@ def features_dim(recipe: Recipe) -> int:
 # ---------------------------------------------------------------- data and augmentation
 
 
-def training_images(recipe: Recipe, seed: int, source: str | None = None) -> Tensor:
-    """The unlabelled training images: objects scenes, or the healthy retina crops (before lesions)."""
+def training_images(recipe: Recipe, seed: int, source: str | None = None) -> tuple[Tensor, Tensor | None]:
+    """The training images: objects scenes (with their labels only for the supervised recipe), or
+    the healthy retina crops (before lesions)."""
     if recipe.data == "objects":
-        return tasks.objects("train", recipe.train, seed, source).images
-    return tasks.anomaly("train", recipe.train, seed).extras["healthy"]
+        scenes = tasks.objects("train", recipe.train, seed, source)
+        return scenes.images, scenes.labels if recipe.method == "supervised" else None
+    return tasks.anomaly("train", recipe.train, seed).extras["healthy"], None
+
+
+def training_head(recipe: Recipe) -> nn.Module:
+    """What training puts on the backbone: DINO's head, SimCLR's projection, or nothing (supervised)."""
+    if recipe.method == "dino":
+        return DINOHead(features_dim(recipe), recipe.prototypes)
+    return ProjectionHead(features_dim(recipe)) if recipe.method == "simclr" else nn.Identity()
 
 
 def probe_data(recipe: Recipe, split: str, seed: int, source: str | None = None) -> tasks.TaskData:
@@ -238,25 +247,12 @@ def train(recipe: Recipe, seed: int = 0, source: str | None = None, log=print) -
     torch.manual_seed(seed)
     backbone = build(recipe)
     initial = copy.deepcopy(backbone).eval()
-    if recipe.method == "supervised":
-        labelled = tasks.objects("train", recipe.train, seed, source)
-        images, labels = labelled.images, labelled.labels
-    else:
-        images, labels = training_images(recipe, seed, source), None
-    head = {
-        "dino": lambda: DINOHead(features_dim(recipe), recipe.prototypes),
-        "simclr": lambda: ProjectionHead(features_dim(recipe)),
-        "supervised": nn.Identity,
-    }[recipe.method]()
-    student = nn.Sequential(backbone, head)
+    images, labels = training_images(recipe, seed, source)
+    student = nn.Sequential(backbone, training_head(recipe))
     teacher = copy.deepcopy(student).requires_grad_(False) if recipe.method == "dino" else None
     center = torch.zeros(recipe.prototypes)
     parameters = [p for p in student.parameters() if p.requires_grad]
-    decay = [p for p in parameters if p.dim() > 1]
-    rest = [p for p in parameters if p.dim() <= 1]
-    optimiser = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=recipe.lr
-    )
+    optimiser = adamw(parameters, recipe)
     per_epoch = len(images) // recipe.batch
     steps, warmup = recipe.epochs * per_epoch, max(1, recipe.epochs * per_epoch // 10)
     generator = torch.Generator().manual_seed(seed)
@@ -296,15 +292,28 @@ def train(recipe: Recipe, seed: int = 0, source: str | None = None, log=print) -
         "seconds": round(seconds, 1),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "probe": probes(trained, recipe, seed, source),
-        "probe_random_init": probes(initial, recipe, seed, source),
+        **quality(trained, initial, recipe, seed, source),
     }
+    log(f"{recipe.model}: probes {record['probe']} (random init {record['probe_random_init']}), {seconds:.0f} s")
+    return trained, record
+
+
+def adamw(parameters: list[nn.Parameter], recipe: Recipe) -> torch.optim.AdamW:
+    """AdamW with the recipe's weight decay on weight matrices only (none on biases and norms)."""
+    decay = [p for p in parameters if p.dim() > 1]
+    rest = [p for p in parameters if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=recipe.lr)
+
+
+def quality(trained: nn.Module, initial: nn.Module, recipe: Recipe, seed: int, source: str | None) -> dict:
+    """The probes of the trained and the initial backbone, and a classifier's accuracies."""
+    found = {"probe": probes(trained, recipe, seed, source), "probe_random_init": probes(initial, recipe, seed, source)}
     if recipe.method == "supervised":
         for split in ("val", "test"):
             data = tasks.objects(split, recipe.probe_val, seed, source)
-            record[f"{split}_accuracy"] = train_tasks.accuracy(trained, data.images, data.labels)
-    log(f"{recipe.model}: probes {record['probe']} (random init {record['probe_random_init']}), {seconds:.0f} s")
-    return trained, record
+            found[f"{split}_accuracy"] = train_tasks.accuracy(trained, data.images, data.labels)
+    return found
 
 
 def objective(recipe, student, teacher, center, batch, labels, index, generator) -> tuple[Tensor, Tensor]:
