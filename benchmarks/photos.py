@@ -81,8 +81,11 @@ def main() -> None:
     names, images, boxes, notes = photographs()
     inputs = torch.stack([preprocess(image) for image in images])
     masks = box_masks(images, boxes, preprocess)
-    chosen = [name for name in whycam.methods() if name not in SKIPPED]
+    chosen = [name for name, cls in whycam.methods().items() if name not in SKIPPED and not cls.needs_attention]
     notes += [f"{name}: not run ({reason})" for name, reason in SKIPPED.items()]
+    notes += [
+        f"{name}: not run (it explains transformers)" for name, c in whycam.methods().items() if c.needs_attention
+    ]
     runner = Runner(
         loaded, {name: LIGHT.get(name, {}) for name in chosen}, reference=texture_references(preprocess), batch_size=64
     )

@@ -10,7 +10,9 @@ from .methods.base import CAMExplainer, Explainer, methods, register
 from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from .methods.diffcam import DiffCAM
 from .methods.factory import create
+from .methods.finer import FinerCAM, FinerTarget
 from .methods.gradient import (
+    Deconvnet,
     GuidedBackprop,
     GuidedGradCAM,
     InputXGradient,
@@ -18,8 +20,12 @@ from .methods.gradient import (
     Saliency,
     SmoothGrad,
 )
+from .methods.kpca import KPCACAM
+from .methods.legrad import LeGrad
 from .methods.perturbation import RISE, MeaningfulPerturbation, Occlusion
 from .methods.score import AblationCAM, ScoreCAM
+from .methods.shapley import ShapleyCAM
+from .methods.visualize import visualize_class
 from .models import load_model
 from .reference import ReferenceBank, ReferenceStats
 from .runs import BatchResult, ExplainResult, Runner, explain
@@ -38,9 +44,12 @@ __all__ = [
     "AblationCAM",
     "CAM",
     "CAMExplainer",
+    "Deconvnet",
     "DiffCAM",
     "EigenCAM",
     "Explainer",
+    "FinerCAM",
+    "FinerTarget",
     "GradCAM",
     "GradCAMPlusPlus",
     "GuidedBackprop",
@@ -48,8 +57,10 @@ __all__ = [
     "HiResCAM",
     "InputXGradient",
     "IntegratedGradients",
+    "KPCACAM",
     "LayerCAM",
     "LayerNotFoundError",
+    "LeGrad",
     "MeaningfulPerturbation",
     "Occlusion",
     "RISE",
@@ -57,6 +68,7 @@ __all__ = [
     "ReferenceStats",
     "Saliency",
     "ScoreCAM",
+    "ShapleyCAM",
     "SmoothGrad",
     "XGradCAM",
     "__version__",
@@ -65,4 +77,5 @@ __all__ = [
     "methods",
     "metrics",
     "register",
+    "visualize_class",
 ]

@@ -1,4 +1,4 @@
-"""The ``whycam`` command: demo, explain, reference build/info, evaluate, sanity, methods, benchmark.
+"""The ``whycam`` command: demo, explain, reference build/info, evaluate, sanity, methods, benchmark, visualize.
 
 Each command parses its options, calls the run loop (``whycam.runs``, ``whycam.evaluate``,
 ``whycam.metrics.sanity_check``) and hands the result to ``whycam.writers``.
@@ -28,11 +28,12 @@ from .explorer import Explorer
 from .inputs import Failure, read_ground_truth, read_inputs, read_reference, reference_batches, reference_groups
 from .methods.base import methods
 from .methods.factory import create
+from .methods.visualize import visualize_class
 from .metrics.sanity import method_factory, sanity_check
 from .models import LoadedModel, load_model
 from .reference import ReferenceBank
 from .runs import QUESTIONS, Runner
-from .writers import write_evaluation, write_explain, write_sanity
+from .writers import write_class_models, write_evaluation, write_explain, write_sanity
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
 
@@ -453,13 +454,24 @@ def benchmark(
 ):
     """Run every registered method on a dataset with ground truth; write the table (Markdown, CSV).
 
+    Methods that explain transformers only (LeGrad) are left out: name them with whycam evaluate.
+
     \b
     Example:
       whycam benchmark data/masks/ --model digits-cnn --out out/benchmark
     """
     rest = (layer, reference, option_items, out, batch_size)
     _evaluate_command(
-        ctx, dataset, model_spec, weights, download, device, list(methods()), metric_text, rest, "whycam benchmark"
+        ctx,
+        dataset,
+        model_spec,
+        weights,
+        download,
+        device,
+        [name for name, cls in methods().items() if not cls.needs_attention],
+        metric_text,
+        rest,
+        "whycam benchmark",
     )
 
 
@@ -534,6 +546,51 @@ def app(host, port, model_spec, weights, device, images, reference, bank) -> Non
     explorer = Explorer.launched(loaded, images=images, reference=reference, bank=bank)
     click.echo(f"whycam explorer on http://{host}:{port}/ (Ctrl+C to stop)")
     launch(explorer, host=host, port=port)
+
+
+@main.command()
+@model_options
+@click.option("--class", "classes", multiple=True, required=True, help="Class index or name (repeat for several).")
+@click.option("--size", type=int, default=None, help="Image side in pixels; default: the model's input crop.")
+@click.option("--steps", default=200, show_default=True, help="Gradient-ascent steps.")
+@click.option("--lr", default=0.3, show_default=True, help="Ascent step size.")
+@click.option("--l2", default=0.05, show_default=True, help="lambda of the L2 penalty lambda ||I||^2.")
+@click.option("--jitter", default=0, show_default=True, help="Random shift (pixels) before each step.")
+@click.option("--blur", "blur_sigma", default=0.0, show_default=True, help="Gaussian blur sigma (0: none).")
+@click.option("--blur-every", default=4, show_default=True, help="Blur every N steps.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+def visualize(
+    model_spec, weights, download, device, classes, size, steps, lr, l2, jitter, blur_sigma, blur_every, seed, out
+) -> None:
+    """Class model visualisation: the image that maximises a class score (Simonyan et al., 2014).
+
+    Writes one PNG per class, named class_<index>_<name>.png: the optimum of S_c(I) - l2 ||I||^2
+    found by gradient ascent from the mean image, in the model's input space, shown with the
+    model's normalisation undone and stretched to the full grey/colour range.
+
+    \b
+    Example:
+      whycam visualize --model efficientnet-lite0 --class tabby --class 967 --jitter 8 --blur 1 --out out/vis
+    """
+    loaded = _load_model(model_spec, weights, download, device)
+    try:
+        indices = [loaded.class_index(c) for c in classes]
+        side = (size, size) if size else tuple(loaded.preprocess.crop or (224, 224))
+        settings = {"steps": steps, "lr": lr, "l2": l2, "jitter": jitter, "blur_sigma": blur_sigma}
+        images = visualize_class(
+            loaded.model,
+            indices,
+            size=side,
+            channels=loaded.preprocess.channels,
+            **settings,
+            blur_every=blur_every,
+            seed=seed,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    for path in write_class_models(images, [loaded.class_name(i) for i in indices], indices, loaded.preprocess, out):
+        click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
@@ -27,6 +28,8 @@ from tqdm.auto import tqdm
 
 from .data import to_tensor
 from .methods.base import methods
+from .methods.cam import GradCAM
+from .methods.visualize import displayable, visualize_class
 from .models import DIGITS_WEIGHTS, LoadedModel, digits_images, load_model
 from .report import Report
 from .runs import Runner
@@ -112,7 +115,7 @@ def run(out: Path, quick: bool = False) -> Path:
 def _photos_section(report: Report, quick: bool) -> None:
     """EfficientNet-Lite0 on the photographs, every method that fits the CPU budget, one batch."""
     registry = methods()
-    chosen = [n for n in registry if n not in SKIPPED]
+    chosen = [n for n in registry if n not in SKIPPED and not registry[n].needs_attention]
     if quick:
         chosen = [n for n in chosen if n in ("gradcam", "eigencam", "saliency", "diffcam")]
     photos = list(PHOTOS)[:2] if quick else list(PHOTOS)
@@ -146,9 +149,10 @@ def _photos_section(report: Report, quick: bool) -> None:
                     shown,
                     {n: batch.maps[n] for n in part},
                     row_titles=row_titles,
-                    column_notes={n: f"{times[n]:.2f} s/img" for n in part},
+                    column_notes={n: f"{times[n]:.2f} s/img, {batch.strides[n][0]:g} px" for n in part},
                 ),
-                f"{title}: images down, methods across (red = more evidence); seconds per image under each.",
+                f"{title}: images down, methods across (red = more evidence); under each name its seconds "
+                "per image and its stride (input pixels per map cell: the finest detail the map can place).",
             )
     for note in notes:
         report.paragraph(note, "note")
@@ -156,6 +160,7 @@ def _photos_section(report: Report, quick: bool) -> None:
         bar_figure(times, title="Time per image (s), 2 CPU threads or fewer", xlabel="seconds"),
         "Seconds per image for each method (the photographs explained as one batch).",
     )
+    _evidence_against(report, loaded, shown, inputs)
 
 
 def _photos_text(report: Report, loaded: LoadedModel, chosen: list[str]) -> None:
@@ -219,4 +224,59 @@ def _digits_section(report: Report, quick: bool) -> None:
     report.figure(
         grid_figure(shown, columns, row_titles=titles, cell=1.4),
         "Held-out 3s down; DiffCAM's three questions next to Grad-CAM across.",
+    )
+    _class_models(report, loaded, (3, 5))
+
+
+def _class_models(report: Report, loaded: LoadedModel, classes: tuple[int, int]) -> None:
+    """The class model images of two digits (Simonyan et al., 2014)."""
+    settings = {"steps": 100, "lr": 0.3, "l2": 0.05, "jitter": 2, "blur_sigma": 1.0, "blur_every": 2}
+    images = visualize_class(loaded.model, list(classes), size=32, channels=1, **settings)
+    with torch.no_grad():
+        probabilities = loaded.model(images).softmax(1)
+    pictures = displayable(images, loaded.preprocess.mean, loaded.preprocess.std)
+    strip = torch.cat([F.pad(p, (2, 2, 2, 2), value=1.0) for p in pictures], 2)
+    array = (strip.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    report.paragraph(
+        "What the digits CNN takes for a "
+        + " and a ".join(str(c) for c in classes)
+        + ": the class model images argmax_I S_c(I) - lambda ||I||^2 (Simonyan et al., 2014), by gradient ascent "
+        "on the class logit from the zero image, with jitter and blur as regularisers ("
+        + ", ".join(f"{k}={v}" for k, v in settings.items())
+        + "). The model gives them p = "
+        + ", ".join(f"{float(probabilities[i, c]):.2f}" for i, c in enumerate(classes))
+        + " for their classes."
+    )
+    report.figure(np.kron(array, np.ones((4, 4, 1), np.uint8)), f"Class model images of the digits {classes}.")
+
+
+def _evidence_against(report: Report, loaded: LoadedModel, shown: torch.Tensor, inputs: torch.Tensor) -> None:
+    """Grad-CAM's signed map of the top class against the runner-up: evidence for (red), against (blue)."""
+    with torch.no_grad():
+        first, second = loaded.model(inputs).topk(2, 1).indices.T
+
+    def margin(output: torch.Tensor) -> torch.Tensor:
+        return output.gather(1, first[:, None])[:, 0] - output.gather(1, second[:, None])[:, 0]
+
+    signed = GradCAM(loaded.model, loaded.layer, sign="both")
+    columns = {
+        "Grad-CAM: for": GradCAM(loaded.model, loaded.layer)(inputs, margin),
+        "Grad-CAM: against": GradCAM(loaded.model, loaded.layer, sign="negative")(inputs, margin),
+        "Grad-CAM: signed": signed(inputs, margin),
+    }
+    titles = [f"{loaded.class_name(int(a))} vs {loaded.class_name(int(b))}" for a, b in zip(first, second, strict=True)]
+    report.heading("Evidence for and against")
+    report.paragraph(
+        "Grad-CAM's map before its ReLU is signed: where it is negative, the features speak against the "
+        "explained score (the counterfactual explanation of the Grad-CAM paper). Here the score is the "
+        "margin between the top class and the runner-up, so the evidence against the top class is the "
+        "evidence for the runner-up. sign='negative' shows that part, sign='both' the signed map divided by "
+        "its largest magnitude: red for, blue against, white neither. (For the top class's logit alone, "
+        "this model's Grad-CAM at its head layer is positive everywhere on these photographs.) Stride "
+        f"{signed.stride_[0]:g} px: one map cell covers {signed.stride_[0]:g} x {signed.stride_[1]:g} input pixels."
+    )
+    report.figure(
+        grid_figure(shown, columns, row_titles=titles, signed={"Grad-CAM: signed"}),
+        "Top class against the runner-up: evidence for, against (both in jet, 0 to 1), and the signed map "
+        "(diverging: red for, blue against).",
     )

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .errors import InputError, ModelError, ReferenceGroupError, UsageError, WhycamError
 from .inputs import Failure, Images, batch_targets, input_batches, read_reference
 from .layers import resolve_layers
-from .methods.base import Explainer, check_images, normalize_maps
+from .methods.base import Explainer, check_images, normalize_sign
 from .methods.diffcam import DiffCAM
 from .methods.factory import create, option_names
 from .models import LoadedModel, Preprocess
@@ -55,7 +55,8 @@ class Explained:
     the method's resolution (with ``keep_raw``); ``predictions``, ``probabilities``: the predicted
     class and its softmax probability (None when the selected output is not (B, classes));
     ``targets``: the classes explained (None for a callable target); ``layers[m]``: the layers
-    method m read; ``asked[m]``: per image, the bank label DiffCAM's question was asked against;
+    method m read; ``strides[m]``: its map's input pixels per map cell, (rows, columns);
+    ``asked[m]``: per image, the bank label DiffCAM's question was asked against;
     ``failures``: unreadable files and failed method batches; ``display``: the images the maps are
     drawn on (files only).
     """
@@ -67,6 +68,7 @@ class Explained:
     probabilities: Tensor | None = None
     targets: Tensor | None = None
     layers: dict[str, list[str]] = field(default_factory=dict)
+    strides: dict[str, tuple[float, float]] = field(default_factory=dict)
     asked: dict[str, list[object]] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     display: list[Tensor] | None = None
@@ -347,9 +349,11 @@ class Runner:
             result.seconds[name] = time.perf_counter() - clock
         if self.keep_raw:
             result.raw[name] = maps.detach().float().cpu()
-            maps = normalize_maps(maps, tuple(images.shape[-2:]))
+            maps = normalize_sign(maps, tuple(images.shape[-2:]), explainer.sign)
         result.maps[name] = maps.detach().float().cpu()
         result.layers[name] = explainer.used_layers()
+        if explainer.stride_ is not None:
+            result.strides[name] = explainer.stride_
         if name not in self._logged and result.layers[name]:
             self._logged.add(name)
             log.info("%s reads layer %s", name, ", ".join(result.layers[name]))
@@ -392,6 +396,7 @@ class Runner:
             classes=None if self.classes is None else list(self.classes),
             name=self.name,
             layers=self.layers,
+            strides={k: v for b in batches for k, v in b.strides.items()},
         )
         for key in ("predictions", "probabilities", "targets"):
             parts = [getattr(batch, key) for batch in batches]

@@ -15,10 +15,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+from torch import Tensor
 
 from .evaluate import Evaluation
 from .inputs import Failure, GroundTruth
+from .methods.visualize import displayable
 from .metrics.result import MetricResult
+from .models import Preprocess
 from .report import Report
 from .runs import ExplainResult
 from .viz import curve_figure, grid_figure, overlay_figure, save_png
@@ -216,4 +219,18 @@ def write_sanity(results: dict[str, dict[str, MetricResult]], folder: str | Path
     paths = {"json": folder / "sanity.json", "report": folder / "report.html"}
     paths["json"].write_text(json.dumps({m: sanity_record(c) for m, c in results.items()}, indent=2))
     report.save(paths["report"])
+    return paths
+
+
+def write_class_models(
+    images: Tensor, names: list[str], indices: list[int], preprocess: Preprocess, folder: str | Path
+) -> list[Path]:
+    """Class model images (``whycam.visualize_class``) as ``class_<index>_<name>.png``, the model's
+    normalisation undone and stretched to the full range (``displayable``)."""
+    pictures = displayable(images.cpu(), preprocess.mean, preprocess.std)
+    paths = []
+    for index, name, picture in zip(indices, names, pictures, strict=True):
+        array = (picture.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        safe = "".join(ch if ch.isalnum() else "_" for ch in name)
+        paths.append(save_png(Path(folder) / f"class_{index}_{safe}.png", array))
     return paths
