@@ -470,6 +470,10 @@ def main() -> None:
     minutes = (time.perf_counter() - start) / 60
     if args.check:
         agree = [check(task, CHECK / f"{task}.csv", DOCS / "results" / f"{task}.csv") for task in args.tasks]
+        if args.quick:  # the "Without labels" tables too (benchmarks/results_unlabelled.py)
+            import results_unlabelled
+
+            agree.append(results_unlabelled.main(["--quick", "--check", "--threads", str(args.threads)]) == 0)
         print(f"done in {minutes:.1f} min")
         sys.exit(0 if all(agree) else 1)
     command = " ".join(["python benchmarks/results.py", *sys.argv[1:]])

@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from . import metrics
 from .data import load_images
+from .engines import build_reference, run_dataset, run_on_ray
 from .errors import InputError, ModelError, ReferenceGroupError, UsageError, WhycamError
 from .layers import LayerNotFoundError
 from .methods.base import CAMExplainer, Explainer, methods, register
@@ -29,9 +30,14 @@ from .methods.visualize import visualize_class
 from .models import load_model
 from .reference import ReferenceBank, ReferenceStats
 from .runs import BatchResult, ExplainResult, Runner, explain
+from .shards import load_run
 
 __all__ = [
     "BatchResult",
+    "build_reference",
+    "load_run",
+    "run_dataset",
+    "run_on_ray",
     "explain",
     "Runner",
     "ExplainResult",

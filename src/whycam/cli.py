@@ -21,11 +21,13 @@ import torch
 
 from . import __version__
 from .demo import run as run_demo
+from .engines import build_reference
+from .engines.cli import engine_options, evaluate_files, explain_files
 from .errors import UsageError, WhycamError
 from .evaluate import DEFAULT_METRICS
 from .evaluate import evaluate as evaluate_methods
 from .explorer import Explorer
-from .inputs import Failure, read_ground_truth, read_inputs, read_reference, reference_batches, reference_groups
+from .inputs import Failure, read_ground_truth, read_inputs, read_reference
 from .methods.base import methods
 from .methods.factory import create
 from .methods.visualize import visualize_class
@@ -241,6 +243,7 @@ def demo(out: str, quick: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--report", is_flag=True, help="Also write report.html.")
 @click.option("--batch-size", default=8, show_default=True)
+@engine_options()
 @click.pass_context
 def explain(
     ctx,
@@ -259,8 +262,10 @@ def explain(
     out,
     report,
     batch_size,
+    engine,
 ) -> None:
-    """Explain IMAGES (files or folders): overlays (PNG), raw maps (.npy) and summary.json.
+    """Explain IMAGES (files or folders): overlays (PNG), raw maps (.npy) and summary.json; with
+    --engine local|ray, shards of maps and rows + manifest.json (read back by whycam.load_run).
 
     \b
     Examples:
@@ -268,6 +273,7 @@ def explain(
           --reference references/ --out out/explain --report
       whycam explain threes/ --model digits-cnn --method diffcam --reference digits_bank.safetensors \\
           --question why-not --versus 5 --option diffcam.shrinkage=ledoit-wolf --out out/why_not_5
+      whycam explain archive/ --model digits-cnn --method gradcam --engine local --workers 4 --out out/archive
     """
     names = _method_names(method_text)
     loaded = _load_model(model_spec, weights, download, device)
@@ -281,6 +287,8 @@ def explain(
     runner = Runner(
         loaded, options, layer=layer, reference=reference, question=question, versus=versus, batch_size=batch_size
     )
+    if engine.streams:
+        return explain_files(ctx, runner, images, target_index, out, engine)
     result = runner.explain(list(images), target_index, progress=True)
     _echo_layers(result.layers)
     paths = write_explain(result, out, report=report)
@@ -302,25 +310,30 @@ def reference() -> None:
 @click.option("--per-class", is_flag=True, help="Each subfolder of FOLDERS is a class: build a per-class bank.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .safetensors (or .npz).")
 @click.option("--batch-size", default=32, show_default=True)
+@engine_options(("local", "ray"), "local")
 @click.pass_context
-def reference_build(ctx, folders, model_spec, weights, download, device, layer, per_class, out, batch_size) -> None:
-    """Summarise reference images (count, sum, sum of outer products) for DiffCAM.
+def reference_build(ctx, folders, model_spec, weights, download, device, layer, per_class, out, batch_size, engine):
+    """Summarise reference images (count, sum, sum of outer products) for DiffCAM, streamed: the images
+    are read by --workers processes (or Ray actors) and never held in memory together.
 
     \b
     Examples:
       whycam reference build healthy/ --model efficientnet-lite0 --out healthy.safetensors
       whycam reference build train/ --per-class --model digits-cnn --out digits_bank.safetensors
+      whycam reference build archive/ --model digits-cnn --engine ray --ray-address HEAD:6379 --out bank.safetensors
     """
     loaded = _load_model(model_spec, weights, download, device)
-    diffcam, failures = create("diffcam", loaded.model, layer=layer or loaded.layer), []
-    batches = reference_batches(reference_groups(folders, per_class), loaded.preprocess, batch_size, failures)
     try:
-        diffcam.fit(batches)
+        stats, unreadable = build_reference(
+            loaded, folders, layer=layer or loaded.layer, per_class=per_class, engine=engine.name,
+            batch_size=batch_size, workers=engine.workers, address=engine.address, num_actors=engine.num_actors,
+            shard_size=engine.shard_size,
+        )  # fmt: skip
     except ValueError as error:
+        if isinstance(error, WhycamError):
+            raise
         raise UsageError(f"cannot build the reference: {error}") from None
-    if diffcam.reference_.count_ < 2:
-        raise UsageError("fewer than 2 images in the reference folders; nothing to summarise")
-    stats = diffcam.bank_ if per_class else diffcam.reference_
+    failures = [Failure([path], error) for path, error in unreadable]
     path = stats.save(out)
     click.echo(f"wrote {path}: {stats!r}")
     _exit_with_failures(ctx, failures)
@@ -410,6 +423,7 @@ def evaluate_options(function):
 @evaluate_options
 @click.option("--method", "method_text", default="gradcam", show_default=True, help="Method name(s), comma-separated.")
 @click.option("--metrics", "metric_text", default="road,deletion,insertion,pointing_game,auprc", show_default=True)
+@engine_options()
 @click.pass_context
 def evaluate(
     ctx,
@@ -425,6 +439,7 @@ def evaluate(
     batch_size,
     method_text,
     metric_text,
+    engine,
 ):
     """Score methods with metrics on a dataset with ground truth: CSV/JSON tables, curves, report.html.
 
@@ -433,9 +448,17 @@ def evaluate(
     Example:
       whycam evaluate data/boxes.csv --model efficientnet-lite0 --method gradcam,scorecam \\
           --metrics road,deletion,insertion,pointing_game,auprc --out out/eval
+    With --engine local|ray every image is scored as it streams past (DiffCAM then needs --reference)
+    and the intervals are computed once at the end; the tables are those of the in-memory run.
     """
     rest = (layer, reference, option_items, out, batch_size)
     names = _method_names(method_text)
+    if engine.streams:
+        loaded = _load_model(model_spec, weights, download, device)
+        options = _method_options(option_items, names, loaded.model)
+        runner = Runner(loaded, options, layer=layer, reference=reference, batch_size=batch_size)
+        metrics = [m.strip() for m in metric_text.split(",") if m.strip()]
+        return evaluate_files(ctx, runner, dataset, loaded, metrics, out, engine)
     _evaluate_command(ctx, dataset, model_spec, weights, download, device, names, metric_text, rest, "whycam evaluate")
 
 

@@ -142,18 +142,17 @@ def _photos_section(report: Report, quick: bool) -> None:
         ("Gradient and perturbation methods", [n for n in batch.maps if not registry[n].needs_layer]),
     ]
     for title, names in families:
-        for start in range(0, len(names), 7):
-            part = names[start : start + 7]
-            report.figure(
-                grid_figure(
-                    shown,
-                    {n: batch.maps[n] for n in part},
-                    row_titles=row_titles,
-                    column_notes={n: f"{times[n]:.2f} s/img, {batch.strides[n][0]:g} px" for n in part},
-                ),
-                f"{title}: images down, methods across (red = more evidence); under each name its seconds "
-                "per image and its stride (input pixels per map cell: the finest detail the map can place).",
-            )
+        report.figure(
+            grid_figure(
+                shown,
+                {n: batch.maps[n] for n in names},
+                row_titles=row_titles,
+                column_notes={n: f"{times[n]:.2f} s/img, {batch.strides[n][0]:g} px" for n in names},
+            ),
+            f"{title}: images down, methods across (red = more evidence); under each name its seconds "
+            "per image and its stride (input pixels per map cell: the finest detail the map can place).",
+            wide=True,
+        )
     for note in notes:
         report.paragraph(note, "note")
     report.figure(

@@ -77,6 +77,7 @@ class Evaluation:
                 "method": item["method"],
                 "images": item["n"],
                 "time per image (s)": f"{item['time_s']:.3g}",
+                "stride (px)": "×".join(f"{s:g}" for s in item["stride_px"]) if item.get("stride_px") else "pixel",
             }
             for metric, higher in self.higher_is_better.items():
                 value, low, high = item[metric]
@@ -349,7 +350,9 @@ def _score_method(evaluation: Evaluation, method: str, explained: ExplainResult,
     evaluation.higher_is_better.update(scored.higher_is_better)
     for metric, curve in scored.curves.items():
         evaluation.curves.setdefault(metric, {})[method] = curve
-    evaluation.summary.append({"method": method, "n": len(images), "time_s": seconds, **scored.summary})
+    stride = explained.strides.get(method)
+    summary = {"method": method, "n": len(images), "time_s": seconds, "stride_px": stride, **scored.summary}
+    evaluation.summary.append(summary)
     for i, name in enumerate(names):
         row = {"image": name, "method": method, "target": int(targets[i]), "time_s": seconds}
         row.update({metric: values[i].item() for metric, values in scored.per_image.items()})

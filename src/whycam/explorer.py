@@ -292,8 +292,9 @@ class Explorer:
 
     # ------------------------------------------------------------------------------------- pictures and files
     def overlay(self, explanation: Explanation, shown: Shown, opacity: float = 0.5) -> np.ndarray:
-        """The image with ``shown``'s map on top and its colour bar, as an (H, W, 3) uint8 array."""
-        figure = overlay_figure(explanation.display, shown.map, shown.caption, alpha=opacity, signed=shown.signed)
+        """The image with ``shown``'s map on top and its colour bar, as an (H, W, 3) uint8 array (the
+        page shows the caption beside it, so every overlay has the same size)."""
+        figure = overlay_figure(explanation.display, shown.map, alpha=opacity, signed=shown.signed)
         return np.asarray(_png_array(png(figure)))
 
     def archive(self, explanation: Explanation, opacity: float = 0.5) -> bytes:

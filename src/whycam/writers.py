@@ -95,6 +95,10 @@ def write_maps(result: ExplainResult, folder: Path) -> None:
                 save_png(folder / f"{stem(result, i, method)}.png", figure)
 
 
+def _stride_note(stride: tuple[float, float] | None) -> str:
+    return "" if stride is None else f", {stride[0]:g}×{stride[1]:g} px"
+
+
 def write_report(result: ExplainResult, path: Path) -> Path:
     """``report.html``: the grid of overlays (methods with a map for every image), predictions, failures."""
     report = Report(f"whycam: {result.name}")
@@ -106,10 +110,15 @@ def write_report(result: ExplainResult, path: Path) -> Path:
                 f"{image}\n{result.class_name(int(p))} ({float(q):.2f})"
                 for image, p, q in zip(result.ids, result.predictions, result.probabilities, strict=True)
             ]
-        notes = {m: f"{float(result.seconds[m].mean()) * 1000:.0f} ms/img" for m in complete}
+        notes = {
+            m: f"{float(result.seconds[m].mean()) * 1000:.0f} ms/img{_stride_note(result.strides.get(m))}"
+            for m in complete
+        }
         report.figure(
             grid_figure(result.display, complete, row_titles=rows, column_notes=notes),
-            "Images down, methods across; time per image under each method.",
+            "Images down, methods across; under each method its time per image and its stride (input pixels "
+            "per map cell: the finest detail the map can place).",
+            wide=True,
         )
     for method, reference in result.references.items():
         report.paragraph(f"{method}: reference group = {reference}.")
@@ -176,7 +185,8 @@ def write_evaluation(
     columns = {"ground truth": truth.masks[:shown].float(), **{m: v[:shown] for m, v in evaluation.maps.items()}}
     report.figure(
         grid_figure(truth.display[:shown], columns, row_titles=truth.names[:shown]),
-        "The first images: the ground truth, then each method's map.",
+        "The first images: the ground truth, then each method's map (strides in the table above).",
+        wide=True,
     )
     _failure_section(report, failures)
     paths["report"] = report.save(folder / "report.html")
