@@ -117,20 +117,21 @@ def auto_layer(model: nn.Module, images: Tensor) -> str:
             handle.remove()
     size = tuple(images.shape[2:])
     live = [(i, name, m, o) for i, (name, m, o) in enumerate(fired) if _depends_on_batch(o)]
+    orders = _orders(fired)
     spatial = [
         i
         for i, _, m, o in live
         if o.dim() == len(size) + 2
         and o.shape[2:].numel() > 1
         and not isinstance(m, _RESAMPLING)
-        and _read(o.shape, model, size, m, strict=False) == "channels_first"
+        and _settled(_read(o.shape, model, size, m, strict=False), orders[i]) == "channels_first"
     ]
     blocks = []
     for i, _, module, out in live:
         parent = parents.get(id(module))
         if parent is None or not isinstance(parent, (nn.Sequential, nn.ModuleList)) or counts[type(module)] < 2:
             continue
-        if _read(out.shape, model, size, module, strict=False) in ("tokens", "channels_last"):
+        if _settled(_read(out.shape, model, size, module, strict=False), orders[i]) in ("tokens", "channels_last"):
             blocks.append(i)
     if blocks and (not spatial or blocks[-1] > spatial[-1]):
         name, block, _ = fired[blocks[-1]]
@@ -142,6 +143,24 @@ def auto_layer(model: nn.Module, images: Tensor) -> str:
         "could not choose a layer automatically: no module returns a spatial map or a grid of tokens for "
         "each image; pass layer='<dotted name>' (see model.named_modules())"
     )
+
+
+def _orders(fired: list[tuple[str, nn.Module, Tensor]]) -> list[str | None]:
+    """For each recorded output, the channel order of the last layout-telling module that produced an
+    output of the same shape up to it (see ``_traced_hint``)."""
+    last: dict[tuple[int, ...], str] = {}
+    orders = []
+    for _, module, output in fired:
+        hint = _hint(module, output.shape) if not any(module.children()) else None
+        if hint is not None:
+            last[tuple(output.shape)] = hint
+        orders.append(last.get(tuple(output.shape)))
+    return orders
+
+
+def _settled(kind: str | None, order: str | None) -> str | None:
+    """An ambiguous channel order settled by the traced one."""
+    return order if kind == "ambiguous" else kind
 
 
 def first_tensor(output: object) -> Tensor | None:
@@ -196,7 +215,47 @@ def _hint(module: nn.Module | None, shape: Sequence[int]) -> str | None:
     return None
 
 
-def _read(shape: Sequence[int], model: nn.Module, size: tuple[int, ...], module: nn.Module | None, strict: bool):
+class _Reached(Exception):
+    """Ends a tracing forward pass once the layer has run."""
+
+
+def _traced_hint(model: nn.Module, module: nn.Module, images: Tensor) -> str | None:
+    """The channel order of the last layout-telling leaf module (convolution, norm, linear, pooling)
+    that ran up to ``module`` with an output of ``module``'s own shape: an element-wise layer (ReLU,
+    dropout) or a block keeps the order of what it transforms. One forward pass on ``images[:1]``."""
+    hints: list[str] = []
+    found: list[str | None] = []
+
+    def leaf(m: nn.Module, inputs, output) -> None:
+        if isinstance(output, Tensor) and _hint(m, output.shape) is not None:
+            hints.append((tuple(output.shape), _hint(m, output.shape)))
+
+    def reached(m: nn.Module, inputs, output) -> None:
+        shape = tuple(first_tensor(output).shape) if first_tensor(output) is not None else None
+        found.append(next((h for s, h in reversed(hints) if s == shape), None))
+        raise _Reached
+
+    handles = [m.register_forward_hook(leaf) for m in model.modules() if not any(m.children())]
+    handles.append(module.register_forward_hook(reached))
+    try:
+        with torch.no_grad():
+            model(images[:1])
+    except _Reached:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
+
+
+def _read(
+    shape: Sequence[int],
+    model: nn.Module,
+    size: tuple[int, ...],
+    module: nn.Module | None,
+    strict: bool,
+    images: Tensor | None = None,
+):
     """The layout kind of an output of ``shape``, or None (strict: a LayoutError) when unreadable."""
     shape = tuple(shape)
     if len(shape) == 3 and len(size) == 2:
@@ -205,7 +264,11 @@ def _read(shape: Sequence[int], model: nn.Module, size: tuple[int, ...], module:
         first, last = grid_like(shape[2:], size), grid_like(shape[1:-1], size)
         if first and last:
             hint = _hint(module, shape)
-            if hint is None and strict:
+            if hint is None and module is not None and images is not None:
+                hint = _traced_hint(model, module, images)
+            if hint is None and not strict:
+                return "ambiguous"
+            if hint is None:
                 raise LayoutError(
                     f"the layer's output {shape} reads both as channels-first (B, K, *grid) and channels-last "
                     f"(B, *grid, C) for a {'x'.join(map(str, size))} input; pass reshape=<callable returning "
@@ -320,17 +383,27 @@ class Layout:
 
 
 def read_layout(
-    shape: Sequence[int], model: nn.Module, input_size: Sequence[int], module: nn.Module | None = None
+    shape: Sequence[int],
+    model: nn.Module,
+    input_size: Sequence[int],
+    module: nn.Module | None = None,
+    images: Tensor | None = None,
 ) -> Layout:
-    """The layout of a layer output of ``shape`` for an input of spatial ``input_size``, or a LayoutError."""
+    """The layout of ``module``'s output of ``shape`` for an input of spatial ``input_size``, or a
+    LayoutError. A shape that fits both channel orders is settled by the layer's type, else (given
+    ``images``) by the last layout-telling module that ran before it with the same output shape."""
     size = tuple(input_size)
-    kind = _read(shape, model, size, module, strict=True)
+    kind = _read(shape, model, size, module, strict=True, images=images)
     tokens = token_layout(model, shape[1], size) if kind == "tokens" else None
     return Layout(kind, tokens)
 
 
 def to_spatial(
-    activation: Tensor, model: nn.Module, input_size: Sequence[int], module: nn.Module | None = None
+    activation: Tensor,
+    model: nn.Module,
+    input_size: Sequence[int],
+    module: nn.Module | None = None,
+    images: Tensor | None = None,
 ) -> Tensor:
     """A layer's output as a channels-first map (B, K, *grid): see the module's docstring for the layouts."""
-    return read_layout(activation.shape, model, input_size, module).apply(activation)
+    return read_layout(activation.shape, model, input_size, module, images).apply(activation)

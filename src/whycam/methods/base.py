@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import LayerSpec, resolve_layers, to_spatial
+from ..layers import LayerSpec, Layout, read_layout, resolve_layers
 from ..taps import Tap, preserved
 from ..targets import OutputSelector, Target, select_output, target_scores
 
@@ -216,6 +216,7 @@ class CAMExplainer(Explainer):
         self.layer = layer
         self.reshape = reshape
         self._layers: list[tuple[str, nn.Module]] | None = None
+        self._layouts: dict[tuple, Layout] = {}
 
     def layers(self, images: Tensor) -> list[tuple[str, nn.Module]]:
         """The ``(name, module)`` pairs explained (resolved once, at the first call)."""
@@ -229,7 +230,10 @@ class CAMExplainer(Explainer):
         if self.reshape is not None:
             spatial = self.reshape(activation)
         else:
-            spatial = to_spatial(activation, self.model, tuple(images.shape[2:]), module)
+            key = (id(module), tuple(activation.shape[1:]), tuple(images.shape[2:]))
+            if key not in self._layouts:
+                self._layouts[key] = read_layout(activation.shape, self.model, images.shape[2:], module, images)
+            spatial = self._layouts[key].apply(activation)
         if spatial.shape[0] != images.shape[0] or spatial.dim() != images.dim():
             raise ValueError(
                 f"the layer's output reads as {tuple(spatial.shape)} for {images.shape[0]} images of shape "
