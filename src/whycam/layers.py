@@ -133,6 +133,9 @@ def auto_layer(model: nn.Module, images: Tensor) -> str:
             continue
         if _settled(_read(out.shape, model, size, module, strict=False), orders[i]) in ("tokens", "channels_last"):
             blocks.append(i)
+    # the innermost blocks: a stage of blocks (Swin's) is itself repeated, its blocks are what is read
+    held = {id(fired[i][1]) for i in blocks}
+    blocks = [i for i in blocks if not any(id(m) in held for m in list(fired[i][1].modules())[1:])]
     if blocks and (not spatial or blocks[-1] > spatial[-1]):
         name, block, _ = fired[blocks[-1]]
         norm = next((n for n, m in block.named_modules() if isinstance(m, nn.LayerNorm)), None)
