@@ -81,7 +81,7 @@ def auto_layer(model: nn.Module, images: Tensor) -> str:
 
     The probe is ``images[:1]`` and a perturbed copy of it: only module outputs with one row per image
     whose rows differ count (a parameter, a buffer, a position-bias table or a detector's per-box
-    features never do). A transformer (token outputs, or channels-last maps, of repeated blocks) gives
+    features never do), from modules that run once per pass (not a head shared across levels). A transformer (token outputs, or channels-last maps, of repeated blocks) gives
     its last block, read at the block's first LayerNorm: the tokens the block's attention reads, which
     reach a class-token head (the block's own output does not). A CNN gives the last module, in
     execution order, whose output is a channels-first map with a grid larger than 1x1, skipping
@@ -116,7 +116,12 @@ def auto_layer(model: nn.Module, images: Tensor) -> str:
         for handle in handles:
             handle.remove()
     size = tuple(images.shape[2:])
-    live = [(i, name, m, o) for i, (name, m, o) in enumerate(fired) if _depends_on_batch(o)]
+    calls: dict[int, int] = {}
+    for _, module, _ in fired:
+        calls[id(module)] = calls.get(id(module), 0) + 1
+    live = [  # a module run several times per pass (a head shared by a detector's levels) has no one map
+        (i, name, m, o) for i, (name, m, o) in enumerate(fired) if _depends_on_batch(o) and calls[id(m)] == 1
+    ]
     orders = _orders(fired)
     spatial = [
         i

@@ -254,8 +254,16 @@ class CAMExplainer(Explainer):
                 self.model(images)
             activations = tap.captured()
             gradients = (
-                torch.autograd.grad(scores.sum(), activations) if self.uses_gradient else [None] * len(activations)
+                torch.autograd.grad(scores.sum(), activations, allow_unused=True)
+                if self.uses_gradient
+                else [None] * len(activations)
             )
+        for (name, _), gradient in zip(layers, gradients, strict=True):
+            if self.uses_gradient and gradient is None:
+                raise ValueError(
+                    f"the explained score does not depend on the layer {name!r} (its output never reaches the "
+                    "target); choose a layer the score flows through (layer='<dotted name>')"
+                )
         maps = []
         for (name, module), act, grad in zip(layers, activations, gradients, strict=True):
             act = self.spatial(act.detach(), images, module)
