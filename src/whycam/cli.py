@@ -20,6 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
+from .data import load_target_file
+from .targets import parse_target
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
@@ -303,7 +305,12 @@ def demo(ctx: click.Context, out: str, quick: bool) -> None:
     help="Method name(s), comma-separated, or 'all' (see `whycam methods`).",
 )
 @click.option("--layer", default=None, help="Layer to explain (dotted name); default: the model's own or automatic.")
-@click.option("--target", default=None, help="Class index or name; default: the predicted class.")
+@click.option(
+    "--target",
+    default=None,
+    help="Class index or name (default: the predicted class), or a named target KIND:VALUE: labels:3,5 | "
+    "output:0 | region:2[@mask.png] | box:x1,y1,x2,y2[@label] | similarity:embedding.npy (see docs/targets.md).",
+)
 @click.option(
     "--reference",
     default=None,
@@ -361,8 +368,13 @@ def explain(
     options = _method_options(option_items, names, loaded.model, layer)
     if (question == "why-not") != (versus is not None):
         raise click.UsageError("--question why-not and --versus CLASS go together")
-    target_index = None
-    if target is not None:
+    target_index, named = None, None
+    if target is not None and ":" in target:
+        try:
+            named = parse_target(target, load_target_file)
+        except (ValueError, OSError) as error:
+            raise click.BadParameter(str(error), param_hint="--target") from None
+    elif target is not None:
         try:
             target_index = loaded.class_index(target)
         except ValueError as error:
@@ -426,7 +438,7 @@ def explain(
                 maps = (
                     _ask(explainer, question, batch, labels, versus)
                     if asked
-                    else explainer(batch, chunk if explainer.needs_target else None)
+                    else explainer(batch, (named or chunk) if explainer.needs_target else None)
                 )
                 seconds = (time.perf_counter() - clock) / len(batch)
             except Exception as error:  # noqa: BLE001 (one failing batch must not lose the others)
@@ -441,6 +453,8 @@ def explain(
                 title = (
                     f"{method}: {question} {versus if question == 'why-not' else labels[offset]}"
                     if asked
+                    else f"{method}: {target}"
+                    if named is not None and explainer.needs_target
                     else f"{method}: {loaded.class_name(int(chunk[offset]))}"
                     if explainer.needs_target
                     else method
@@ -450,8 +464,12 @@ def explain(
                     {
                         "method": method,
                         "layer": layer if hasattr(explainer, "layers") else None,
-                        "target": int(chunk[offset]) if explainer.needs_target else None,
-                        "target_name": loaded.class_name(int(chunk[offset])) if explainer.needs_target else None,
+                        "target": (target if named is not None else int(chunk[offset]))
+                        if explainer.needs_target
+                        else None,
+                        "target_name": loaded.class_name(int(chunk[offset]))
+                        if explainer.needs_target and named is None
+                        else None,
                         "reference": questions.get(method),
                         "question": [question, versus if question == "why-not" else labels[offset]] if asked else None,
                         "time_s": seconds,

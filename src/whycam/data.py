@@ -2,8 +2,9 @@
 
 Every image becomes a (3, H, W) float32 tensor in [0, 1]: grayscale is repeated over three
 channels, an alpha channel is composited onto white, palette images are expanded, and the EXIF
-orientation of a photograph is applied. A file that cannot be read raises ``ImageReadError`` naming
-it, so that a caller reading many files (the CLI) can report it, skip it and go on.
+orientation of a photograph is applied. A DICOM file (``.dcm``) is read with its 16-bit values,
+rescale and window (``whycam.medical``; volumes: ``load_volume``). A file that cannot be read raises
+``ImageReadError`` naming it, so that a caller reading many files (the CLI) can report it, skip it and go on.
 
 Datasets with ground truth (``load_dataset``) come in three layouts:
 
@@ -28,7 +29,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+from .medical import MedicalReadError, is_dicom, read_dicom
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".dcm")
 
 ImageSource = str | Path | Image.Image | np.ndarray | Tensor
 
@@ -102,6 +105,14 @@ def to_tensor(image: ImageSource) -> Tensor:
     Accepts a path, a PIL image, a numpy array (H, W), (H, W, 1|3|4) of uint8 or floats in [0, 1],
     or a tensor (H, W), (1|3|4, H, W).
     """
+    if isinstance(image, (str, Path)) and is_dicom(image):
+        try:
+            slice_ = read_dicom(image)
+        except MedicalReadError as error:
+            raise ImageReadError(image, str(error)) from None
+        if slice_.ndim != 2:
+            raise ImageReadError(image, f"a DICOM image of shape {slice_.shape}, not one slice; use load_volume")
+        image = torch.from_numpy(slice_)
     if isinstance(image, (str, Path)):
         image = read_image(image)
     if isinstance(image, Image.Image):
@@ -174,9 +185,23 @@ def iter_images(paths: Iterable[str | Path]) -> Iterator[tuple[Path, Tensor | Ex
             continue
         for file in files:
             try:
-                yield file, to_tensor(read_image(file))
+                yield file, to_tensor(file)
             except ImageReadError as error:
                 yield file, error
+
+
+def load_target_file(path: str | Path) -> Tensor:
+    """A tensor a named target reads from a file: an embedding or mask as ``.npy`` / ``.pt``
+    (``weights_only``), or a mask image (non-zero pixels are the region)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file")
+    if path.suffix == ".npy":
+        return torch.from_numpy(np.load(path, allow_pickle=False)).float()
+    if path.suffix == ".pt":
+        return torch.as_tensor(torch.load(path, weights_only=True)).float()
+    with Image.open(path) as image:
+        return torch.from_numpy((np.asarray(image.convert("L")) > 0).astype(np.float32))
 
 
 # --- datasets with ground truth -------------------------------------------------------------------
