@@ -101,7 +101,7 @@ class ScoreCAM(ForwardScoreCAM):
                 classes = None if step.classes is None else step.classes[b]
                 scores.view(-1)[chunk] = self.row_scores(self.forward(masked), classes, step).to(scores.dtype)
         weights = torch.softmax(scores, dim=1)
-        return (weights[:, :, None, None] * activation).sum(1)
+        return torch.einsum("bk,bk...->b...", weights, activation)
 
 
 @register
@@ -180,4 +180,4 @@ class AblationCAM(ForwardScoreCAM):
         score = step.scores[:, None].to(activation.dtype)
         drop = score - ablated.view(batch, channels)
         weights = torch.where(score != 0, drop / torch.where(score != 0, score, 1.0), drop)
-        return (weights[:, :, None, None] * activation).sum(1)
+        return torch.einsum("bk,bk...->b...", weights, activation)
