@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import metrics
+from . import metrics, targets
 from .data import load_images
 from .layers import LayerNotFoundError
 from .methods.base import CAMExplainer, Explainer, methods, register
@@ -18,11 +18,15 @@ from .methods.gradient import (
 )
 from .methods.perturbation import RISE, MeaningfulPerturbation, Occlusion
 from .methods.score import AblationCAM, ScoreCAM
+from .methods.transformer import AttentionRelevance, AttentionRollout
+from .medical import load_volume
 from .models import load_model
 from .reference import ReferenceBank, ReferenceStats
 
 __all__ = [
     "AblationCAM",
+    "AttentionRelevance",
+    "AttentionRollout",
     "CAM",
     "CAMExplainer",
     "DiffCAM",
@@ -48,8 +52,10 @@ __all__ = [
     "XGradCAM",
     "__version__",
     "load_images",
+    "load_volume",
     "load_model",
     "methods",
     "metrics",
     "register",
+    "targets",
 ]
