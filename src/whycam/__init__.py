@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from . import metrics, targets
 from .data import load_images
 from .layers import LayerNotFoundError
+from .medical import load_volume
 from .methods.base import CAMExplainer, Explainer, methods, register
 from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from .methods.diffcam import DiffCAM
@@ -19,7 +20,6 @@ from .methods.gradient import (
 from .methods.perturbation import RISE, MeaningfulPerturbation, Occlusion
 from .methods.score import AblationCAM, ScoreCAM
 from .methods.transformer import AttentionRelevance, AttentionRollout
-from .medical import load_volume
 from .models import load_model
 from .reference import ReferenceBank, ReferenceStats
 

@@ -81,9 +81,10 @@ def auto_layer(model: nn.Module, images: Tensor) -> str:
 
     The probe is ``images[:1]`` and a perturbed copy of it: only module outputs with one row per image
     whose rows differ count (a parameter, a buffer, a position-bias table or a detector's per-box
-    features never do), from modules that run once per pass (not a head shared across levels). A transformer (token outputs, or channels-last maps, of repeated blocks) gives
-    its last block, read at the block's first LayerNorm: the tokens the block's attention reads, which
-    reach a class-token head (the block's own output does not). A CNN gives the last module, in
+    features never do), from modules that run once per pass (not a head shared across levels). A
+    transformer (token outputs, or channels-last maps, of repeated blocks) gives its last block, read
+    at the block's first LayerNorm: the tokens the block's attention reads, which reach a class-token
+    head (the block's own output does not). A CNN gives the last module, in
     execution order, whose output is a channels-first map with a grid larger than 1x1, skipping
     adaptive pooling that only resamples.
     """

@@ -244,9 +244,7 @@ class Detection:
 def detections(output: Sequence[dict]) -> Tensor:
     """A torchvision detector's list of ``{boxes, scores, labels}`` as one (B, M, 6) tensor, rows
     ``x1, y1, x2, y2, score, label``, padded with zero rows of label -1 to the largest M."""
-    rows = [
-        torch.cat([d["boxes"], d["scores"][:, None], d["labels"][:, None].to(d["boxes"].dtype)], 1) for d in output
-    ]
+    rows = [torch.cat([d["boxes"], d["scores"][:, None], d["labels"][:, None].to(d["boxes"].dtype)], 1) for d in output]
     most = max(1, max(r.shape[0] for r in rows))
     padding = [r.new_tensor([0.0, 0, 0, 0, 0, -1]).expand(most - r.shape[0], 6) for r in rows]
     return torch.stack([torch.cat([r, p]) for r, p in zip(rows, padding, strict=True)])

@@ -3,9 +3,9 @@
 ``Explainer(model, ...)(images, target=None)`` maps (B, C, H, W) images to (B, H, W) float32 maps on
 the images' device, and (B, C, D, H, W) volumes or clips to (B, D, H, W) maps: the raw signed map,
 ReLU, per-image min-max (a constant map becomes zeros, never NaN), bilinear (trilinear) upsampling to
-the input size, and min-max again to [0, 1]. Every map is checked to have one row per image. ``raw=True`` returns the signed map at
-the method's own resolution instead. The model comes back exactly as it was (modes,
-``requires_grad`` flags, hooks), also when the call raises.
+the input size, and min-max again to [0, 1]. Every map is checked to have one row per image.
+``raw=True`` returns the signed map at the method's own resolution instead. The model comes back
+exactly as it was (modes, ``requires_grad`` flags, its own hooks), also when the call raises.
 
 ``CAMExplainer`` is the base of every method of the form ``M = sum_k w_k A_k`` over a layer's K
 activation maps A_k: a subclass supplies only ``weights``. Given several layers, each layer's map is

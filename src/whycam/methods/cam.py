@@ -44,6 +44,22 @@ class CAM(CAMExplainer):
             )
         return linears[-1]
 
+    def _check_head(self, activation: Tensor, linear: nn.Linear, step: LayerPass) -> None:
+        """Refuse a layer that is not globally average-pooled straight into ``linear``: the model's
+        output must be W mean(A) + b, or the map would not be the classifier's evidence."""
+        pooled = activation.mean(grid_dims(activation)) @ linear.weight.detach().T.to(activation.dtype)
+        if linear.bias is not None:
+            pooled = pooled + linear.bias.detach().to(activation.dtype)
+        output = step.output
+        if output.shape != pooled.shape or not torch.allclose(
+            pooled, output.to(pooled.dtype), rtol=1e-3, atol=1e-4 * float(output.abs().max())
+        ):
+            raise ValueError(
+                f"CAM needs the layer {step.name!r} to be globally average-pooled straight into the classifier "
+                "(output = W mean(A) + b), and this model's output is not; use GradCAM, or pass the pooled "
+                "layer as layer="
+            )
+
     def weights(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
         if step.classes is None:
             raise ValueError(
@@ -55,6 +71,7 @@ class CAM(CAMExplainer):
             raise ValueError(
                 f"the classifier has {linear.in_features} inputs, the layer {activation.shape[1]} channels"
             )
+        self._check_head(activation, linear, step)
         rows = linear.weight.detach()[step.classes]
         return rows.view(*rows.shape, *[1] * len(grid_dims(activation))).to(activation.dtype)
 

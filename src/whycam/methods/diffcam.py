@@ -253,7 +253,9 @@ class DiffCAM(CAMExplainer):
     def _pool(self, activation: Tensor, spatial: Tensor, images: Tensor) -> Tensor:
         if self.embedding == "auto" and self._pooling is None:
             self._pooling = (
-                "avg" if activation.dim() != images.dim() else model_pooling(self.model, self.layers(images)[0][1], images[:1])
+                "avg"
+                if activation.dim() != images.dim()
+                else model_pooling(self.model, self.layers(images)[0][1], images[:1])
             )
         kind = self._embedding_name()
         if callable(self.embedding):

@@ -387,9 +387,10 @@ class SmoothGrad(PixelExplainer):
         batch_size: int = 32,
         seed: int = 0,
         variant: str = "smoothgrad",
+        output: OutputSelector = None,
     ):
         if not isinstance(explainer, Explainer):
-            explainer = Saliency(explainer)
+            explainer = Saliency(explainer, output=output)
         reduce = explainer.reduce if isinstance(explainer, PixelExplainer) else None
         super().__init__(explainer.model, reduce=reduce, output=explainer.output)
         if variant not in self.variants:
