@@ -181,8 +181,8 @@ NAMED = {
 
 HELD_OUT = {
     "tv-regnet_y_400mf": Arch(_tv("regnet_y_400mf", num_classes=5), cam=True),
-    "tv-shufflenet_v2": Arch(_tv("shufflenet_v2_x0_5", num_classes=5)),
-    "tv-mnasnet": Arch(_tv("mnasnet0_5", num_classes=5)),
+    "tv-shufflenet_v2": Arch(_tv("shufflenet_v2_x0_5", num_classes=5), cam=True),
+    "tv-mnasnet": Arch(_tv("mnasnet0_5", num_classes=5), cam=True),
     "tv-squeezenet": Arch(_tv("squeezenet1_1", num_classes=5)),
     "tv-googlenet": Arch(_tv("googlenet", num_classes=5, aux_logits=False, init_weights=True), cam=True),
     "tv-swin_v2_t": Arch(_tv("swin_v2_t", num_classes=5)),

@@ -120,7 +120,7 @@ CASES = {
     "torchvision-swin": (torchvision_swin, "permute", lambda a: a),
     "torchvision-swin-block": (torchvision_swin, "features.5.1.norm1", channels_last),
     "hf-swin": (hf_swin, "swin.encoder.layers.2.blocks.1.layernorm_before", tokens(0, 4)),
-    "hf-vit": (hf_vit, "vit.layers.1.layernorm_before", tokens(1, 4)),
+    "hf-vit": (hf_vit, ".1.layernorm_before", tokens(1, 4)),  # vit.layers (transformers 5) or vit.encoder.layer
 }
 
 
@@ -132,7 +132,7 @@ def test_gradcam_equals_a_hand_written_reference(name):
     explicit = name.endswith("-block")
     cam = whycam.GradCAM(model, layer if explicit else None)
     raw = cam(x, target=CLASSES, raw=True)
-    assert cam.layers(x)[0][0] == layer
+    assert cam.layers(x)[0][0].endswith(layer)
     expected = reference_gradcam(model, cam.layers(x)[0][1], x, CLASSES, to_grid)
     assert raw.shape == expected.shape
     assert torch.allclose(raw, expected, atol=1e-5 * expected.abs().max())

@@ -395,7 +395,7 @@ def explain(
                 )
             questions[name] = _fit_reference(explainer, reference, loaded, failures, batch_size)
             if question is not None:
-                bank = getattr(explainer, "bank", None)
+                bank = getattr(explainer, "bank_", None)
                 if bank is None:
                     raise click.UsageError(
                         f"--question needs per-class statistics as --reference; {reference} holds one group "
@@ -433,7 +433,7 @@ def explain(
             chunk = targets[start : start + batch_size]
             try:
                 asked = question is not None and method in questions
-                labels = [_bank_label(explainer.bank, int(t), loaded) for t in chunk] if asked else None
+                labels = [_bank_label(explainer.bank_, int(t), loaded) for t in chunk] if asked else None
                 clock = time.perf_counter()
                 maps = (
                     _ask(explainer, question, batch, labels, versus)
@@ -582,7 +582,7 @@ def reference_build(ctx, folders, model_spec, weights, download, device, layer, 
         explainer.fit(batches())
     except ValueError as error:
         raise click.UsageError(f"cannot build the reference: {error}") from None
-    stats = explainer.bank if per_class else explainer.reference
+    stats = explainer.bank_ if per_class else explainer.reference_
     path = stats.save(out)
     click.echo(f"wrote {path}: {stats!r}")
     failures.exit(ctx)
@@ -613,7 +613,7 @@ def reference_info(file: str) -> None:
         click.echo(f"  {key}: {value}")
     if len(groups) > 1:
         for label, group in groups.items():
-            click.echo(f"  class {label}: {group.count} images")
+            click.echo(f"  class {label}: {group.count_} images")
 
 
 def _dataset_tensors(dataset_path: str, loaded, failures: Failures):
