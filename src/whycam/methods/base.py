@@ -216,7 +216,7 @@ class CAMExplainer(Explainer):
         self.layer = layer
         self.reshape = reshape
         self._layers: list[tuple[str, nn.Module]] | None = None
-        self._layouts: dict[tuple, Layout] = {}
+        self._layouts: dict[tuple, Layout] | None = None  # read once per layer and input size
 
     def layers(self, images: Tensor) -> list[tuple[str, nn.Module]]:
         """The ``(name, module)`` pairs explained (resolved once, at the first call)."""
@@ -231,6 +231,7 @@ class CAMExplainer(Explainer):
             spatial = self.reshape(activation)
         else:
             key = (id(module), tuple(activation.shape[1:]), tuple(images.shape[2:]))
+            self._layouts = {} if self._layouts is None else self._layouts
             if key not in self._layouts:
                 self._layouts[key] = read_layout(activation.shape, self.model, images.shape[2:], module, images)
             spatial = self._layouts[key].apply(activation)
