@@ -67,7 +67,13 @@ class Arch:
 def _tv(name, **kw):
     import torchvision
 
-    return lambda: getattr(torchvision.models, name)(**kw)
+    def build():
+        namespace = torchvision.models
+        for part in name.split("."):
+            namespace = getattr(namespace, part)
+        return namespace(**kw)
+
+    return build
 
 
 def _timm(name, **kw):
@@ -126,7 +132,6 @@ NAMED = {
         _tv("VisionTransformer", image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64),
         attention=True,
     ),
-    "tv-maxvit_t": Arch(_tv("maxvit_t", num_classes=5, input_size=(64, 64)), shape=(3, 64, 64)),
     "tv-r3d_18": Arch(_tv("video.r3d_18", num_classes=5), shape=(3, 8, 32, 32), cam=True),
     "tv-fasterrcnn": Arch(_tv_detector, task="detection"),
     "tv-lraspp": Arch(_tv_segmenter, task="segmentation"),

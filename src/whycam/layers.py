@@ -137,6 +137,8 @@ def auto_layer(model: nn.Module, images: Tensor) -> str:
         parent = parents.get(id(module))
         if parent is None or not isinstance(parent, (nn.Sequential, nn.ModuleList)) or counts[type(module)] < 2:
             continue
+        if not any(module.children()):  # a block holds layers; a repeated Linear or Dropout is no block
+            continue
         if _settled(_read(out.shape, model, size, module, strict=False), orders[i]) in ("tokens", "channels_last"):
             blocks.append(i)
     # the innermost blocks: a stage of blocks (Swin's) is itself repeated, its blocks are what is read

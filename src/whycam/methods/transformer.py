@@ -64,6 +64,8 @@ def attend(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """``(A, y)``: the attention probabilities (B, heads, N, N) of ``module`` on tokens x (B, N, D),
     and the module's output recomputed from them."""
     kind = _kind(module)
+    if x.dim() != 3:
+        raise ValueError(_not_plain(module))
     if kind == "timm":
         batch, n, _ = x.shape
         q, k, v = module.qkv(x).reshape(batch, n, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
@@ -88,6 +90,13 @@ def attend(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     return a, y if module.batch_first else y.transpose(0, 1)
 
 
+def _not_plain(module: nn.Module) -> str:
+    return (
+        f"the attention of {type(module).__name__} is not plain softmax(q k^T) v over a token sequence (a position "
+        "bias, windows or a mask): attention methods would misread it; use a CAM method"
+    )
+
+
 class AttentionExplainer(Explainer):
     """Base of the attention methods: one forward pass with every attention module recomputed."""
 
@@ -108,10 +117,7 @@ class AttentionExplainer(Explainer):
                 if y.shape != original.shape or not torch.allclose(
                     y, original, rtol=1e-3, atol=1e-4 * float(original.detach().abs().max())
                 ):
-                    raise ValueError(
-                        f"the attention of {type(module).__name__} is not plain softmax(q k^T) v (a position bias, "
-                        "windows or a mask): attention methods would misread it; use a CAM method"
-                    )
+                    raise ValueError(_not_plain(module))
                 self._checked.add(id(module))
             seen.append(a)
             return (y, a, *output[2:]) if isinstance(output, tuple) else y
