@@ -127,7 +127,7 @@ NAMED = {
     "tv-mobilenet_v3_small": Arch(_tv("mobilenet_v3_small", num_classes=5)),
     "tv-efficientnet_b0": Arch(_tv("efficientnet_b0", num_classes=5), cam=True),
     "tv-convnext_tiny": Arch(_tv("convnext_tiny", num_classes=5)),
-    "tv-swin_t": Arch(_tv("swin_t", num_classes=5)),
+    "tv-swin_t": Arch(_tv("swin_t", num_classes=5), cam=True),
     "tv-vit": Arch(
         _tv("VisionTransformer", image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64),
         attention=True,
@@ -190,7 +190,7 @@ HELD_OUT = {
     "tv-mnasnet": Arch(_tv("mnasnet0_5", num_classes=5), cam=True),
     "tv-squeezenet": Arch(_tv("squeezenet1_1", num_classes=5)),
     "tv-googlenet": Arch(_tv("googlenet", num_classes=5, aux_logits=False, init_weights=True), cam=True),
-    "tv-swin_v2_t": Arch(_tv("swin_v2_t", num_classes=5)),
+    "tv-swin_v2_t": Arch(_tv("swin_v2_t", num_classes=5), cam=True),
     "tv-mc3_18": Arch(_tv("video.mc3_18", num_classes=5), shape=(3, 8, 32, 32), cam=True),
     "tv-deeplabv3": Arch(
         lambda: __import__("torchvision").models.segmentation.deeplabv3_mobilenet_v3_large(
@@ -334,7 +334,10 @@ def check(arch: Arch, method: str, cls, model: nn.Module, images: torch.Tensor) 
     return "ok", layer, ""
 
 
-def run(archs: dict[str, Arch], methods: list[str] | None = None, log=print) -> dict[str, dict[str, tuple]]:
+def run(
+    archs: dict[str, Arch], methods: list[str] | None = None, log=print, done=lambda table: None
+) -> dict[str, dict[str, tuple]]:
+    """The table, row by row; ``done(table)`` after each architecture (to write what is finished)."""
     registry = whycam.methods()
     names = methods or list(registry)
     table: dict[str, dict[str, tuple]] = {}
@@ -352,6 +355,7 @@ def run(archs: dict[str, Arch], methods: list[str] | None = None, log=print) -> 
             table[name][method] = check(arch, method, registry[method], model, images)
             status, layer, note = table[name][method]
             log(f"{name:24s} {method:24s} {status:8s} {time.perf_counter() - start:6.1f}s {layer} {note}")
+        done(table)
     return table
 
 
@@ -400,11 +404,16 @@ def main() -> None:
     archs = HELD_OUT if args.held_out else NAMED
     if args.only:
         archs = {k: archs[k] for k in args.only.split(",")}
-    table = run(archs, args.methods.split(",") if args.methods else None)
+    title = "Held-out architectures" if args.held_out else "Named architectures"
+    if args.methods:
+        title += f" (methods: {args.methods})"
+
+    def write(table):
+        if not args.no_write:
+            write_section("compatibility.md", "held-out" if args.held_out else "named", markdown(table, title))
+
+    table = run(archs, args.methods.split(",") if args.methods else None, done=write)
     print(summary(table))
-    if not args.no_write:
-        title = "Held-out architectures" if args.held_out else "Named architectures"
-        write_section("compatibility.md", "held-out" if args.held_out else "named", markdown(table, title))
 
 
 if __name__ == "__main__":
