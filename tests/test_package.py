@@ -1,5 +1,6 @@
 """The package's face: version, registry, and the public names other code relies on."""
 
+import pytest
 import torch
 
 import whycam
@@ -49,6 +50,10 @@ LIGHT = {
 def test_every_registered_method_keeps_the_output_contract(resnet18, images):
     references = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     for name, method in whycam.methods().items():
+        if not method.applies(resnet18):  # the attention methods: a ResNet has none
+            with pytest.raises(ValueError, match="no attention module"):
+                method(resnet18)
+            continue
         explainer = method(resnet18, **LIGHT.get(name, {}))
         if callable(getattr(explainer, "fit", None)):  # a reference-group method (DiffCAM) is fitted first
             explainer.fit(references)

@@ -95,6 +95,14 @@ def _method_names(text: str) -> list[str]:
     return names
 
 
+def _applicable(names: list[str], model) -> list[str]:
+    """``all`` methods means all that apply to the model (attention methods need a transformer)."""
+    from .methods.base import methods
+
+    registry = methods()
+    return [n for n in names if registry[n].applies(model)] if set(names) == set(registry) else names
+
+
 def _read_images(paths: Sequence[str], preprocess, failures: Failures, desc: str = "read"):
     """(names, display images (3, h, w) in [0, 1], model inputs (C, h, w)) of the readable images."""
     from .data import iter_images
@@ -364,6 +372,7 @@ def explain(
     failures = Failures()
     names = _method_names(method_text)
     loaded = _load_model(model_spec, weights, download, device)
+    names = _applicable(names, loaded.model)
     layer = _check_layer(loaded, layer)
     options = _method_options(option_items, names, loaded.model, layer)
     if (question == "why-not") != (versus is not None):
@@ -674,6 +683,7 @@ def _evaluate_command(
 
     failures = Failures()
     loaded = _load_model(model_spec, weights, download, device)
+    method_names = _applicable(method_names, loaded.model)
     layer = _check_layer(loaded, layer)
     options = _method_options(option_items, method_names, loaded.model, layer)
     metric_names = [m.strip() for m in metric_text.split(",") if m.strip()]

@@ -136,6 +136,11 @@ class Explainer:
     summary: ClassVar[str] = ""
     needs_target: ClassVar[bool] = True
 
+    @classmethod
+    def applies(cls, model: nn.Module) -> bool:
+        """Whether the method can explain ``model`` at all (the attention methods need attention)."""
+        return True
+
     def __init__(self, model: nn.Module, *, output: OutputSelector = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")

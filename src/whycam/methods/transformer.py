@@ -100,6 +100,10 @@ def _not_plain(module: nn.Module) -> str:
 class AttentionExplainer(Explainer):
     """Base of the attention methods: one forward pass with every attention module recomputed."""
 
+    @classmethod
+    def applies(cls, model: nn.Module) -> bool:
+        return any(_kind(m) is not None for m in model.modules())
+
     def __init__(self, model: nn.Module, *, output: OutputSelector = None):
         super().__init__(model, output=output)
         self.attention = attention_modules(model)
@@ -111,8 +115,11 @@ class AttentionExplainer(Explainer):
 
         def hook(module, args, kwargs, output):
             x = args[0] if args else next(iter(kwargs.values()))
-            a, y = attend(module, x)
             original = output[0] if isinstance(output, tuple) else output
+            try:
+                a, y = attend(module, x)
+            except RuntimeError:  # shapes that plain attention would not give (windows, extra tokens)
+                raise ValueError(_not_plain(module)) from None
             if id(module) not in self._checked:
                 if y.shape != original.shape or not torch.allclose(
                     y, original, rtol=1e-3, atol=1e-4 * float(original.detach().abs().max())
@@ -131,6 +138,11 @@ class AttentionExplainer(Explainer):
         finally:
             for handle in handles:
                 handle.remove()
+        if any(a.shape[0] != images.shape[0] or a.shape[-1] != seen[0].shape[-1] for a in seen):
+            raise ValueError(
+                f"{type(self.model).__name__} attends within windows or over changing token sets (Swin-like): "
+                "attention rollout and relevance need one global attention over the same tokens; use a CAM method"
+            )
         return seen, scores
 
     def to_map(self, relevance: Tensor, images: Tensor) -> Tensor:
