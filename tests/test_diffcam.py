@@ -362,7 +362,7 @@ def test_get_and_set_params_round_trip(cnn, data):
     images = data[0]
     dc = DiffCAM(cnn, layer="3", shrinkage="oas", k=None)
     params = dc.get_params()
-    assert list(params) == ["model", "layer", "embedding", "normalize", "shrinkage", "k", "reshape"]
+    assert list(params) == ["model", "layer", "embedding", "normalize", "shrinkage", "k", "reshape", "sign"]
     assert params["model"] is cnn and params["shrinkage"] == "oas"
     assert DiffCAM(**params).get_params() == params
     dc.fit(images[:30])

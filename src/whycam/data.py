@@ -29,6 +29,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from .errors import InputError
 from .medical import MedicalReadError, is_dicom, read_dicom
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".dcm")
@@ -36,7 +37,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".d
 ImageSource = str | Path | Image.Image | np.ndarray | Tensor
 
 
-class ImageReadError(OSError):
+class ImageReadError(InputError, OSError):
     """An image file that does not exist, is not an image, or is damaged."""
 
     def __init__(self, path: str | Path, reason: str):
@@ -45,7 +46,7 @@ class ImageReadError(OSError):
         super().__init__(f"cannot read image {self.path}: {reason}")
 
 
-class NoImagesError(ValueError):
+class NoImagesError(InputError, ValueError):
     """A folder (or a list of paths) that holds no image file."""
 
 
@@ -99,32 +100,42 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _read_file(path: str | Path) -> Image.Image | Tensor:
+    """A file as a PIL image, or a DICOM slice as an (H, W) tensor in [0, 1]."""
+    if not is_dicom(path):
+        return read_image(path)
+    try:
+        slice_ = read_dicom(path)
+    except MedicalReadError as error:
+        raise ImageReadError(path, str(error)) from None
+    if slice_.ndim != 2:
+        raise ImageReadError(path, f"a DICOM image of shape {slice_.shape}, not one slice; use load_volume")
+    return torch.from_numpy(slice_)
+
+
+def _from_numpy(image: np.ndarray) -> Tensor:
+    """An (H, W) or (H, W, 1|3|4) array, uint8 or floats in [0, 1], as a channels-first float tensor."""
+    if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
+        image = np.moveaxis(image, -1, 0)
+    elif image.ndim != 2:
+        raise ValueError(f"a numpy image must be (H, W) or (H, W, 1|3|4); got shape {image.shape}")
+    scale = 255.0 if image.dtype == np.uint8 else 1.0
+    return torch.from_numpy(np.ascontiguousarray(image).astype(np.float32) / scale)
+
+
 def to_tensor(image: ImageSource) -> Tensor:
     """One image as a (3, H, W) float32 tensor in [0, 1].
 
     Accepts a path, a PIL image, a numpy array (H, W), (H, W, 1|3|4) of uint8 or floats in [0, 1],
     or a tensor (H, W), (1|3|4, H, W).
     """
-    if isinstance(image, (str, Path)) and is_dicom(image):
-        try:
-            slice_ = read_dicom(image)
-        except MedicalReadError as error:
-            raise ImageReadError(image, str(error)) from None
-        if slice_.ndim != 2:
-            raise ImageReadError(image, f"a DICOM image of shape {slice_.shape}, not one slice; use load_volume")
-        image = torch.from_numpy(slice_)
     if isinstance(image, (str, Path)):
-        image = read_image(image)
+        image = _read_file(image)
     if isinstance(image, Image.Image):
         array = np.asarray(to_rgb(image), dtype=np.float32) / 255.0
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
     if isinstance(image, np.ndarray):
-        if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
-            image = np.moveaxis(image, -1, 0)
-        elif image.ndim != 2:
-            raise ValueError(f"a numpy image must be (H, W) or (H, W, 1|3|4); got shape {image.shape}")
-        scale = 255.0 if image.dtype == np.uint8 else 1.0
-        image = torch.from_numpy(np.ascontiguousarray(image).astype(np.float32) / scale)
+        image = _from_numpy(image)
     if not isinstance(image, Tensor):
         raise TypeError(
             f"cannot read an image from {type(image).__name__}; pass a path, a PIL image, a numpy array or a tensor"
@@ -215,21 +226,21 @@ class Sample:
 
     path: Path
     boxes: list[Box] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
+    labels: list[str | None] = field(default_factory=list)  # one per box (None: unlabelled), or the image's
     mask_path: Path | None = None
 
     @property
     def label(self) -> str | None:
-        """The label of the first object (the one explained), if any."""
-        return self.labels[0] if self.labels else None
+        """The label of the first labelled object (the one explained), if any."""
+        return next((label for label in self.labels if label), None)
 
     @property
     def explained_boxes(self) -> list[Box]:
-        """The boxes of the explained object's class: every box labelled like the first object (all
-        boxes when they carry no labels). The ground truth of "where is the class?"."""
-        if not self.labels:
+        """The boxes of the explained object's class: every box labelled like the first labelled object
+        (all boxes when none carries a label). The ground truth of "where is the class?"."""
+        if self.label is None or not self.boxes:
             return list(self.boxes)
-        return [box for box, label in zip(self.boxes, self.labels, strict=False) if label == self.label]
+        return [box for box, label in zip(self.boxes, self.labels, strict=True) if label == self.label]
 
     def mask(self, size: tuple[int, int]) -> Tensor:
         """The ground truth as a (H, W) boolean mask at the image's ``size`` (H, W): the PNG mask, or
@@ -308,8 +319,7 @@ def _read_csv(path: Path) -> GroundTruthDataset:
                 raise ValueError(f"{path}, line {line}: box coordinates must be numbers") from None
             sample = samples.setdefault(image, Sample(image))
             sample.boxes.append(box)  # type: ignore[arg-type]
-            if row.get("label"):
-                sample.labels.append(row["label"])
+            sample.labels.append(row.get("label") or None)  # one label per box, so that they stay paired
     if not samples:
         raise NoImagesError(f"{path} lists no boxes")
     return GroundTruthDataset(list(samples.values()), "csv", path.parent)

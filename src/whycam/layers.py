@@ -20,6 +20,7 @@ with the ``reshape=`` fix unless the layer's own type settles it.
 from __future__ import annotations
 
 import difflib
+import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,12 +28,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .errors import UsageError
+
 LayerSpec = str | nn.Module | None
 
 _RESAMPLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample, nn.Identity, nn.Dropout)
 
 
-class LayerNotFoundError(ValueError):
+class LayerNotFoundError(UsageError):
     """A layer name that the model does not have."""
 
 
@@ -88,12 +91,38 @@ def auto_layer(model: nn.Module, images: Tensor) -> str:
     execution order, whose output is a channels-first map with a grid larger than 1x1, skipping
     adaptive pooling that only resamples.
     """
-    parents = {}
-    counts: dict[type, int] = {}
-    for module in model.modules():
-        counts[type(module)] = counts.get(type(module), 0) + 1
-        for child in module.children():
-            parents[id(child)] = module
+    fired = _probe(model, images)
+    size = tuple(images.shape[2:])
+    calls: dict[int, int] = {}
+    for _, module, _ in fired:
+        calls[id(module)] = calls.get(id(module), 0) + 1
+    live = [  # a module run several times per pass (a head shared by a detector's levels) has no one map
+        (i, name, m, o) for i, (name, m, o) in enumerate(fired) if _depends_on_batch(o) and calls[id(m)] == 1
+    ]
+    orders = _orders(fired)
+    spatial = [
+        i
+        for i, _, m, o in live
+        if o.dim() == len(size) + 2
+        and o.shape[2:].numel() > 1
+        and not isinstance(m, _RESAMPLING)
+        and _settled(_read(o.shape, model, size, m, strict=False), orders[i]) == "channels_first"
+    ]
+    blocks = _blocks(model, fired, live, orders, size)
+    if blocks and (not spatial or blocks[-1] > spatial[-1]):
+        name, block, _ = fired[blocks[-1]]
+        norm = next((n for n, m in block.named_modules() if isinstance(m, nn.LayerNorm)), None)
+        return f"{name}.{norm}" if norm else name
+    if spatial:
+        return fired[spatial[-1]][0]
+    raise LayerNotFoundError(
+        "could not choose a layer automatically: no module returns a spatial map or a grid of tokens for "
+        "each image; pass layer='<dotted name>' (see model.named_modules())"
+    )
+
+
+def _probe(model: nn.Module, images: Tensor) -> list[tuple[str, nn.Module, Tensor]]:
+    """``(name, module, output)`` of every module run on ``images[:1]`` and a perturbed copy of it."""
     fired: list[tuple[str, nn.Module, Tensor]] = []
 
     def record(name: str, module: nn.Module, output) -> None:
@@ -116,22 +145,17 @@ def auto_layer(model: nn.Module, images: Tensor) -> str:
     finally:
         for handle in handles:
             handle.remove()
-    size = tuple(images.shape[2:])
-    calls: dict[int, int] = {}
-    for _, module, _ in fired:
-        calls[id(module)] = calls.get(id(module), 0) + 1
-    live = [  # a module run several times per pass (a head shared by a detector's levels) has no one map
-        (i, name, m, o) for i, (name, m, o) in enumerate(fired) if _depends_on_batch(o) and calls[id(m)] == 1
-    ]
-    orders = _orders(fired)
-    spatial = [
-        i
-        for i, _, m, o in live
-        if o.dim() == len(size) + 2
-        and o.shape[2:].numel() > 1
-        and not isinstance(m, _RESAMPLING)
-        and _settled(_read(o.shape, model, size, m, strict=False), orders[i]) == "channels_first"
-    ]
+    return fired
+
+
+def _blocks(model: nn.Module, fired: list, live: list, orders: list, size: tuple[int, ...]) -> list[int]:
+    """Indices into ``fired`` of the innermost repeated transformer blocks whose outputs are tokens or
+    channels-last maps (a stage of blocks, Swin's, is itself repeated: its blocks are what is read)."""
+    parents, counts = {}, {}
+    for module in model.modules():
+        counts[type(module)] = counts.get(type(module), 0) + 1
+        for child in module.children():
+            parents[id(child)] = module
     blocks = []
     for i, _, module, out in live:
         parent = parents.get(id(module))
@@ -141,19 +165,8 @@ def auto_layer(model: nn.Module, images: Tensor) -> str:
             continue
         if _settled(_read(out.shape, model, size, module, strict=False), orders[i]) in ("tokens", "channels_last"):
             blocks.append(i)
-    # the innermost blocks: a stage of blocks (Swin's) is itself repeated, its blocks are what is read
     held = {id(fired[i][1]) for i in blocks}
-    blocks = [i for i in blocks if not any(id(m) in held for m in list(fired[i][1].modules())[1:])]
-    if blocks and (not spatial or blocks[-1] > spatial[-1]):
-        name, block, _ = fired[blocks[-1]]
-        norm = next((n for n, m in block.named_modules() if isinstance(m, nn.LayerNorm)), None)
-        return f"{name}.{norm}" if norm else name
-    if spatial:
-        return fired[spatial[-1]][0]
-    raise LayerNotFoundError(
-        "could not choose a layer automatically: no module returns a spatial map or a grid of tokens for "
-        "each image; pass layer='<dotted name>' (see model.named_modules())"
-    )
+    return [i for i in blocks if not any(id(m) in held for m in list(fired[i][1].modules())[1:])]
 
 
 def _orders(fired: list[tuple[str, nn.Module, Tensor]]) -> list[str | None]:
@@ -418,3 +431,32 @@ def to_spatial(
 ) -> Tensor:
     """A layer's output as a channels-first map (B, K, *grid): see the module's docstring for the layouts."""
     return read_layout(activation.shape, model, input_size, module, images).apply(activation)
+
+
+def spatial_layers(model: nn.Module, images: Tensor) -> list[str]:
+    """The modules, in execution order, whose output on ``images[:1]`` is a map a CAM can read: one
+    row per image, a layout whycam reads (channels-first, channels-last or tokens) and a grid of
+    more than one cell, not a pure resampling."""
+    outputs: dict[str, tuple[nn.Module, Tensor]] = {}
+    handles = [
+        module.register_forward_hook(lambda m, i, o, name=name: outputs.setdefault(name, (m, o)))
+        for name, module in model.named_modules()
+        if name and not isinstance(module, _RESAMPLING)
+    ]
+    try:
+        with torch.no_grad():
+            model(images[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [name for name, (module, out) in outputs.items() if _readable(out, model, images, module)]
+
+
+def _readable(output: object, model: nn.Module, images: Tensor, module: nn.Module) -> bool:
+    if not isinstance(output, Tensor) or output.dim() < 3 or output.shape[0] != 1:
+        return False
+    try:
+        grid = read_layout(output.shape, model, images.shape[2:], module).apply(output).shape[2:]
+    except LayoutError:
+        return False
+    return math.prod(grid) > 1

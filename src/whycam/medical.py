@@ -55,7 +55,7 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
 
 
 def _dataset(path: Path):
-    import pydicom
+    import pydicom  # noqa: PLC0415 (the optional extra whycam[medical])
 
     try:
         return pydicom.dcmread(path)
@@ -119,7 +119,7 @@ def _slice_position(dataset) -> float:
 
 def read_nifti(path: str | Path, window: Window = None) -> np.ndarray:
     """A NIfTI volume as a (D, H, W) float32 array in [0, 1] (voxel axes k, j, i), through ``window``."""
-    import nibabel
+    import nibabel  # noqa: PLC0415 (the optional extra whycam[medical])
 
     path = Path(path)
     if not path.is_file():

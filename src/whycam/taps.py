@@ -54,11 +54,6 @@ class Tap:
         self._handles.clear()
         return kind is _LayersReached
 
-    def reset(self) -> None:
-        self.activations = [None] * len(self.modules)
-        self.calls = [0] * len(self.modules)
-        self._graph_started = False
-
     def _capture(self, index: int, output):
         tensor = first_tensor(output)
         if tensor is None:

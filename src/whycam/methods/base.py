@@ -11,10 +11,22 @@ exactly as it was (modes, ``requires_grad`` flags, its own hooks), also when the
 activation maps A_k: a subclass supplies only ``weights``. Given several layers, each layer's map is
 ReLU-ed, upsampled and min-max normalised, the maps are averaged, and the mean is min-max normalised
 again (the fusion rule of pytorch-grad-cam); ``per_layer`` returns the maps one by one.
+
+Evidence against (the counterfactual explanations of the Grad-CAM paper): a CAM method's ``sign``
+says which part of its signed map M is shown. ``"positive"`` (the default): ReLU(M), min-max to
+[0, 1]. ``"negative"``: ReLU(-M), min-max to [0, 1], the evidence against the target. ``"both"``: M
+upsampled and divided by max |M| per image, in [-1, 1] with 0 kept at 0.
+Methods whose weights are never negative (Grad-CAM++, LayerCAM, Score-CAM) on post-ReLU
+activations find no evidence against: their negative map is 0.
+
+After a call, ``stride_`` holds the map's resolution in input pixels per map cell, (rows, columns),
+of the coarsest layer explained ((1.0, 1.0) for maps computed at input resolution): details finer
+than that cannot be localised by the map.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +41,7 @@ from ..taps import Tap, preserved
 from ..targets import OutputSelector, Target, select_output, target_scores
 
 _REGISTRY: dict[str, type[Explainer]] = {}
+SIGNS = ("positive", "negative", "both")
 
 
 def register(cls: type[Explainer]) -> type[Explainer]:
@@ -41,7 +54,7 @@ def register(cls: type[Explainer]) -> type[Explainer]:
 
 def methods() -> dict[str, type[Explainer]]:
     """Every registered explainer, by name (``"gradcam"``, ``"scorecam"``, ``"diffcam"``, ...)."""
-    from .. import methods as _families  # noqa: F401  (importing the families registers them)
+    from .. import methods as _families  # noqa: F401, PLC0415 (the families import this module; importing them registers them)
 
     return dict(sorted(_REGISTRY.items()))
 
@@ -85,12 +98,30 @@ def normalize_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
     return maps
 
 
-def fuse_maps(maps: Sequence[Tensor], size: Sequence[int]) -> Tensor:
+def normalize_signed(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """Upsampling to ``size`` (bilinear, trilinear for volumes), then division by max |M| per image:
+    [-1, 1], 0 stays 0."""
+    maps = maps.float()
+    if tuple(maps.shape[1:]) != tuple(size):
+        mode = "bilinear" if len(size) == 2 else "trilinear"
+        maps = F.interpolate(maps[:, None], size=tuple(size), mode=mode, align_corners=False)[:, 0]
+    scale = maps.flatten(1).abs().max(1).values.view((-1,) + (1,) * (maps.dim() - 1))
+    return torch.where(scale > 0, maps / scale.clamp(min=torch.finfo(maps.dtype).tiny), 0.0)
+
+
+def normalize_sign(maps: Tensor, size: Sequence[int], sign: str = "positive") -> Tensor:
+    """A raw signed map shown as ``sign`` says: its positive part, its negative part, or both."""
+    if sign == "both":
+        return normalize_signed(maps, size)
+    return normalize_maps(-maps if sign == "negative" else maps, size)
+
+
+def fuse_maps(maps: Sequence[Tensor], size: Sequence[int], sign: str = "positive") -> Tensor:
     """Fuse per-layer raw maps: normalise each, average, normalise the mean."""
-    normalized = [normalize_maps(m, size) for m in maps]
+    normalized = [normalize_sign(m, size, sign) for m in maps]
     if len(normalized) == 1:
         return normalized[0]
-    return normalize_maps(torch.stack(normalized).mean(0), size)
+    return normalize_sign(torch.stack(normalized).mean(0), size, "both" if sign == "both" else "positive")
 
 
 def check_images(images: object, model: nn.Module) -> Tensor:
@@ -134,7 +165,14 @@ class Explainer:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    needs_target: ClassVar[bool] = True
+    # declared capabilities, read by the run loop, the CLI and the reports (never guessed from attributes)
+    needs_target: ClassVar[bool] = True  # explains a class score: the call's target is used
+    needs_layer: ClassVar[bool] = False  # reads a layer through hooks: takes ``layer=``, not TorchScript
+    uses_gradient: ClassVar[bool] = False  # back-propagates through the model
+    needs_reference: ClassVar[bool] = False  # answers against a reference group: ``fit`` it first
+    needs_attention: ClassVar[bool] = False  # reads attention probabilities: explains transformers only
+    sign: str = "positive"  # which part of a signed map is shown (CAM methods take ``sign=``)
+    stride_: tuple[float, ...] | None = None  # input pixels per map cell (per grid axis), after a call
 
     @classmethod
     def applies(cls, model: nn.Module) -> bool:
@@ -153,7 +191,7 @@ class Explainer:
             if len(maps) != 1:
                 raise ValueError("raw maps are per layer: use per_layer(images, target, raw=True)")
             return maps[0].detach().float()
-        return fuse_maps(maps, tuple(images.shape[2:])).detach()
+        return fuse_maps(maps, tuple(images.shape[2:]), self.sign).detach()
 
     def _attribute_checked(self, images: Tensor, target: Target) -> list[Tensor]:
         images = check_images(images, self.model)
@@ -172,10 +210,16 @@ class Explainer:
                     f"shape {tuple(images.shape[1:])}: the layer's output does not have one map per image; "
                     "choose a layer that runs once on the whole batch (layer='<dotted name>'), or pass reshape="
                 )
+        grid = images.shape[2:]
+        self.stride_ = max((tuple(g / n for g, n in zip(grid, m.shape[1:], strict=True)) for m in maps), key=math.prod)
         return maps
 
     def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
         raise NotImplementedError
+
+    def used_layers(self) -> list[str]:
+        """The dotted names of the layers explained, once resolved (empty for pixel methods)."""
+        return []
 
     def forward(self, images: Tensor) -> Tensor:
         """The model's selected output for ``images`` (NaN and infinity refused)."""
@@ -183,6 +227,17 @@ class Explainer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__})"
+
+
+class FunctionExplainer(Explainer):
+    """A plain function ``f(images, target) -> (B, H, W)`` as an explainer; its maps are taken as they are."""
+
+    def __init__(self, model: nn.Module, function: Callable[[Tensor, Target], Tensor]):
+        super().__init__(model)
+        self.function = function
+
+    def __call__(self, images: Tensor, target: Target = None, *, raw: bool = False) -> Tensor:
+        return self.function(images, target).detach()
 
 
 @dataclass
@@ -204,10 +259,12 @@ class CAMExplainer(Explainer):
     ``layer``: a dotted name, a module, a list of them (fused), or None (chosen automatically).
     ``reshape``: a callable turning the layer's output into (B, K, h, w), for layouts whycam cannot
     read itself (channels-first and channels-last maps and ViT tokens are read automatically; an
-    ambiguous layout is refused with this fix).
+    ambiguous layout is refused with this fix). ``sign``: ``"positive"``, ``"negative"`` or
+    ``"both"`` (see the module's docstring).
     """
 
     uses_gradient: ClassVar[bool] = True
+    needs_layer: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -216,10 +273,14 @@ class CAMExplainer(Explainer):
         *,
         output: OutputSelector = None,
         reshape: Callable[[Tensor], Tensor] | None = None,
+        sign: str = "positive",
     ):
         super().__init__(model, output=output)
+        if sign not in SIGNS:
+            raise ValueError(f"sign={sign!r}: choose 'positive' (evidence for), 'negative' (against) or 'both'")
         self.layer = layer
         self.reshape = reshape
+        self.sign = sign
         self._layers: list[tuple[str, nn.Module]] | None = None
         self._layouts: dict[tuple, Layout] | None = None  # read once per layer and input size
 
@@ -229,6 +290,9 @@ class CAMExplainer(Explainer):
             with preserved(self.model):
                 self._layers = resolve_layers(self.model, self.layer, images)
         return self._layers
+
+    def used_layers(self) -> list[str]:
+        return [] if self._layers is None else [name for name, _ in self._layers]
 
     def spatial(self, activation: Tensor, images: Tensor, module: nn.Module | None = None) -> Tensor:
         """A layer's output as a channels-first map (B, K, *grid), with one row per image."""
@@ -259,11 +323,7 @@ class CAMExplainer(Explainer):
                 output, scores, classes = None, None, None
                 self.model(images)
             activations = tap.captured()
-            gradients = (
-                torch.autograd.grad(scores.sum(), activations, allow_unused=True)
-                if self.uses_gradient
-                else [None] * len(activations)
-            )
+            gradients = self.gradients(scores, activations) if self.uses_gradient else [None] * len(activations)
         for (name, _), gradient in zip(layers, gradients, strict=True):
             if self.uses_gradient and gradient is None:
                 raise ValueError(
@@ -286,6 +346,10 @@ class CAMExplainer(Explainer):
             maps.append(self.layer_map(act, grad, step))
         return maps
 
+    def gradients(self, scores: Tensor, activations: list[Tensor]) -> list[Tensor]:
+        """``dy_c/dA`` for each tapped layer's activations (in the layer's own layout)."""
+        return list(torch.autograd.grad(scores.sum(), activations, allow_unused=True))
+
     def layer_map(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
         """The signed map of one layer, (B, h, w): ``sum_k weights * A``."""
         return (self.weights(activation, gradient, step) * activation).sum(1)
@@ -299,6 +363,6 @@ class CAMExplainer(Explainer):
         maps = self._attribute_checked(images, target)
         size = tuple(images.shape[2:])
         return {
-            name: (m.detach().float() if raw else normalize_maps(m, size).detach())
+            name: (m.detach().float() if raw else normalize_sign(m, size, self.sign).detach())
             for (name, _), m in zip(self.layers(images), maps, strict=True)
         }

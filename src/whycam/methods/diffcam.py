@@ -65,8 +65,10 @@ class DiffCAM(Params, CAMExplainer):
     [0, 1] (default 0.5, chosen on the validation splits of docs/results.md; 1 = no whitening,
     w = z - mu up to scale), ``"ledoit-wolf"``, ``"oas"`` or ``("ridge", value)``. ``k``: use, for
     each image, only its k nearest references (keeps the reference embeddings, memory O(n K)).
-    The call's ``target`` is ignored: the reference group is the question (``why``, ``why_not``,
-    ``unusual``, ``contrast`` pick it from a bank).
+    ``sign``: ``"negative"`` shows the cells whose features lie on the reference group's side of
+    the Fisher direction (evidence for the reference), ``"both"`` the signed map (see
+    ``whycam.methods.base``). The call's ``target`` is ignored: the reference group is the question
+    (``why``, ``why_not``, ``unusual``, ``contrast`` pick it from a bank).
 
     In scikit-learn's shape: the constructor's arguments are the parameters (``get_params``,
     ``set_params``, ``clone``); ``fit`` sets ``bank_`` (the per-class ``ReferenceBank``, or None when
@@ -78,6 +80,7 @@ class DiffCAM(Params, CAMExplainer):
     summary = "DiffCAM: the Fisher direction from a reference group to the image's embedding; no gradient."
     uses_gradient = False
     needs_target = False
+    needs_reference = True
 
     def __init__(
         self,
@@ -89,13 +92,14 @@ class DiffCAM(Params, CAMExplainer):
         shrinkage: Shrinkage = 0.5,
         k: int | None = None,
         reshape: Callable[[Tensor], Tensor] | None = None,
+        sign: str = "positive",
     ):
         if layer is not None and not isinstance(layer, (str, nn.Module)):
             raise ValueError(
                 "DiffCAM explains one layer (its statistics belong to that layer); "
                 "pass one name or module, or fit one DiffCAM per layer"
             )
-        super().__init__(model, layer, reshape=reshape)
+        super().__init__(model, layer, reshape=reshape, sign=sign)
         if not callable(embedding) and embedding not in EMBEDDINGS:
             raise ValueError(
                 f"embedding={embedding!r} is not one of {', '.join(EMBEDDINGS)} or a callable (B, K, h, w) -> (B, K)"

@@ -39,6 +39,11 @@ def _kind(module: nn.Module) -> str | None:
     return None
 
 
+def has_attention(model: nn.Module) -> bool:
+    """Whether ``model`` has a self-attention module whycam reads (what the attention methods explain)."""
+    return any(_kind(m) is not None for m in model.modules())
+
+
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """The self-attention modules of ``model`` whycam reads, in order."""
     found = [m for m in model.modules() if _kind(m) is not None]
@@ -100,9 +105,11 @@ def _not_plain(module: nn.Module) -> str:
 class AttentionExplainer(Explainer):
     """Base of the attention methods: one forward pass with every attention module recomputed."""
 
+    needs_attention = True
+
     @classmethod
     def applies(cls, model: nn.Module) -> bool:
-        return any(_kind(m) is not None for m in model.modules())
+        return has_attention(model)
 
     def __init__(self, model: nn.Module, *, output: OutputSelector = None):
         super().__init__(model, output=output)

@@ -23,6 +23,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from .ranks import top_pixels
+from .registry import metric
 from .result import MetricResult
 
 
@@ -147,6 +148,7 @@ def _truth_boxes(truth: Tensor, maps: Tensor) -> Tensor:
     return boxes
 
 
+@metric("localisation", truth="boxes")
 def box_accuracy(maps: Tensor, truth: Tensor, tau: float = 0.2, iou_threshold: float = 0.5) -> MetricResult:
     """Box accuracy, the CAM protocol (Zhou et al., CVPR 2016): higher is better.
 
@@ -167,6 +169,7 @@ def box_accuracy(maps: Tensor, truth: Tensor, tau: float = 0.2, iou_threshold: f
     )
 
 
+@metric("localisation", truth="boxes")
 def max_box_accuracy(
     maps: Tensor,
     truth: Tensor,
@@ -223,6 +226,7 @@ def max_box_accuracy(
     )
 
 
+@metric("localisation", truth="mask")
 def mask_iou(maps: Tensor, truth: Tensor, tau: float = 0.5) -> MetricResult:
     """IoU of the map thresholded at ``tau * max`` with the ground-truth mask: higher is better."""
     maps = _uniform_if_zero(_maps(maps))
@@ -242,6 +246,7 @@ def _top_k(maps: Tensor, masks: Tensor, seed: int) -> Tensor:
     return top_pixels(maps, masks.flatten(1).sum(1), seed)
 
 
+@metric("localisation", truth="mask")
 def topk_iou(maps: Tensor, truth: Tensor, seed: int = 0) -> MetricResult:
     """IoU of the map's top-k pixels with the ground truth, k = its area: higher is better."""
     maps = _maps(maps)
@@ -249,6 +254,7 @@ def topk_iou(maps: Tensor, truth: Tensor, seed: int = 0) -> MetricResult:
     return MetricResult("topk_iou", _iou(_top_k(maps, masks, seed), masks), True, settings={"seed": seed})
 
 
+@metric("localisation", truth="mask")
 def relevance_rank_accuracy(maps: Tensor, truth: Tensor, seed: int = 0) -> MetricResult:
     """Relevance rank accuracy (Arras et al., "CLEVR-XAI", Information Fusion 2022): higher is better.
 
@@ -280,6 +286,7 @@ def average_precision(scores: Tensor, labels: Tensor) -> Tensor:
     return torch.where(positives > 0, ap, torch.nan)
 
 
+@metric("localisation", truth="mask")
 def auprc(maps: Tensor, truth: Tensor) -> MetricResult:
     """Area under the precision-recall curve of the map as a pixel classifier of the ground truth,
     as average precision: higher is better; chance is the ground truth's area fraction.
@@ -294,6 +301,7 @@ def auprc(maps: Tensor, truth: Tensor) -> MetricResult:
     return MetricResult("auprc", per_image.float(), True, settings={"pooled": pooled})
 
 
+@metric("localisation", truth="either")
 def pointing_game(maps: Tensor, truth: Tensor, tolerance: float = 15.0, seed: int = 0) -> MetricResult:
     """Pointing game (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016):
     higher is better.
@@ -319,6 +327,7 @@ def pointing_game(maps: Tensor, truth: Tensor, tolerance: float = 15.0, seed: in
     )
 
 
+@metric("localisation", truth="boxes")
 def energy_pointing_game(maps: Tensor, truth: Tensor) -> MetricResult:
     """Energy-based pointing game (Wang et al., Score-CAM, CVPRW 2020): higher is better.
 
