@@ -434,7 +434,7 @@ def test_benchmark_runs_every_registered_method(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     data = json.loads((out / "results.json").read_text())
-    expected = {name for name, cls in whycam.methods().items() if not getattr(cls, "needs_attention", False)}
+    expected = {name for name, cls in whycam.methods().items() if not cls.needs_attention}
     assert {r["method"] for r in data["summary"]} == expected
     assert "| method |" in (out / "summary.md").read_text()
 

@@ -78,11 +78,15 @@ def test_timm_vits_infer_prefix_and_grid(arch, options, prefix, size):
     assert whycam.GradCAM(model)(x, target=[1, 2]).shape == (2, *size)
 
 
-def test_token_grid_without_a_patch_embedding_follows_the_aspect_ratio():
-    layout = token_layout(nn.Identity(), 1 + 3 * 4, (48, 64))
+def test_token_grid_without_a_patch_embedding_uses_the_declared_prefix_or_refuses():
+    declared = nn.Identity()
+    declared.num_prefix_tokens = 1
+    layout = token_layout(declared, 1 + 3 * 4, (48, 64))
     assert layout == TokenLayout(1, (3, 4))
+    with pytest.raises(ValueError, match=r"1 prefix \+ 3x4; 4 prefix \+ 3x3.*reshape="):
+        token_layout(nn.Identity(), 1 + 3 * 4, (48, 64))  # 1 + 3x4 or 4 + 3x3 (stride 22): not guessed
     tokens = torch.arange(2 * 13 * 5, dtype=torch.float32).reshape(2, 13, 5)
-    grid = to_spatial(tokens, nn.Identity(), (48, 64))
+    grid = to_spatial(tokens, declared, (48, 64))
     assert grid.shape == (2, 5, 3, 4)
     assert torch.equal(grid[1, 2, 1, 3], tokens[1, 1 + 1 * 4 + 3, 2])
 

@@ -2,11 +2,12 @@
 
 __version__ = "0.1.0"
 
-from . import metrics
+from . import metrics, targets
 from .data import load_images
 from .engines import build_reference, run_dataset, run_on_ray
 from .errors import InputError, ModelError, ReferenceGroupError, UsageError, WhycamError
 from .layers import LayerNotFoundError
+from .medical import load_volume
 from .methods.base import CAMExplainer, Explainer, methods, register
 from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from .methods.diffcam import DiffCAM
@@ -26,6 +27,7 @@ from .methods.legrad import LeGrad
 from .methods.perturbation import RISE, MeaningfulPerturbation, Occlusion
 from .methods.score import AblationCAM, ScoreCAM
 from .methods.shapley import ShapleyCAM
+from .methods.transformer import AttentionRelevance, AttentionRollout
 from .methods.visualize import visualize_class
 from .models import load_model
 from .reference import ReferenceBank, ReferenceStats
@@ -48,6 +50,8 @@ __all__ = [
     "ModelError",
     "InputError",
     "AblationCAM",
+    "AttentionRelevance",
+    "AttentionRollout",
     "CAM",
     "CAMExplainer",
     "Deconvnet",
@@ -79,9 +83,11 @@ __all__ = [
     "XGradCAM",
     "__version__",
     "load_images",
+    "load_volume",
     "load_model",
     "methods",
     "metrics",
     "register",
     "visualize_class",
+    "targets",
 ]

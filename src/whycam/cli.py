@@ -20,6 +20,7 @@ import click
 import torch
 
 from . import __version__
+from .data import load_target_file
 from .demo import run as run_demo
 from .engines import build_reference
 from .engines.cli import engine_options, evaluate_files, explain_files
@@ -35,6 +36,7 @@ from .metrics.sanity import method_factory, sanity_check
 from .models import LoadedModel, load_model
 from .reference import ReferenceBank
 from .runs import QUESTIONS, Runner
+from .targets import parse_target
 from .writers import write_class_models, write_evaluation, write_explain, write_sanity
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
@@ -88,6 +90,22 @@ def _method_names(text: str) -> list[str]:
             param_hint="--method",
         )
     return names
+
+
+def _applicable(names: list[str], text: str, model) -> list[str]:
+    """``--method all`` means every method that applies to the model (attention methods need a transformer)."""
+    registry = methods()
+    return [n for n in names if registry[n].applies(model)] if text.strip() == "all" else names
+
+
+def _target(target: str | None, loaded: LoadedModel):
+    """``--target``: a class index or name, or a named target ``KIND:VALUE`` (``targets.parse_target``)."""
+    if target is None:
+        return None
+    try:
+        return parse_target(target, load_target_file) if ":" in target else loaded.class_index(target)
+    except (ValueError, OSError) as error:
+        raise click.BadParameter(str(error), param_hint="--target") from None
 
 
 def _parse_value(text: str) -> object:
@@ -223,7 +241,12 @@ def demo(out: str, quick: bool) -> None:
     help="Method name(s), comma-separated, or 'all' (see `whycam methods`).",
 )
 @click.option("--layer", default=None, help="Layer to explain (dotted name); default: the model's own or automatic.")
-@click.option("--target", default=None, help="Class index or name; default: the predicted class.")
+@click.option(
+    "--target",
+    default=None,
+    help="Class index or name (default: the predicted class), or a named target KIND:VALUE: labels:3,5 | "
+    "output:0 | region:2[@mask.png] | box:x1,y1,x2,y2[@label] | similarity:embedding.npy (see docs/targets.md).",
+)
 @click.option(
     "--reference",
     default=None,
@@ -275,15 +298,10 @@ def explain(
           --question why-not --versus 5 --option diffcam.shrinkage=ledoit-wolf --out out/why_not_5
       whycam explain archive/ --model digits-cnn --method gradcam --engine local --workers 4 --out out/archive
     """
-    names = _method_names(method_text)
     loaded = _load_model(model_spec, weights, download, device)
+    names = _applicable(_method_names(method_text), method_text, loaded.model)
     options = _method_options(option_items, names, loaded.model)
-    target_index = None
-    if target is not None:
-        try:
-            target_index = loaded.class_index(target)
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="--target") from None
+    target_index = _target(target, loaded)
     runner = Runner(
         loaded, options, layer=layer, reference=reference, question=question, versus=versus, batch_size=batch_size
     )

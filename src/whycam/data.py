@@ -2,8 +2,9 @@
 
 Every image becomes a (3, H, W) float32 tensor in [0, 1]: grayscale is repeated over three
 channels, an alpha channel is composited onto white, palette images are expanded, and the EXIF
-orientation of a photograph is applied. A file that cannot be read raises ``ImageReadError`` naming
-it, so that a caller reading many files (the CLI) can report it, skip it and go on.
+orientation of a photograph is applied. A DICOM file (``.dcm``) is read with its 16-bit values,
+rescale and window (``whycam.medical``; volumes: ``load_volume``). A file that cannot be read raises
+``ImageReadError`` naming it, so that a caller reading many files (the CLI) can report it, skip it and go on.
 
 Datasets with ground truth (``load_dataset``) come in three layouts:
 
@@ -29,8 +30,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from .errors import InputError
+from .medical import MedicalReadError, is_dicom, read_dicom
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".dcm")
 
 ImageSource = str | Path | Image.Image | np.ndarray | Tensor
 
@@ -98,6 +100,29 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _read_file(path: str | Path) -> Image.Image | Tensor:
+    """A file as a PIL image, or a DICOM slice as an (H, W) tensor in [0, 1]."""
+    if not is_dicom(path):
+        return read_image(path)
+    try:
+        slice_ = read_dicom(path)
+    except MedicalReadError as error:
+        raise ImageReadError(path, str(error)) from None
+    if slice_.ndim != 2:
+        raise ImageReadError(path, f"a DICOM image of shape {slice_.shape}, not one slice; use load_volume")
+    return torch.from_numpy(slice_)
+
+
+def _from_numpy(image: np.ndarray) -> Tensor:
+    """An (H, W) or (H, W, 1|3|4) array, uint8 or floats in [0, 1], as a channels-first float tensor."""
+    if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
+        image = np.moveaxis(image, -1, 0)
+    elif image.ndim != 2:
+        raise ValueError(f"a numpy image must be (H, W) or (H, W, 1|3|4); got shape {image.shape}")
+    scale = 255.0 if image.dtype == np.uint8 else 1.0
+    return torch.from_numpy(np.ascontiguousarray(image).astype(np.float32) / scale)
+
+
 def to_tensor(image: ImageSource) -> Tensor:
     """One image as a (3, H, W) float32 tensor in [0, 1].
 
@@ -105,17 +130,12 @@ def to_tensor(image: ImageSource) -> Tensor:
     or a tensor (H, W), (1|3|4, H, W).
     """
     if isinstance(image, (str, Path)):
-        image = read_image(image)
+        image = _read_file(image)
     if isinstance(image, Image.Image):
         array = np.asarray(to_rgb(image), dtype=np.float32) / 255.0
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
     if isinstance(image, np.ndarray):
-        if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
-            image = np.moveaxis(image, -1, 0)
-        elif image.ndim != 2:
-            raise ValueError(f"a numpy image must be (H, W) or (H, W, 1|3|4); got shape {image.shape}")
-        scale = 255.0 if image.dtype == np.uint8 else 1.0
-        image = torch.from_numpy(np.ascontiguousarray(image).astype(np.float32) / scale)
+        image = _from_numpy(image)
     if not isinstance(image, Tensor):
         raise TypeError(
             f"cannot read an image from {type(image).__name__}; pass a path, a PIL image, a numpy array or a tensor"
@@ -176,9 +196,23 @@ def iter_images(paths: Iterable[str | Path]) -> Iterator[tuple[Path, Tensor | Ex
             continue
         for file in files:
             try:
-                yield file, to_tensor(read_image(file))
+                yield file, to_tensor(file)
             except ImageReadError as error:
                 yield file, error
+
+
+def load_target_file(path: str | Path) -> Tensor:
+    """A tensor a named target reads from a file: an embedding or mask as ``.npy`` / ``.pt``
+    (``weights_only``), or a mask image (non-zero pixels are the region)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file")
+    if path.suffix == ".npy":
+        return torch.from_numpy(np.load(path, allow_pickle=False)).float()
+    if path.suffix == ".pt":
+        return torch.as_tensor(torch.load(path, weights_only=True)).float()
+    with Image.open(path) as image:
+        return torch.from_numpy((np.asarray(image.convert("L")) > 0).astype(np.float32))
 
 
 # --- datasets with ground truth -------------------------------------------------------------------

@@ -7,7 +7,8 @@ through the layers above it: never into the network's early layers, never into p
 
 The network downstream receives a copy of the captured tensor, so an in-place operation after the
 layer (DenseNet's ``relu(norm5(x), inplace=True)``) cannot overwrite what was captured.
-Hooks are removed on exit, also when the forward pass raises. If a layer runs several times in one
+A layer returning a tuple (a Hugging Face block) is read at its first tensor. whycam's hooks are
+removed on exit by their handles, also when the forward pass raises. If a layer runs several times in one
 forward pass, the last call is kept, and ``calls`` counts them. With ``stop=True`` the forward pass
 ends as soon as every tapped layer has run once (the rest of the network never runs; the ``with``
 block ends there quietly): for a reader of activations that needs no output.
@@ -20,6 +21,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+
+from .layers import first_tensor
 
 
 class _LayersReached(Exception):
@@ -51,24 +54,25 @@ class Tap:
         self._handles.clear()
         return kind is _LayersReached
 
-    def _capture(self, index: int, output) -> Tensor:
-        if not isinstance(output, Tensor):
+    def _capture(self, index: int, output):
+        tensor = first_tensor(output)
+        if tensor is None:
             raise TypeError(
                 f"the tapped layer returns {type(output).__name__}, not a tensor; tap a layer that "
                 "returns a tensor (e.g. one of its sub-modules)"
             )
         self.calls[index] += 1
         if not self.grad:
-            self.activations[index] = output.detach()
+            self.activations[index] = tensor.detach()
             if self.stop and all(a is not None for a in self.activations):
                 raise _LayersReached
-            return output.clone()
+            return _replace_first(output, tensor.clone())
         if not self._graph_started:
             self._graph_started = True
-            output = output.detach().requires_grad_(True)
+            tensor = tensor.detach().requires_grad_(True)
             torch.set_grad_enabled(True)
-        self.activations[index] = output
-        return output.clone()
+        self.activations[index] = tensor
+        return _replace_first(output, tensor.clone())
 
     def captured(self) -> list[Tensor]:
         missing = [type(self.modules[i]).__name__ for i, a in enumerate(self.activations) if a is None]
@@ -80,26 +84,26 @@ class Tap:
         return self.activations  # type: ignore[return-value]
 
 
+def _replace_first(output, tensor: Tensor):
+    """``output`` with its (first) tensor replaced by ``tensor``, in the same container type."""
+    if isinstance(output, Tensor):
+        return tensor
+    return type(output)([tensor, *output[1:]]) if isinstance(output, list) else (tensor, *output[1:])
+
+
 @contextmanager
 def preserved(model: nn.Module):
     """Give the model back exactly as it was: train/eval modes, ``requires_grad`` flags, hooks, and
     the buffers of modules in training mode (BatchNorm's running statistics move at every forward
     pass in training mode; they are copied before and written back after).
 
-    Any hook registered inside the block is removed on exit, also when the block raises.
+    Hooks are not touched: whycam removes its own by their handles, and a hook the model or its library
+    registers during the call (transformers adds output-capturing hooks at a model's first forward
+    pass) is the model's own and stays.
     """
     modes = [(m, m.training) for m in model.modules()]
     buffers = [(b, b.detach().clone()) for m in model.modules() if m.training for b in m.buffers(recurse=False)]
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    hook_dicts = (
-        "_forward_hooks",
-        "_forward_pre_hooks",
-        "_backward_hooks",
-        "_backward_pre_hooks",
-        "_forward_hooks_with_kwargs",
-        "_forward_hooks_always_called",
-    )
-    hooks = [(m, name, set(getattr(m, name, {}))) for m in model.modules() for name in hook_dicts]
     try:
         yield model
     finally:
@@ -110,8 +114,3 @@ def preserved(model: nn.Module):
                 buffer.copy_(saved)
         for param, flag in flags:
             param.requires_grad_(flag)
-        for module, name, keys in hooks:
-            table = getattr(module, name, None)
-            if table is not None:
-                for key in [k for k in table if k not in keys]:
-                    del table[key]

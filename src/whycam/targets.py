@@ -1,9 +1,12 @@
 """What is explained: the model's output tensor, and one scalar score per image taken from it.
 
 A target is ``None`` (the predicted class), an ``int`` (one class for every image), a sequence or
-tensor with one class per image, or a callable ``f(output) -> (B,)`` scores, for segmentation,
-detection or embedding similarity. Models returning a tuple or dict are read through an output
-selector: an index, a key, or a callable; by default the first tensor, or the ``"logits"``/``"out"`` key.
+tensor with one class per image, or a callable ``f(output) -> (B,)`` scores. The named targets below
+are such callables: ``Class``, ``Labels`` (multi-label), ``Output`` (regression), ``Region`` (a
+segmentation region), ``Detection`` (a detector's box), ``Similarity`` (cosine to an embedding);
+``parse_target`` reads them from a command-line spec. Models returning a tuple or dict are read through
+an output selector: an index, a key, or a callable; by default the first tensor, the
+``"logits"``/``"out"`` key, or, for a torchvision detector's list of dicts, its (B, M, 6) detections.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 Target = int | Sequence[int] | Tensor | Callable[[Tensor], Tensor] | None
@@ -35,6 +39,8 @@ def select_output(output: object, selector: OutputSelector = None) -> Tensor:
                 f"the model returns a dict with keys {sorted(output)}; pass output='<key>' to say which one to explain"
             )
         output = output[key]
+    elif isinstance(output, (tuple, list)) and output and all(isinstance(o, dict) and "boxes" in o for o in output):
+        output = detections(output)
     elif isinstance(output, (tuple, list)):
         output = output[0]
     if not isinstance(output, Tensor):
@@ -115,3 +121,169 @@ def target_rows(pinned: Tensor | Callable[[Tensor], Tensor], rows: Tensor) -> Ta
     """A pinned target for an expanded batch whose row r is a copy of image ``rows[r]`` (a callable
     target is applied to the expanded batch's output as it is)."""
     return pinned if callable(pinned) else pinned[rows.to(pinned.device)]
+
+
+# ----------------------------------------------------------------------------- named targets
+# Each is a callable ``target(output) -> (B,)`` scores, applied to the selected output of a batch (or of
+# a chunk of perturbed copies: every named target scores each row on its own).
+
+
+class Class:
+    """The logit of class ``index`` (one class, or one per image): ``output[b, c_b]``. The default
+    target ``None`` is the predicted class."""
+
+    def __init__(self, index: int | Sequence[int]):
+        self.index = index
+
+    def __call__(self, output: Tensor) -> Tensor:
+        if output.dim() != 2:
+            raise ValueError(f"a class target needs a (B, classes) output, the model gives {tuple(output.shape)}")
+        classes = torch.as_tensor(self.index, device=output.device).long().flatten()
+        classes = classes.expand(output.shape[0]) if classes.numel() == 1 else classes
+        return output.gather(1, classes[:, None]).squeeze(1)
+
+
+class Labels:
+    """Several labels of a multi-label model: the sum of their logits, ``sum_{c in labels} output[b, c]``."""
+
+    def __init__(self, labels: Sequence[int]):
+        if not labels:
+            raise ValueError("Labels needs at least one label index")
+        self.labels = list(labels)
+
+    def __call__(self, output: Tensor) -> Tensor:
+        if output.dim() != 2 or max(self.labels) >= output.shape[1]:
+            raise ValueError(f"labels {self.labels} do not fit the model's output {tuple(output.shape)}")
+        return output[:, self.labels].sum(1)
+
+
+class Output:
+    """A regression output: ``output[b, index]`` (a (B,) or (B, 1) output needs no index)."""
+
+    def __init__(self, index: int = 0):
+        self.index = index
+
+    def __call__(self, output: Tensor) -> Tensor:
+        if output.dim() == 1:
+            return output
+        if output.dim() != 2 or self.index >= output.shape[1]:
+            raise ValueError(f"output index {self.index} does not fit the model's output {tuple(output.shape)}")
+        return output[:, self.index]
+
+
+class Region:
+    """A region of a segmentation output (B, classes, h, w): the class logits summed over a mask,
+    ``sum_{ij} output[b, c, i, j] * mask[b, i, j]`` (as pytorch-grad-cam's SemanticSegmentationTarget).
+
+    ``mask``: (H, W) or (B, H, W), resized to the output's grid by nearest neighbour; ``None`` takes the
+    pixels the model assigns to class c (its argmax)."""
+
+    def __init__(self, label: int, mask: Tensor | None = None):
+        self.label = label
+        self.mask = mask
+
+    def __call__(self, output: Tensor) -> Tensor:
+        if output.dim() != 4 or self.label >= output.shape[1]:
+            raise ValueError(
+                f"a region target needs a (B, classes, h, w) segmentation output with class {self.label}; "
+                f"the model gives {tuple(output.shape)}"
+            )
+        if self.mask is None:
+            mask = (output.detach().argmax(1) == self.label).to(output.dtype)
+        else:
+            mask = torch.as_tensor(self.mask, device=output.device).float()
+            mask = mask.expand(output.shape[0], *mask.shape[-2:]) if mask.dim() == 2 else mask
+            if mask.shape[0] != output.shape[0]:
+                raise ValueError(f"the region mask has {mask.shape[0]} rows for {output.shape[0]} images")
+            mask = F.interpolate(mask[:, None], size=output.shape[-2:], mode="nearest")[:, 0].to(output.dtype)
+        return (output[:, self.label] * mask).sum((1, 2))
+
+
+class Similarity:
+    """Cosine similarity between the output embedding (B, D) and a reference embedding (D,) or (B, D):
+    image-image retrieval, or image-text for a CLIP-style model given a text embedding."""
+
+    def __init__(self, reference: Tensor):
+        self.reference = torch.as_tensor(reference).float()
+
+    def __call__(self, output: Tensor) -> Tensor:
+        if output.dim() != 2 or output.shape[1] != self.reference.shape[-1]:
+            raise ValueError(
+                f"a similarity target needs a (B, {self.reference.shape[-1]}) embedding output, the model gives "
+                f"{tuple(output.shape)}; pass output=<the embedding's key or index>"
+            )
+        return F.cosine_similarity(output, self.reference.to(output), dim=-1)
+
+
+class Detection:
+    """The score of the detection that best matches ``box`` (x1, y1, x2, y2; by IoU, among boxes of
+    ``label`` if given) in a torchvision detector's output, read as (B, M, 6) rows ``x1, y1, x2, y2,
+    score, label`` (``select_output`` turns the detector's list of dicts into that). An image with
+    no overlapping detection scores 0."""
+
+    def __init__(self, box: Sequence[float], label: int | None = None):
+        self.box = torch.as_tensor(box, dtype=torch.float32).flatten()
+        if self.box.numel() != 4:
+            raise ValueError(f"a detection target's box is x1, y1, x2, y2; got {box!r}")
+        self.label = label
+
+    def __call__(self, output: Tensor) -> Tensor:
+        if output.dim() != 3 or output.shape[2] != 6:
+            raise ValueError(
+                f"a detection target reads a torchvision detector's output (a list of dicts with boxes, scores "
+                f"and labels); the model gives {tuple(output.shape)}"
+            )
+        boxes, scores, labels = output[..., :4].detach(), output[..., 4], output[..., 5].detach()
+        box = self.box.to(boxes)
+        width = (torch.minimum(boxes[..., 2], box[2]) - torch.maximum(boxes[..., 0], box[0])).clamp(min=0)
+        height = (torch.minimum(boxes[..., 3], box[3]) - torch.maximum(boxes[..., 1], box[1])).clamp(min=0)
+        inter = width * height
+        area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+        iou = inter / (area + (box[2] - box[0]) * (box[3] - box[1]) - inter).clamp(min=1e-9)
+        if self.label is not None:
+            iou = torch.where(labels == self.label, iou, 0.0)
+        best = iou.argmax(1, keepdim=True)
+        return torch.where(iou.gather(1, best) > 0, scores.gather(1, best), 0.0).squeeze(1)
+
+
+def detections(output: Sequence[dict]) -> Tensor:
+    """A torchvision detector's list of ``{boxes, scores, labels}`` as one (B, M, 6) tensor, rows
+    ``x1, y1, x2, y2, score, label``, padded with zero rows of label -1 to the largest M."""
+    rows = [torch.cat([d["boxes"], d["scores"][:, None], d["labels"][:, None].to(d["boxes"].dtype)], 1) for d in output]
+    most = max(1, max(r.shape[0] for r in rows))
+    padding = [r.new_tensor([0.0, 0, 0, 0, 0, -1]).expand(most - r.shape[0], 6) for r in rows]
+    return torch.stack([torch.cat([r, p]) for r, p in zip(rows, padding, strict=True)])
+
+
+TARGET_KINDS = ("class", "labels", "output", "region", "box", "similarity")
+
+
+def parse_target(spec: str, load: Callable[[str], Tensor] | None = None) -> Target:
+    """A target from a command-line spec: ``3`` or ``class:3``, ``labels:3,5``, ``output:0``,
+    ``region:2`` (the pixels predicted as class 2) or ``region:2@mask.png``, ``box:x1,y1,x2,y2[@label]``,
+    ``similarity:embedding.npy``. ``load`` reads a file (a mask or an embedding) into a tensor."""
+    kind, _, value = spec.partition(":") if ":" in spec else ("class", ":", spec)
+    try:
+        if kind == "class":
+            return int(value)
+        if kind == "labels":
+            return Labels([int(v) for v in value.split(",")])
+        if kind == "output":
+            return Output(int(value or 0))
+        if kind == "region":
+            label, _, path = value.partition("@")
+            return Region(int(label), _load(load, path) if path else None)
+        if kind == "box":
+            box, _, label = value.partition("@")
+            return Detection([float(v) for v in box.split(",")], int(label) if label else None)
+        if kind == "similarity":
+            return Similarity(_load(load, value))
+    except ValueError as error:
+        raise ValueError(f"cannot read the target {spec!r}: {error}") from None
+    raise ValueError(f"unknown target kind {kind!r} in {spec!r}; choose one of {', '.join(TARGET_KINDS)}")
+
+
+def _load(load: Callable[[str], Tensor] | None, path: str) -> Tensor:
+    if load is None:
+        raise ValueError(f"the target needs a file ({path}) and no file reader was given")
+    return load(path)

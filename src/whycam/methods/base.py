@@ -1,10 +1,11 @@
 """The contract every explainer keeps, and the registry that offers them by name.
 
 ``Explainer(model, ...)(images, target=None)`` maps (B, C, H, W) images to (B, H, W) float32 maps on
-the images' device: the raw signed map, ReLU, bilinear upsampling to the input size, then per-image
-min-max to [0, 1] (a constant map becomes zeros, never NaN). ``raw=True`` returns the signed map at
-the method's own resolution instead. The model comes back exactly as it was (modes,
-``requires_grad`` flags, hooks), also when the call raises.
+the images' device, and (B, C, D, H, W) volumes or clips to (B, D, H, W) maps: the raw signed map,
+ReLU, per-image min-max (a constant map becomes zeros, never NaN), bilinear (trilinear) upsampling to
+the input size, and min-max again to [0, 1]. Every map is checked to have one row per image.
+``raw=True`` returns the signed map at the method's own resolution instead. The model comes back
+exactly as it was (modes, ``requires_grad`` flags, its own hooks), also when the call raises.
 
 ``CAMExplainer`` is the base of every method of the form ``M = sum_k w_k A_k`` over a layer's K
 activation maps A_k: a subclass supplies only ``weights``. Given several layers, each layer's map is
@@ -25,6 +26,7 @@ than that cannot be localised by the map.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import LayerSpec, resolve_layers, to_spatial
+from ..layers import LayerSpec, Layout, read_layout, resolve_layers
 from ..taps import Tap, preserved
 from ..targets import OutputSelector, Target, select_output, target_scores
 
@@ -70,34 +72,51 @@ def batches(total: int, batch_size: int) -> Iterator[Tensor]:
         yield torch.arange(start, min(start + batch_size, total))
 
 
-def normalize_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """ReLU, bilinear upsampling to ``size``, per-image min-max to [0, 1]; constant maps become 0."""
-    maps = maps.float().clamp(min=0)
-    if tuple(maps.shape[-2:]) != tuple(size):
-        maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+def grid_dims(maps: Tensor) -> tuple[int, ...]:
+    """The grid axes of a channels-first (B, K, *grid) tensor: (2, 3), or (2, 3, 4) for volumes."""
+    return tuple(range(2, maps.dim()))
+
+
+def minmax(maps: Tensor) -> Tensor:
+    """Per-image min-max of (B, *grid) maps to [0, 1]; a constant map becomes 0."""
     flat = maps.flatten(1)
-    low = flat.min(1).values[:, None, None]
-    span = flat.max(1).values[:, None, None] - low
+    shape = (-1,) + (1,) * (maps.dim() - 1)
+    low = flat.min(1).values.view(shape)
+    span = flat.max(1).values.view(shape) - low
     return torch.where(span > 0, (maps - low) / span.clamp(min=torch.finfo(maps.dtype).tiny), 0.0)
 
 
-def normalize_signed(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear upsampling to ``size``, then division by max |M| per image: [-1, 1], 0 stays 0."""
+def normalize_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """ReLU, per-image min-max, bilinear (trilinear for volumes) upsampling to ``size``, min-max again.
+
+    The first min-max happens at the map's own resolution, so a constant map is zeros before any
+    interpolation can turn rounding noise into a pattern."""
+    maps = minmax(maps.float().clamp(min=0))
+    if tuple(maps.shape[1:]) != tuple(size):
+        mode = "bilinear" if len(size) == 2 else "trilinear"
+        maps = minmax(F.interpolate(maps[:, None], size=tuple(size), mode=mode, align_corners=False)[:, 0])
+    return maps
+
+
+def normalize_signed(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """Upsampling to ``size`` (bilinear, trilinear for volumes), then division by max |M| per image:
+    [-1, 1], 0 stays 0."""
     maps = maps.float()
-    if tuple(maps.shape[-2:]) != tuple(size):
-        maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    scale = maps.flatten(1).abs().max(1).values[:, None, None]
+    if tuple(maps.shape[1:]) != tuple(size):
+        mode = "bilinear" if len(size) == 2 else "trilinear"
+        maps = F.interpolate(maps[:, None], size=tuple(size), mode=mode, align_corners=False)[:, 0]
+    scale = maps.flatten(1).abs().max(1).values.view((-1,) + (1,) * (maps.dim() - 1))
     return torch.where(scale > 0, maps / scale.clamp(min=torch.finfo(maps.dtype).tiny), 0.0)
 
 
-def normalize_sign(maps: Tensor, size: tuple[int, int], sign: str = "positive") -> Tensor:
+def normalize_sign(maps: Tensor, size: Sequence[int], sign: str = "positive") -> Tensor:
     """A raw signed map shown as ``sign`` says: its positive part, its negative part, or both."""
     if sign == "both":
         return normalize_signed(maps, size)
     return normalize_maps(-maps if sign == "negative" else maps, size)
 
 
-def fuse_maps(maps: Sequence[Tensor], size: tuple[int, int], sign: str = "positive") -> Tensor:
+def fuse_maps(maps: Sequence[Tensor], size: Sequence[int], sign: str = "positive") -> Tensor:
     """Fuse per-layer raw maps: normalise each, average, normalise the mean."""
     normalized = [normalize_sign(m, size, sign) for m in maps]
     if len(normalized) == 1:
@@ -106,7 +125,8 @@ def fuse_maps(maps: Sequence[Tensor], size: tuple[int, int], sign: str = "positi
 
 
 def check_images(images: object, model: nn.Module) -> Tensor:
-    """Refuse, with the fix, input that is not a (B, C, H, W) float tensor of the model's channel count."""
+    """Refuse, with the fix, input that is not a (B, C, H, W) image or (B, C, D, H, W) volume float
+    tensor of the model's channel count."""
     if not isinstance(images, Tensor):
         raise TypeError(
             f"images must be a (B, C, H, W) tensor, not {type(images).__name__}; "
@@ -116,14 +136,14 @@ def check_images(images: object, model: nn.Module) -> Tensor:
         raise ValueError(
             f"images must be (B, C, H, W); got {tuple(images.shape)}. For a single image use images.unsqueeze(0)"
         )
-    if images.dim() != 4:
-        raise ValueError(f"images must be (B, C, H, W); got {tuple(images.shape)}")
+    if images.dim() not in (4, 5):
+        raise ValueError(f"images must be (B, C, H, W), or (B, C, D, H, W) volumes; got {tuple(images.shape)}")
     if not images.is_floating_point():
         raise TypeError(
             f"images have dtype {images.dtype}; convert to float and apply the model's "
             "preprocessing (e.g. images.float() / 255, then normalise)"
         )
-    expected = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    expected = next((m.in_channels for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))), None)
     if expected is not None and images.shape[1] != expected:
         fixes = {1: "grayscale: images.expand(-1, 3, -1, -1)", 4: "RGBA: images[:, :3]"}
         fix = fixes.get(images.shape[1], "")
@@ -152,7 +172,12 @@ class Explainer:
     needs_reference: ClassVar[bool] = False  # answers against a reference group: ``fit`` it first
     needs_attention: ClassVar[bool] = False  # reads attention probabilities: explains transformers only
     sign: str = "positive"  # which part of a signed map is shown (CAM methods take ``sign=``)
-    stride_: tuple[float, float] | None = None  # input pixels per map cell, after a call
+    stride_: tuple[float, ...] | None = None  # input pixels per map cell (per grid axis), after a call
+
+    @classmethod
+    def applies(cls, model: nn.Module) -> bool:
+        """Whether the method can explain ``model`` at all (the attention methods need attention)."""
+        return True
 
     def __init__(self, model: nn.Module, *, output: OutputSelector = None):
         if not isinstance(model, nn.Module):
@@ -166,7 +191,7 @@ class Explainer:
             if len(maps) != 1:
                 raise ValueError("raw maps are per layer: use per_layer(images, target, raw=True)")
             return maps[0].detach().float()
-        return fuse_maps(maps, tuple(images.shape[-2:]), self.sign).detach()
+        return fuse_maps(maps, tuple(images.shape[2:]), self.sign).detach()
 
     def _attribute_checked(self, images: Tensor, target: Target) -> list[Tensor]:
         images = check_images(images, self.model)
@@ -178,8 +203,15 @@ class Explainer:
             )
         with preserved(self.model):
             maps = self.attribute(images, target)
-        height, width = images.shape[-2:]
-        self.stride_ = max(((height / m.shape[-2], width / m.shape[-1]) for m in maps), key=lambda s: s[0] * s[1])
+        for m in maps:
+            if m.shape[0] != images.shape[0] or m.dim() != images.dim() - 1:
+                raise ValueError(
+                    f"{type(self).__name__} made maps of shape {tuple(m.shape)} for {images.shape[0]} images of "
+                    f"shape {tuple(images.shape[1:])}: the layer's output does not have one map per image; "
+                    "choose a layer that runs once on the whole batch (layer='<dotted name>'), or pass reshape="
+                )
+        grid = images.shape[2:]
+        self.stride_ = max((tuple(g / n for g, n in zip(grid, m.shape[1:], strict=True)) for m in maps), key=math.prod)
         return maps
 
     def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
@@ -213,9 +245,11 @@ class LayerPass:
     """What one forward pass through the tapped model gives a CAM method for one layer."""
 
     images: Tensor
+    output: Tensor | None
     scores: Tensor | None
     classes: Tensor | None
     target: Target
+    name: str
     module: nn.Module
 
 
@@ -224,8 +258,9 @@ class CAMExplainer(Explainer):
 
     ``layer``: a dotted name, a module, a list of them (fused), or None (chosen automatically).
     ``reshape``: a callable turning the layer's output into (B, K, h, w), for layouts whycam cannot
-    read itself (ViT tokens and (B, K, h, w) maps are read automatically). ``sign``: ``"positive"``,
-    ``"negative"`` or ``"both"`` (see the module's docstring).
+    read itself (channels-first and channels-last maps and ViT tokens are read automatically; an
+    ambiguous layout is refused with this fix). ``sign``: ``"positive"``, ``"negative"`` or
+    ``"both"`` (see the module's docstring).
     """
 
     uses_gradient: ClassVar[bool] = True
@@ -247,6 +282,7 @@ class CAMExplainer(Explainer):
         self.reshape = reshape
         self.sign = sign
         self._layers: list[tuple[str, nn.Module]] | None = None
+        self._layouts: dict[tuple, Layout] | None = None  # read once per layer and input size
 
     def layers(self, images: Tensor) -> list[tuple[str, nn.Module]]:
         """The ``(name, module)`` pairs explained (resolved once, at the first call)."""
@@ -258,31 +294,61 @@ class CAMExplainer(Explainer):
     def used_layers(self) -> list[str]:
         return [] if self._layers is None else [name for name, _ in self._layers]
 
-    def spatial(self, activation: Tensor, images: Tensor) -> Tensor:
-        """A layer's output as (B, K, h, w)."""
+    def spatial(self, activation: Tensor, images: Tensor, module: nn.Module | None = None) -> Tensor:
+        """A layer's output as a channels-first map (B, K, *grid), with one row per image."""
         if self.reshape is not None:
-            return self.reshape(activation)
-        return to_spatial(activation, self.model, tuple(images.shape[-2:]))
+            spatial = self.reshape(activation)
+        else:
+            key = (id(module), tuple(activation.shape[1:]), tuple(images.shape[2:]))
+            self._layouts = {} if self._layouts is None else self._layouts
+            if key not in self._layouts:
+                self._layouts[key] = read_layout(activation.shape, self.model, images.shape[2:], module, images)
+            spatial = self._layouts[key].apply(activation)
+        if spatial.shape[0] != images.shape[0] or spatial.dim() != images.dim():
+            raise ValueError(
+                f"the layer's output reads as {tuple(spatial.shape)} for {images.shape[0]} images of shape "
+                f"{tuple(images.shape[1:])}, not (B, K, *grid) with B = {images.shape[0]}: it is not one map per "
+                "image (a parameter, a buffer, per-box or per-window features); choose another layer or pass reshape="
+            )
+        return spatial
 
     def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
         layers = self.layers(images)
         with Tap([module for _, module in layers], grad=self.uses_gradient) as tap, torch.no_grad():
-            output = self.forward(images)
-            with torch.set_grad_enabled(self.uses_gradient):
-                scores, classes = target_scores(output, target) if self.needs_target else (None, None)
+            if self.needs_target:
+                output = self.forward(images)
+                with torch.set_grad_enabled(self.uses_gradient):
+                    scores, classes = target_scores(output, target)
+            else:  # a label-free method never reads the output: any model, with or without a head
+                output, scores, classes = None, None, None
+                self.model(images)
             activations = tap.captured()
             gradients = self.gradients(scores, activations) if self.uses_gradient else [None] * len(activations)
+        for (name, _), gradient in zip(layers, gradients, strict=True):
+            if self.uses_gradient and gradient is None:
+                raise ValueError(
+                    f"the explained score does not depend on the layer {name!r} (its output never reaches the "
+                    "target); choose a layer the score flows through (layer='<dotted name>')"
+                )
         maps = []
-        for (_, module), act, grad in zip(layers, activations, gradients, strict=True):
-            act = self.spatial(act.detach(), images)
-            grad = None if grad is None else self.spatial(grad, images)
-            step = LayerPass(images, None if scores is None else scores.detach(), classes, target, module)
+        for (name, module), act, grad in zip(layers, activations, gradients, strict=True):
+            act = self.spatial(act.detach(), images, module)
+            grad = None if grad is None else self.spatial(grad, images, module)
+            step = LayerPass(
+                images,
+                None if output is None else output.detach(),
+                None if scores is None else scores.detach(),
+                classes,
+                target,
+                name,
+                module,
+            )
             maps.append(self.layer_map(act, grad, step))
         return maps
 
     def gradients(self, scores: Tensor, activations: list[Tensor]) -> list[Tensor]:
         """``dy_c/dA`` for each tapped layer's activations (in the layer's own layout)."""
-        return list(torch.autograd.grad(scores.sum(), activations))
+        return list(torch.autograd.grad(scores.sum(), activations, allow_unused=True))
 
     def layer_map(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
         """The signed map of one layer, (B, h, w): ``sum_k weights * A``."""
@@ -295,7 +361,7 @@ class CAMExplainer(Explainer):
     def per_layer(self, images: Tensor, target: Target = None, *, raw: bool = False) -> dict[str, Tensor]:
         """One map per layer, by layer name: normalised at input size, or raw at feature size."""
         maps = self._attribute_checked(images, target)
-        size = tuple(images.shape[-2:])
+        size = tuple(images.shape[2:])
         return {
             name: (m.detach().float() if raw else normalize_sign(m, size, self.sign).detach())
             for (name, _), m in zip(self.layers(images), maps, strict=True)

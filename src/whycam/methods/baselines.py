@@ -56,8 +56,8 @@ def make_baseline(
     if spec == "blur":
         return blur(images, sigma)
     if spec == "uniform":
-        low = images.amin((1, 2, 3), keepdim=True)
-        high = images.amax((1, 2, 3), keepdim=True)
+        low = images.flatten(1).amin(1).view(-1, *[1] * (images.dim() - 1))
+        high = images.flatten(1).amax(1).view(-1, *[1] * (images.dim() - 1))
         noise = torch.rand(images.shape, generator=generator, dtype=images.dtype)
         return low + noise.to(images.device) * (high - low)
     raise ValueError(f"unknown baseline {spec!r}: use 'black', 'blur', 'uniform', a number or a tensor")

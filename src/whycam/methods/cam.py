@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import CAMExplainer, LayerPass, register
+from .base import CAMExplainer, LayerPass, grid_dims, register
 
 
 @register
@@ -44,6 +44,22 @@ class CAM(CAMExplainer):
             )
         return linears[-1]
 
+    def _check_head(self, activation: Tensor, linear: nn.Linear, step: LayerPass) -> None:
+        """Refuse a layer that is not globally average-pooled straight into ``linear``: the model's
+        output must be W mean(A) + b, or the map would not be the classifier's evidence."""
+        pooled = activation.mean(grid_dims(activation)) @ linear.weight.detach().T.to(activation.dtype)
+        if linear.bias is not None:
+            pooled = pooled + linear.bias.detach().to(activation.dtype)
+        output = step.output
+        if output.shape != pooled.shape or not torch.allclose(
+            pooled, output.to(pooled.dtype), rtol=1e-3, atol=1e-4 * float(output.abs().max())
+        ):
+            raise ValueError(
+                f"CAM needs the layer {step.name!r} to be globally average-pooled straight into the classifier "
+                "(output = W mean(A) + b), and this model's output is not; use GradCAM, or pass the pooled "
+                "layer as layer="
+            )
+
     def weights(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
         if step.classes is None:
             raise ValueError(
@@ -55,7 +71,9 @@ class CAM(CAMExplainer):
             raise ValueError(
                 f"the classifier has {linear.in_features} inputs, the layer {activation.shape[1]} channels"
             )
-        return linear.weight.detach()[step.classes][:, :, None, None].to(activation.dtype)
+        self._check_head(activation, linear, step)
+        rows = linear.weight.detach()[step.classes]
+        return rows.view(*rows.shape, *[1] * len(grid_dims(activation))).to(activation.dtype)
 
 
 @register
@@ -66,7 +84,7 @@ class GradCAM(CAMExplainer):
     summary = "Gradient-weighted CAM: channels weighted by their mean gradient."
 
     def weights(self, activation, gradient, step):
-        return gradient.mean((2, 3), keepdim=True)
+        return gradient.mean(grid_dims(gradient), keepdim=True)
 
 
 @register
@@ -81,9 +99,9 @@ class GradCAMPlusPlus(CAMExplainer):
 
     def weights(self, activation, gradient, step):
         g2 = gradient.pow(2)
-        denominator = 2 * g2 + activation.sum((2, 3), keepdim=True) * g2 * gradient
+        denominator = 2 * g2 + activation.sum(grid_dims(activation), keepdim=True) * g2 * gradient
         alpha = torch.where(gradient != 0, g2 / torch.where(denominator != 0, denominator, 1.0), 0.0)
-        return (alpha * gradient.clamp(min=0)).sum((2, 3), keepdim=True)
+        return (alpha * gradient.clamp(min=0)).sum(grid_dims(alpha), keepdim=True)
 
 
 @register
@@ -94,9 +112,9 @@ class XGradCAM(CAMExplainer):
     summary = "Axiom-based Grad-CAM: gradients weighted by normalised activations."
 
     def weights(self, activation, gradient, step):
-        total = activation.sum((2, 3), keepdim=True)
+        total = activation.sum(grid_dims(activation), keepdim=True)
         total = torch.where(total != 0, total, 1.0)
-        return (gradient * activation / total).sum((2, 3), keepdim=True)
+        return (gradient * activation / total).sum(grid_dims(activation), keepdim=True)
 
 
 @register
@@ -136,7 +154,7 @@ class EigenCAM(CAMExplainer):
     needs_target = False
 
     def layer_map(self, activation, gradient, step):
-        batch, channels, height, width = activation.shape
+        batch, grid = activation.shape[0], activation.shape[2:]
         x = activation.double().flatten(2).transpose(1, 2)  # (B, hw, K)
         x = x - x.mean(1, keepdim=True)
         _, _, vh = torch.linalg.svd(x, full_matrices=False)
@@ -145,4 +163,4 @@ class EigenCAM(CAMExplainer):
         mean_map = mean_map - mean_map.mean(1, keepdim=True)
         sign = torch.sign((projection * mean_map).sum(1, keepdim=True))
         projection = projection * torch.where(sign == 0, 1.0, sign)
-        return projection.reshape(batch, height, width).to(activation.dtype)
+        return projection.reshape(batch, *grid).to(activation.dtype)

@@ -37,7 +37,7 @@ from ..reference import (
 )
 from ..taps import Tap, preserved
 from ..targets import Target
-from .base import CAMExplainer, check_images, register
+from .base import CAMExplainer, check_images, grid_dims, register
 
 Embedding = str | Callable[[Tensor], Tensor]
 EMBEDDINGS = ("auto", "avg", "max", "cls")
@@ -255,14 +255,14 @@ class DiffCAM(Params, CAMExplainer):
     def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
         reference, compare = target if isinstance(target, _Question) else _Question(self.reference_)
         activation = self._activation(images)
-        spatial = self.spatial(activation, images)
+        spatial = self.spatial(activation, images, self.layers(images)[0][1])
         z = self._pool(activation, spatial, images)
         self._check(reference.meta, images)
         if reference.dim != z.shape[1]:
             raise ValueError(f"the statistics have {reference.dim} channels, the layer {z.shape[1]}")
         target_embedding = z if compare is None else compare.to(z).expand_as(z)
         weights = self.direction(target_embedding.to(reference.sum_.device), reference)
-        return [torch.einsum("bk,bkhw->bhw", weights.to(spatial), spatial)]
+        return [torch.einsum("bk,bk...->b...", weights.to(spatial), spatial)]
 
     def direction(self, z: Tensor, reference: ReferenceStats) -> Tensor:
         """w* = S^-1 (z - mu) for each row of z (B, K), float64 (S^-1 cached per group and shrinkage)."""
@@ -280,7 +280,7 @@ class DiffCAM(Params, CAMExplainer):
         images = check_images(images, self.model)
         with preserved(self.model):
             activation = self._activation(images)
-            return self._pool(activation, self.spatial(activation, images), images)
+            return self._pool(activation, self.spatial(activation, images, self.layers(images)[0][1]), images)
 
     def _activation(self, images: Tensor) -> Tensor:
         """The layer's output. The forward pass stops there (the rest of the model never runs), unless
@@ -297,7 +297,9 @@ class DiffCAM(Params, CAMExplainer):
     def _pool(self, activation: Tensor, spatial: Tensor, images: Tensor) -> Tensor:
         if self.embedding == "auto" and self._pooling is None:
             self._pooling = (
-                "avg" if activation.dim() != 4 else model_pooling(self.model, self.layers(images)[0][1], images[:1])
+                "avg"
+                if activation.dim() != images.dim()
+                else model_pooling(self.model, self.layers(images)[0][1], images[:1])
             )
         kind = self._embedding_name()
         if callable(self.embedding):
@@ -317,7 +319,8 @@ class DiffCAM(Params, CAMExplainer):
                 )
             z = activation[:, 0]
         else:
-            z = spatial.amax((2, 3)) if kind == "max" else spatial.mean((2, 3), dtype=torch.float64)
+            grid = grid_dims(spatial)
+            z = spatial.amax(grid) if kind == "max" else spatial.mean(grid, dtype=torch.float64)
         z = z.double()
         return F.normalize(z, dim=1) if self.normalize else z
 
@@ -374,13 +377,13 @@ def model_pooling(model: nn.Module, layer: nn.Module, images: Tensor) -> str:
             id(module) not in started
             or not isinstance(x, Tensor)
             or not isinstance(output, Tensor)
-            or x.dim() != 4
-            or x.shape[2] * x.shape[3] < 2
+            or x.dim() not in (4, 5)
+            or x.shape[2:].numel() < 2
             or output.numel() != x.shape[0] * x.shape[1]
         ):
             return
         pooled = output.reshape(x.shape[0], x.shape[1])
-        for kind, reference in (("max", x.amax((2, 3))), ("avg", x.mean((2, 3)))):
+        for kind, reference in (("max", x.amax(grid_dims(x))), ("avg", x.mean(grid_dims(x)))):
             if torch.allclose(pooled, reference, rtol=1e-4, atol=1e-5):
                 found.append(kind)
                 return
@@ -401,8 +404,8 @@ def model_pooling(model: nn.Module, layer: nn.Module, images: Tensor) -> str:
 def _batches(references: object, batch_size: int) -> Iterator[Tensor | tuple[Tensor, object]]:
     """Reference images as batches: images, or (images, labels)."""
     if isinstance(references, Tensor):
-        if references.dim() != 4:
-            raise ValueError(f"reference images must be (N, C, H, W); got {tuple(references.shape)}")
+        if references.dim() not in (4, 5):
+            raise ValueError(f"reference images must be (N, C, H, W) or (N, C, D, H, W); got {tuple(references.shape)}")
         yield from references.split(batch_size)
         return
     if _is_labelled(references):

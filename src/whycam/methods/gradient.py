@@ -197,9 +197,10 @@ class IntegratedGradients(PixelExplainer):
         for rows in batches(images.shape[0] * self.steps, self.batch_size):
             image, step = rows // self.steps, rows % self.steps
             image_dev = image.to(images.device)
-            points = baseline[image_dev] + alphas[step].view(-1, 1, 1, 1) * difference[image_dev]
+            shape = (-1, *[1] * (images.dim() - 1))
+            points = baseline[image_dev] + alphas[step].view(shape) * difference[image_dev]
             gradient = input_gradient(self, points, target_rows(pinned, image))
-            integral.index_add_(0, image_dev, gradient.mul_(weights[step].view(-1, 1, 1, 1)))
+            integral.index_add_(0, image_dev, gradient.mul_(weights[step].view(shape)))
         return difference * integral
 
     def attribute_pixels(self, images, target):
@@ -411,9 +412,10 @@ class GuidedGradCAM(PixelExplainer):
         return self.gradcam.used_layers()
 
     def attribute_pixels(self, images, target):
-        size = tuple(images.shape[-2:])
+        size = tuple(images.shape[2:])
+        mode = "bilinear" if len(size) == 2 else "trilinear"
         cams = [
-            F.interpolate(m.clamp(min=0)[:, None], size=size, mode="bilinear", align_corners=False)
+            F.interpolate(m.clamp(min=0)[:, None], size=size, mode=mode, align_corners=False)
             for m in self.gradcam.attribute(images, target)
         ]
         return self.guided.attribute_pixels(images, target) * torch.stack(cams).mean(0)
@@ -447,9 +449,10 @@ class SmoothGrad(PixelExplainer):
         batch_size: int = 32,
         seed: int = 0,
         variant: str = "smoothgrad",
+        output: OutputSelector = None,
     ):
         if not isinstance(explainer, Explainer):
-            explainer = Saliency(explainer)
+            explainer = Saliency(explainer, output=output)
         reduce = explainer.reduce if isinstance(explainer, PixelExplainer) else None
         super().__init__(explainer.model, reduce=reduce, output=explainer.output)
         if variant not in self.variants:
@@ -492,7 +495,7 @@ class SmoothGrad(PixelExplainer):
     ) -> list[Tensor]:
         if self.explainer.needs_target:
             pinned = pin_target(target, len(images), lambda: unaltered_output(self, images))
-        sigma = self.noise * (images.amax((1, 2, 3)) - images.amin((1, 2, 3)))
+        sigma = self.noise * (images.flatten(1).amax(1) - images.flatten(1).amin(1))
         generator = torch.Generator().manual_seed(self.seed)
         fields = torch.randn((self.samples, *images.shape[1:]), generator=generator, dtype=images.dtype)
         fields = fields.to(images.device)
@@ -500,7 +503,7 @@ class SmoothGrad(PixelExplainer):
         for rows in batches(images.shape[0] * self.samples, self.batch_size):
             image = rows // self.samples
             image_dev, sample = image.to(images.device), (rows % self.samples).to(images.device)
-            noisy = images[image_dev] + fields[sample] * sigma[image_dev].view(-1, 1, 1, 1)
+            noisy = images[image_dev] + fields[sample] * sigma[image_dev].view(-1, *[1] * (images.dim() - 1))
             rows_target = target_rows(pinned, image) if self.explainer.needs_target else target
             maps = [m.detach().double() for m in attribute(noisy, rows_target)]
             if sums is None:

@@ -28,6 +28,7 @@ from ..layers import auto_layer, resolve_layers, token_layout
 from ..taps import preserved
 from ..targets import Target, pin_target, target_scores
 from .base import Explainer, register
+from .transformer import has_attention
 
 
 def explicit_attention(
@@ -147,6 +148,10 @@ class LeGrad(Explainer):
     needs_layer = True  # its ``layer`` is the transformer blocks (None: every block of the last stack)
     uses_gradient = True
     needs_attention = True
+
+    @classmethod
+    def applies(cls, model: nn.Module) -> bool:
+        return has_attention(model)
 
     def __init__(
         self,

@@ -40,6 +40,14 @@ class PerturbationExplainer(Explainer):
         super().__init__(model, output=output)
         self.batch_size, self.probability = positive_int(batch_size, "batch_size"), probability
 
+    def _attribute_checked(self, images: Tensor, target: Target) -> list[Tensor]:
+        if isinstance(images, Tensor) and images.dim() == 5:
+            raise ValueError(
+                f"{type(self).__name__} perturbs 2-D images; for (B, C, D, H, W) volumes use the CAM family, "
+                "DiffCAM or a gradient method"
+            )
+        return super()._attribute_checked(images, target)
+
     def score(self, output: Tensor, target: Target) -> Tensor:
         """The explained score (B,) from the model's output."""
         if self.probability and not callable(target):

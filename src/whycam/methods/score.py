@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import CAMExplainer, LayerPass, positive_int, register
+from .base import CAMExplainer, LayerPass, minmax, positive_int, register
 
 
 class ForwardScoreCAM(CAMExplainer):
@@ -74,20 +74,15 @@ class ScoreCAM(ForwardScoreCAM):
         self.normalize_at = normalize_at
 
     def masks(self, channels: Tensor, size: tuple[int, int]) -> Tensor:
-        """(m, h, w) activation maps -> (m, H, W) masks in [0, 1]."""
-
-        def minmax(maps: Tensor) -> Tensor:
-            low = maps.flatten(1).min(1).values[:, None, None]
-            span = maps.flatten(1).max(1).values[:, None, None] - low
-            return (maps - low) / torch.where(span > 0, span, 1.0)
-
+        """(m, *grid) activation maps -> (m, *size) masks in [0, 1] (images: bilinear; volumes: trilinear)."""
         if self.normalize_at == "feature":
             channels = minmax(channels)
-        masks = F.interpolate(channels[:, None], size=size, mode="bilinear", align_corners=self.align_corners)[:, 0]
+        mode = "bilinear" if len(size) == 2 else "trilinear"
+        masks = F.interpolate(channels[:, None], size=size, mode=mode, align_corners=self.align_corners)[:, 0]
         return minmax(masks) if self.normalize_at == "input" else masks
 
     def layer_map(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
-        images, size = step.images, tuple(step.images.shape[-2:])
+        images, size = step.images, tuple(step.images.shape[2:])
         batch, channels = activation.shape[:2]
         flat = activation.flatten(2)
         constant = flat.amax(2) == flat.amin(2)  # all-zero mask: x * 0 = 0
@@ -106,7 +101,7 @@ class ScoreCAM(ForwardScoreCAM):
                 classes = None if step.classes is None else step.classes[b]
                 scores.view(-1)[chunk] = self.row_scores(self.forward(masked), classes, step).to(scores.dtype)
         weights = torch.softmax(scores, dim=1)
-        return (weights[:, :, None, None] * activation).sum(1)
+        return torch.einsum("bk,bk...->b...", weights, activation)
 
 
 @register
@@ -167,7 +162,7 @@ class AblationCAM(ForwardScoreCAM):
         index = torch.arange(layer_shape.numel(), dtype=torch.float64, device=activation.device).reshape(
             1, *layer_shape
         )
-        positions = self.spatial(index, step.images[:1])[0].flatten(1).round().long()  # (K, hw)
+        positions = self.spatial(index, step.images[:1], step.module)[0].flatten(1).round().long()  # (K, hw)
         rows = torch.arange(batch * channels, device=activation.device)
         groups = rows.view(batch, channels) if replay else rows[None]
         ablated = activation.new_empty(batch * channels)
@@ -185,4 +180,4 @@ class AblationCAM(ForwardScoreCAM):
         score = step.scores[:, None].to(activation.dtype)
         drop = score - ablated.view(batch, channels)
         weights = torch.where(score != 0, drop / torch.where(score != 0, score, 1.0), drop)
-        return (weights[:, :, None, None] * activation).sum(1)
+        return torch.einsum("bk,bk...->b...", weights, activation)

@@ -1,5 +1,8 @@
 """Localisation: does the map fall on the object? Maps (B, H, W) against ground truth.
 
+Volumes: (B, D, H, W) maps against (B, D, H, W) masks, for every pixel metric (mask IoU, top-k IoU,
+relevance rank accuracy, AUPRC, the pointing games, in voxels); the box metrics read 2-D boxes only.
+
 Ground truth is given as boxes (B, 4) ``x0, y0, x1, y1`` in pixels, covering the pixels
 ``x0 <= x < x1, y0 <= y < y1`` (half-open, so a box's area is ``(x1 - x0) * (y1 - y0)``), as
 several boxes per image (B, M, 4) (pad with empty boxes such as ``0, 0, 0, 0``), or as boolean
@@ -24,15 +27,28 @@ from .registry import metric
 from .result import MetricResult
 
 
+def _per_image(values: Tensor, maps: Tensor) -> Tensor:
+    """(B,) values shaped to broadcast against (B, *grid) maps."""
+    return values.view(-1, *[1] * (maps.dim() - 1))
+
+
 def _maps(maps: Tensor) -> Tensor:
-    if not isinstance(maps, Tensor) or maps.dim() != 3:
+    if not isinstance(maps, Tensor) or maps.dim() not in (3, 4):
         raise ValueError(
-            f"maps must be a (B, H, W) tensor; got "
+            f"maps must be a (B, H, W) tensor, or (B, D, H, W) for volumes; got "
             f"{tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__}"
         )
     if not torch.isfinite(maps).all():
         raise ValueError("maps contain NaN or infinity")
     return maps.float()
+
+
+def _image_maps(maps: Tensor) -> Tensor:
+    """(B, H, W) maps for the box metrics, which read 2-D boxes (volumes: the pixel metrics)."""
+    maps = _maps(maps)
+    if maps.dim() != 3:
+        raise ValueError("the box metrics read (B, H, W) maps and 2-D boxes; for volumes use a mask metric")
+    return maps
 
 
 def _is_boxes(truth: Tensor, batch: int) -> bool:
@@ -42,14 +58,14 @@ def _is_boxes(truth: Tensor, batch: int) -> bool:
 def ground_truth_masks(truth: Tensor, maps: Tensor) -> Tensor:
     """Ground truth as a bool (B, H, W) mask: a mask is checked, (B, 4) or (B, M, 4) boxes are drawn
     (several boxes: their union)."""
-    batch, height, width = maps.shape
+    batch, height, width = maps.shape[0], maps.shape[-2], maps.shape[-1]
     if not isinstance(truth, Tensor):
         raise TypeError(
             f"ground truth must be (B, 4) or (B, M, 4) boxes or (B, H, W) masks, not {type(truth).__name__}"
         )
     if truth.shape == maps.shape:
         return truth.to(maps.device).bool()
-    if _is_boxes(truth, batch):
+    if _is_boxes(truth, batch) and maps.dim() == 3:
         boxes = _truth_boxes(truth, maps)
         ys = torch.arange(height, device=maps.device)[None, None, :, None]
         xs = torch.arange(width, device=maps.device)[None, None, None, :]
@@ -85,7 +101,7 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
 
 def _uniform_if_zero(maps: Tensor) -> Tensor:
     flat = maps.flatten(1)
-    zero = (flat == 0).all(1)[:, None, None]
+    zero = _per_image((flat == 0).all(1), maps)
     return torch.where(zero, torch.ones_like(maps), maps)
 
 
@@ -140,7 +156,7 @@ def box_accuracy(maps: Tensor, truth: Tensor, tau: float = 0.2, iou_threshold: f
     is a hit when its IoU with a ground-truth box (the best-fitting of several, or the mask's bounding
     box) is at least ``iou_threshold``. Per image 1 (hit) or 0; the summary is the fraction of hits.
     """
-    maps = _uniform_if_zero(_maps(maps))
+    maps = _uniform_if_zero(_image_maps(maps))
     reference = _truth_boxes(truth, maps)
     predicted = _component_boxes(maps >= tau * maps.flatten(1).max(1).values[:, None, None], reference, True)
     iou = _best_iou(predicted, reference)
@@ -176,7 +192,7 @@ def max_box_accuracy(
     """
     if component not in ("best", "largest"):
         raise ValueError(f"component must be 'best' or 'largest', not {component!r}")
-    maps = _uniform_if_zero(_maps(maps))
+    maps = _uniform_if_zero(_image_maps(maps))
     reference = _truth_boxes(truth, maps)
     taus = torch.arange(100, dtype=torch.float64) / 100 if taus is None else torch.as_tensor(taus)
     taus = taus.to(maps.device).float()
@@ -215,7 +231,7 @@ def mask_iou(maps: Tensor, truth: Tensor, tau: float = 0.5) -> MetricResult:
     """IoU of the map thresholded at ``tau * max`` with the ground-truth mask: higher is better."""
     maps = _uniform_if_zero(_maps(maps))
     masks = ground_truth_masks(truth, maps)
-    predicted = maps >= tau * maps.flatten(1).max(1).values[:, None, None]
+    predicted = maps >= tau * _per_image(maps.flatten(1).max(1).values, maps)
     return MetricResult("mask_iou", _iou(predicted, masks), True, settings={"tau": tau})
 
 
@@ -299,10 +315,11 @@ def pointing_game(maps: Tensor, truth: Tensor, tolerance: float = 15.0, seed: in
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
     peak = top_pixels(maps, torch.ones(maps.shape[0], dtype=torch.long), seed).flatten(1).float().argmax(1)
-    width = maps.shape[-1]
-    ys = torch.arange(maps.shape[-2], device=maps.device)[None, :, None] - (peak // width)[:, None, None]
-    xs = torch.arange(width, device=maps.device)[None, None, :] - (peak % width)[:, None, None]
-    near = (ys**2 + xs**2) <= tolerance**2
+    grid = maps.shape[1:]
+    coordinates = torch.stack(torch.meshgrid(*[torch.arange(n, device=maps.device) for n in grid], indexing="ij"))
+    peaks = torch.stack(torch.unravel_index(peak, grid), 1)  # (B, axes)
+    offsets = coordinates[None] - peaks.view(*peaks.shape, *[1] * len(grid))
+    near = offsets.pow(2).sum(1) <= tolerance**2
     hit = (near & masks).flatten(1).any(1).float()
     empty = ~masks.flatten(1).any(1)
     return MetricResult(

@@ -1,0 +1,112 @@
+"""Attention rollout and gradient-weighted attention relevance against the libraries' own attention
+probabilities: Hugging Face's eager ``output_attentions``, timm's eager path (its ``attn_drop``
+receives the probabilities), and torch's ``MultiheadAttention(need_weights=True)``. whycam runs on
+the same models with their fused kernels, which never form the probabilities."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torchvision
+from transformers import ViTConfig, ViTForImageClassification
+
+import whycam
+
+CLASSES = [1, 3]
+
+
+def images(size=64, n=2):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def rollout(attentions):
+    """Abnar & Zuidema's rollout by hand: R = prod_l rownorm(0.5 mean_h A_l + 0.5 I), class row."""
+    result = None
+    for a in attentions:
+        mixed = 0.5 * a.mean(1).double() + 0.5 * torch.eye(a.shape[-1], dtype=torch.float64)
+        mixed = mixed / mixed.sum(-1, keepdim=True)
+        result = mixed if result is None else mixed @ result
+    return result[:, 0, 1:].reshape(2, 4, 4).float()
+
+
+def test_rollout_matches_hugging_face_eager_attentions():
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=64,
+        patch_size=16,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=5,
+    )
+    model = ViTForImageClassification(config).eval()
+    x = images()
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        attentions = model(x, output_attentions=True).attentions
+    model.set_attn_implementation("sdpa")
+    assert len(attentions) == 3
+    ours = whycam.AttentionRollout(model)(x, raw=True)
+    assert torch.allclose(ours, rollout(attentions), atol=1e-5)
+    assert whycam.AttentionRollout(model)(x).shape == (2, 64, 64)
+
+
+def test_rollout_matches_torch_multihead_attention_weights():
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(
+        image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=5
+    ).eval()
+    x = images()
+    attentions, inside = [], []
+
+    def own_weights(module, args):
+        if not inside:  # the call below runs this hook again
+            inside.append(True)
+            tokens = args[0]
+            attentions.append(module(tokens, tokens, tokens, need_weights=True, average_attn_weights=False)[1])
+            inside.clear()
+
+    handles = [b.self_attention.register_forward_pre_hook(own_weights) for b in model.encoder.layers]
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    assert torch.allclose(whycam.AttentionRollout(model)(x, raw=True), rollout(attentions), atol=1e-5)
+
+
+def test_chefer_relevance_matches_timm_eager_probabilities_and_their_gradients():
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=3, num_classes=5).eval()
+    x = images()
+    for block in model.blocks:
+        block.attn.fused_attn = False
+    seen = []
+    handles = [b.attn.attn_drop.register_forward_hook(lambda m, i, o: seen.append(o)) for b in model.blocks]
+    with torch.enable_grad():
+        score = model(x).gather(1, torch.tensor(CLASSES)[:, None]).sum()
+        gradients = torch.autograd.grad(score, seen)
+    for handle in handles:
+        handle.remove()
+    relevance = torch.eye(17, dtype=torch.float64).expand(2, 17, 17)
+    for a, g in zip(seen, gradients, strict=True):
+        relevance = relevance + (g * a.detach()).clamp(min=0).mean(1).double() @ relevance
+    expected = relevance[:, 0, 1:].reshape(2, 4, 4).float()
+    for block in model.blocks:
+        block.attn.fused_attn = True
+    ours = whycam.AttentionRelevance(model)(x, target=CLASSES, raw=True)
+    assert torch.allclose(ours, expected, atol=1e-5 * float(expected.abs().max()))
+    assert all(b.attn.fused_attn for b in model.blocks)  # the model's own path is left as it was
+
+
+def test_attention_that_is_not_plain_softmax_is_refused():
+    torch.manual_seed(0)
+    swin = timm.models.swin_transformer.SwinTransformer(
+        img_size=64, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2), num_classes=5
+    ).eval()
+    with pytest.raises(ValueError, match="not plain softmax"):
+        whycam.AttentionRollout(swin)(images())
+    assert all(not m._forward_hooks for m in swin.modules())
+    with pytest.raises(ValueError, match="no attention module"):
+        whycam.AttentionRollout(torchvision.models.resnet18(num_classes=3))
