@@ -17,7 +17,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from ..taps import Tap, preserved
 from ..targets import OutputSelector, Target, select_output, target_scores
 
 _REGISTRY: dict[str, type[Explainer]] = {}
+T = TypeVar("T")
 
 
 def register(cls: type[Explainer]) -> type[Explainer]:
@@ -118,6 +119,7 @@ class Explainer:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     needs_target: ClassVar[bool] = True
+    channels_last: bool = True  # see ``in_layout``; False once a model has refused it
 
     def __init__(self, model: nn.Module, *, output: OutputSelector = None):
         if not isinstance(model, nn.Module):
@@ -150,6 +152,23 @@ class Explainer:
     def forward(self, images: Tensor) -> Tensor:
         """The model's selected output for ``images`` (NaN and infinity refused)."""
         return select_output(self.model(images), self.output)
+
+    def in_layout(self, run: Callable[[Tensor], T], images: Tensor) -> T:
+        """``run(images)`` with the images channels-last (NHWC), the layout in which oneDNN's CPU
+        convolutions and pooling are fastest (ResNet's max pooling: over 10x); the model is not
+        converted. A model that cannot take it (a ``view`` of a convolution's output, say) raises
+        PyTorch's error about strides or contiguity, and ``run`` is repeated with the images as given,
+        for this call and every later one (``explainer.channels_last = False`` skips the attempt);
+        any other error propagates. No operation's result depends on the layout; only a
+        convolution's float rounding order does."""
+        if self.channels_last and images.dim() == 4:
+            try:
+                return run(images.contiguous(memory_format=torch.channels_last))
+            except RuntimeError as error:
+                if not any(word in str(error) for word in ("stride", "contiguous")):
+                    raise
+                self.channels_last = False
+        return run(images)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__})"
@@ -206,14 +225,7 @@ class CAMExplainer(Explainer):
 
     def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
         layers = self.layers(images)
-        with Tap([module for _, module in layers], grad=self.uses_gradient) as tap, torch.no_grad():
-            output = self.forward(images)
-            with torch.set_grad_enabled(self.uses_gradient):
-                scores, classes = target_scores(output, target) if self.needs_target else (None, None)
-            activations = tap.captured()
-            gradients = (
-                torch.autograd.grad(scores.sum(), activations) if self.uses_gradient else [None] * len(activations)
-            )
+        output, scores, classes, activations, gradients = self.in_layout(lambda x: self.tapped(x, layers, target), images)
         maps = []
         for (name, module), act, grad in zip(layers, activations, gradients, strict=True):
             act = self.spatial(act.detach(), images)
@@ -223,6 +235,19 @@ class CAMExplainer(Explainer):
             )
             maps.append(self.layer_map(act, grad, step))
         return maps
+
+    def tapped(self, images: Tensor, layers: list[tuple[str, nn.Module]], target: Target) -> tuple:
+        """One forward pass: the output, target scores and classes, the layers' activations and
+        (for gradient methods) the scores' gradients with respect to them."""
+        with Tap([module for _, module in layers], grad=self.uses_gradient) as tap, torch.no_grad():
+            output = self.forward(images)
+            with torch.set_grad_enabled(self.uses_gradient):
+                scores, classes = target_scores(output, target) if self.needs_target else (None, None)
+            activations = tap.captured()
+            gradients = (
+                torch.autograd.grad(scores.sum(), activations) if self.uses_gradient else [None] * len(activations)
+            )
+        return output, scores, classes, activations, gradients
 
     def layer_map(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
         """The signed map of one layer, (B, h, w): ``sum_k weights * A``."""

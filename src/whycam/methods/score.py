@@ -5,11 +5,6 @@ memory budget: no pass sees more rows), under ``torch.inference_mode()``; the pe
 activations) of a chunk are built just before its pass and never all at once. Scores are read row by
 row: a class target takes the row's class logit, a callable target is applied to the chunk's output
 and must score each row on its own.
-
-The passes feed the model channels-last (NHWC) images, which oneDNN's CPU convolutions run faster;
-the model itself is not converted. A model that cannot take them (a ``view`` of the input, say)
-raises on the first pass, and every pass of that call then uses the usual contiguous layout; no
-operation's result depends on the layout, only the float rounding order of a convolution does.
 """
 
 from __future__ import annotations
@@ -34,14 +29,10 @@ class ForwardScoreCAM(CAMExplainer):
         self.channels_last = channels_last
 
     def forward_rows(self, inputs: Tensor) -> Tensor:
-        """The selected output of a chunk of perturbed images, without autograd (see the module doc)."""
+        """The selected output of a chunk of perturbed images, without autograd, channels-last
+        where the model takes it (``in_layout``)."""
         with torch.inference_mode():
-            if self.channels_last and inputs.dim() == 4:
-                try:
-                    return self.forward(inputs.contiguous(memory_format=torch.channels_last))
-                except RuntimeError:
-                    self.channels_last = False  # this model needs contiguous input; tried once only
-            return self.forward(inputs)
+            return self.in_layout(self.forward, inputs)
 
     def row_scores(self, output: Tensor, classes: Tensor | None, step: LayerPass) -> Tensor:
         """The explained score of every row of a chunk's selected output (classes: each row's class)."""
