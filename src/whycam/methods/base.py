@@ -225,7 +225,9 @@ class CAMExplainer(Explainer):
 
     def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
         layers = self.layers(images)
-        output, scores, classes, activations, gradients = self.in_layout(lambda x: self.tapped(x, layers, target), images)
+        output, scores, classes, activations, gradients = self.in_layout(
+            lambda x: self.tapped(x, layers, target), images
+        )
         maps = []
         for (name, module), act, grad in zip(layers, activations, gradients, strict=True):
             act = self.spatial(act.detach(), images)
