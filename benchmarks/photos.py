@@ -25,7 +25,7 @@ import whycam
 from whycam import metrics
 from whycam.data import to_tensor
 from whycam.demo import LIGHT, SKIPPED, texture_references
-from whycam.evaluate import make_explainer
+from whycam.runs import Runner
 
 HERE = Path(__file__).resolve().parent
 METRICS = {
@@ -81,24 +81,21 @@ def main() -> None:
     names, images, boxes, notes = photographs()
     inputs = torch.stack([preprocess(image) for image in images])
     masks = box_masks(images, boxes, preprocess)
-    with torch.no_grad():
-        probabilities = model(inputs).softmax(1)
-    predicted = probabilities.argmax(1)
-    references = texture_references(preprocess)
-
+    chosen = [name for name, cls in whycam.methods().items() if name not in SKIPPED and not cls.needs_attention]
+    notes += [f"{name}: not run ({reason})" for name, reason in SKIPPED.items()]
+    notes += [
+        f"{name}: not run (it explains transformers)" for name, c in whycam.methods().items() if c.needs_attention
+    ]
+    runner = Runner(
+        loaded, {name: LIGHT.get(name, {}) for name in chosen}, reference=texture_references(preprocess), batch_size=64
+    )
+    batch = runner.explain_batch(inputs, ids=names)
+    probabilities, predicted = runner.predict(inputs).softmax(1), batch.predictions
+    notes += [f"{failure.method}: failed ({failure.error})" for failure in batch.failures]
     rows = []
-    for name in whycam.methods():
-        if name in SKIPPED:
-            notes.append(f"{name}: not run ({SKIPPED[name]})")
-            continue
-        explainer = make_explainer(name, model, loaded.layer, **LIGHT.get(name, {}))
-        if callable(getattr(explainer, "fit", None)):
-            explainer.fit(references)
-        began = time.perf_counter()
-        maps = explainer(inputs, target=predicted if explainer.needs_target else None)
-        seconds = (time.perf_counter() - began) / len(names)
+    for name, maps in batch.maps.items():
         scores = [f"{fn(maps, masks).value:.3f}" for fn in METRICS.values()]
-        rows.append([name, *scores, f"{seconds:.2f}"])
+        rows.append([name, *scores, f"{batch.seconds[name] / len(names):.2f}"])
     chance = torch.rand(masks.shape, generator=torch.Generator().manual_seed(0))
     rows.append(["random (baseline)", *[f"{fn(chance, masks).value:.3f}" for fn in METRICS.values()], "-"])
 

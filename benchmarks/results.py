@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import json
 import sys
 import time
@@ -42,7 +41,10 @@ import train_tasks  # noqa: E402
 from common import DOCS, machine, table, write_section  # noqa: E402
 
 import whycam  # noqa: E402
-from whycam.evaluate import score_maps  # noqa: E402
+from whycam.evaluate import routed_truth, score_maps  # noqa: E402
+from whycam.methods.factory import method_class, option_names  # noqa: E402
+from whycam.metrics import get_metrics  # noqa: E402
+from whycam.runs import Runner  # noqa: E402
 
 BOOTSTRAP = 1000
 BATCH = 50
@@ -60,7 +62,6 @@ LOCALISATION = {
     "energy pointing": "energy_pointing_game",
 }
 FAITHFULNESS = {"ROAD": "road", "deletion": "deletion", "insertion": "insertion", "average drop": "average_drop"}
-BOXED = {"max_box_accuracy", "energy_pointing_game"}  # scored against the box; the rest against the mask
 # One factor at a time from whycam.DiffCAM's defaults (issue 6 option names), scored by lesion /
 # object / why-not AUPRC on the validation split.
 ABLATION = {
@@ -166,29 +167,31 @@ def make_job(task: str, split: str, n: int, references: int, seed: int) -> Job:
     )
 
 
-def explainer(cls: type, model: nn.Module, seed: int, **options) -> whycam.Explainer:
-    """An instance of a registered method, given the layer and the seed where its signature names
-    them, and ``options`` as they are."""
-    parameters = inspect.signature(cls).parameters
-    defaults = {k: v for k, v in {"layer": train_tasks.LAYER, "seed": seed}.items() if k in parameters}
-    return cls(model, **{**defaults, **options})
+def runner(name: str, job: Job, seed: int, reference: object = None, **options) -> Runner:
+    """The run loop of one method on a job's model: the task's layer and the seed where the method
+    takes them, ``options`` as they are, fitted on ``reference`` if it needs a reference group."""
+    defaults = {"layer": train_tasks.LAYER, "seed": seed}
+    accepted = option_names(name, options)
+    settings = {**{k: v for k, v in defaults.items() if k in accepted}, **options}
+    return Runner(job.model, {name: settings}, reference=reference, batch_size=BATCH, strict=True)
 
 
-def explain(cls: type, job: Job, seed: int, **options) -> tuple[Tensor, float, float]:
+def explain(name: str, job: Job, seed: int, **options) -> tuple[Tensor, float, float]:
     """Maps (N, H, W) of every image of the job, the seconds per image of explaining and, for
     DiffCAM, the seconds spent fitting its reference groups (excluded from the time per image)."""
     maps = torch.zeros(job.data.masks.shape)
     fit = spent = 0.0
-    method = None if cls.name == "diffcam" else explainer(cls, job.model, seed, **options)
+    reference_group = method_class(name).needs_reference
+    method = None if reference_group else runner(name, job, seed, **options)
     for group in job.groups:
-        if cls.name == "diffcam":
+        if reference_group:
             start = time.perf_counter()
-            method = explainer(cls, job.model, seed, **options).fit(group.references)
+            method = runner(name, job, seed, group.references, **options)
             fit += time.perf_counter() - start
-        for chunk in group.index.split(BATCH):
-            start = time.perf_counter()
-            maps[chunk] = method(job.data.images[chunk], target=group.target)
-            spent += time.perf_counter() - start
+        for batch in method.iter_batches(job.data.images[group.index], group.target):
+            rows = group.index[[int(i) for i in batch.ids]]
+            maps[rows] = batch.maps[name]
+            spent += batch.seconds[name]
     return maps, spent / len(job.data), fit
 
 
@@ -216,7 +219,7 @@ def score(job: Job, maps: Tensor, faithful: int, seed: int, columns: tuple[str, 
         for c, m in {**LOCALISATION, **(FAITHFULNESS if faithful else {})}.items()
         if columns is None or c in columns
     }
-    truth = {m: job.data.boxes if m in BOXED else job.data.masks for m in chosen.values()}
+    truth = routed_truth(get_metrics(list(chosen.values())), job.data.masks, job.data.boxes)
     # the pointing game's 15 px tolerance is for 224 px images: scaled to ours
     options = {
         "pointing_game": {"tolerance": 15 * maps.shape[-1] / 224},
@@ -335,14 +338,13 @@ def run_task(
     CSV and figure go to ``out``, the Markdown section is returned."""
     job = make_job(task, "test", n, references, seed)
     faithful = min(faithful, len(job.data))
-    registry = whycam.methods()
-    runs = {name: (registry[name], {}) for name in names}
+    runs = {name: (name, {}) for name in names}
     if chosen:
-        runs["diffcam (validation-chosen)"] = (registry["diffcam"], chosen)
+        runs["diffcam (validation-chosen)"] = ("diffcam", chosen)
     rows, times, failures, shown = {}, {}, {}, {}
-    for name, (cls, options) in runs.items():
+    for name, (method, options) in runs.items():
         try:
-            maps, per_image, fit = explain(cls, job, seed, **options)
+            maps, per_image, fit = explain(method, job, seed, **options)
         except (TypeError, ValueError, RuntimeError) as error:  # e.g. CAM with a logit-difference target
             failures[name] = str(error).split("\n")[0]
             print(f"{task}: {name} not run: {failures[name]}")
@@ -368,10 +370,9 @@ def ablation(task: str, n: int, references: int, seed: int) -> tuple[str, dict]:
     the defaults, then every factor's winner together. The options returned are the best of the
     defaults, each factor's winner alone, and the winners together ({} when the defaults are)."""
     job = make_job(task, "val", n, references, seed)
-    cls = whycam.methods()["diffcam"]
 
     def auprc(options: dict) -> Cell:
-        maps, _, _ = explain(cls, job, seed, **options)
+        maps, _, _ = explain("diffcam", job, seed, **options)
         return score(job, maps, 0, seed, ("AUPRC",))["AUPRC"]
 
     def cell(value: Cell, best: bool) -> str:

@@ -19,6 +19,7 @@ from PIL import Image
 
 import whycam
 from whycam.cli import main
+from whycam.inputs import read_inputs, unique_names
 
 TINY = f"{Path(__file__).parent / 'tiny_model.py'}:make"
 SRC = str(Path(whycam.__file__).resolve().parent.parent)
@@ -49,6 +50,12 @@ def whycam_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
         cwd=cwd,
         timeout=300,
     )
+
+
+def _read(paths, preprocess) -> tuple[list[str], list[torch.Tensor]]:
+    """The names and model inputs of the readable images, as the CLI reads them."""
+    rows = list(read_inputs(paths, preprocess, []))
+    return unique_names([path for path, _, _ in rows]), [inputs for _, _, inputs in rows]
 
 
 def invoke(*args: object) -> SimpleNamespace:
@@ -104,8 +111,9 @@ def test_explain_writes_maps_overlays_summary_and_report(photos, tmp_path):
     result = whycam_cli("explain", photos, "--model", TINY, "--method", "gradcam,eigencam", "--out", out, "--report")
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"model", "layer", "methods", "images", "failures"}
+    assert set(summary) == {"model", "layer", "layers", "methods", "images", "failures"}
     assert summary["layer"] == "features" and summary["failures"] == []
+    assert summary["layers"] == {"gradcam": ["features"], "eigencam": ["features"]}
     assert [r["image"] for r in summary["images"]] == ["gray", "one", "two"]
     for record in summary["images"]:
         assert {"prediction", "prediction_name", "probability", "results"} <= set(record)
@@ -342,6 +350,76 @@ def test_sanity_writes_verdict_and_figure(photos, tmp_path):
         figure.load()
 
 
+def test_sanity_of_diffcam_refits_its_reference_on_each_randomised_model(photos, tmp_path):
+    """`whycam sanity --method diffcam --reference DIR` runs (it used to crash with exit 1), and gives the
+    numbers of sanity_check on a DiffCAM refitted on the reference for each randomised copy."""
+    refs = _reference_folder(tmp_path)
+    out = tmp_path / "sanity"
+    result = invoke("sanity", photos, "--model", TINY, "--method", "diffcam", "--reference", refs, "--out", out)
+    assert result.returncode == 0, result.stderr
+    loaded = whycam.models.load_model(TINY)
+    _, inputs = _read([photos], loaded.preprocess)
+    references = torch.stack(_read([refs], loaded.preprocess)[1])
+    expected = whycam.metrics.sanity_check(
+        lambda model: whycam.DiffCAM(model, "features").fit(references), loaded.model, torch.stack(inputs)
+    )
+    data = json.loads((out / "sanity.json").read_text())["diffcam"]
+    assert data["spearman_after_full_randomisation"] == pytest.approx(expected["cascading"].value, abs=1e-6)
+    assert invoke("sanity", photos, "--model", TINY, "--method", "diffcam", "--out", out).returncode == 2
+
+
+def test_smoothgrad_wraps_a_method_named_by_an_option_and_the_layer_is_reported(photos, tmp_path):
+    out = tmp_path / "o"
+    options = ["--option", "smoothgrad.explainer=gradcam", "--option", "smoothgrad.samples=2"]
+    result = invoke("explain", photos, "--model", TINY, "--method", "smoothgrad", *options, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "smoothgrad: layer features" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"][0]["results"][0]["layer"] == "features"
+    loaded = whycam.models.load_model(TINY)
+    names, inputs = _read([photos], loaded.preprocess)
+    x = torch.stack(inputs)
+    expected = whycam.SmoothGrad(whycam.GradCAM(loaded.model, "features"), samples=2)(x, loaded.model(x).argmax(1))
+    assert np.allclose(np.load(out / f"{names[0]}_smoothgrad.npy"), expected[0].numpy(), atol=1e-6)
+
+
+def test_the_automatic_layer_is_recorded_and_reported(photos, tmp_path):
+    """A model with no layer of its own: the layer chosen automatically is written (not null) and said."""
+    spec = f"{Path(__file__).parent / 'tiny_model.py'}:no_layer"
+    result = invoke("explain", photos, "--model", spec, "--method", "gradcam,saliency", "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["layer"] == "features" and summary["layers"] == {"gradcam": ["features"], "saliency": []}
+    assert summary["images"][0]["results"][0]["layer"] == "features"
+    assert summary["images"][0]["results"][1]["layer"] is None
+    assert "gradcam: layer features" in result.stderr
+
+
+def test_predictions_go_through_the_output_selector(photos, tmp_path):
+    """A model returning a dict (the "logits" key is explained): the predictions read the same output
+    as the maps (the old code called .softmax on the dict and crashed)."""
+    spec = f"{Path(__file__).parent / 'tiny_model.py'}:dict_output"
+    result = invoke("explain", photos, "--model", spec, "--method", "gradcam", "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr
+    loaded = whycam.models.load_model(TINY)
+    names, inputs = _read([photos], loaded.preprocess)
+    predicted = loaded.model(torch.stack(inputs)).argmax(1).tolist()
+    records = json.loads((tmp_path / "o" / "summary.json").read_text())["images"]
+    assert [r["prediction"] for r in records] == predicted and [r["image"] for r in records] == names
+
+
+def test_a_crash_has_its_own_exit_code(photos, tmp_path, monkeypatch):
+    """A bug (an exception that is not a WhycamError) exits 3 with its traceback: never 1, which means
+    "some inputs failed, the rest written"."""
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(whycam.cli, "write_explain", broken)
+    result = invoke("explain", photos, "--model", TINY, "--out", tmp_path / "o")
+    assert result.returncode == 3 and "ZeroDivisionError: a bug" in result.stderr and "crashed" in result.stderr
+
+
 def test_benchmark_runs_every_registered_method(tmp_path):
     out = tmp_path / "bench"
     result = invoke(
@@ -356,7 +434,8 @@ def test_benchmark_runs_every_registered_method(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     data = json.loads((out / "results.json").read_text())
-    assert {r["method"] for r in data["summary"]} == set(whycam.methods())
+    expected = {name for name, cls in whycam.methods().items() if not getattr(cls, "needs_attention", False)}
+    assert {r["method"] for r in data["summary"]} == expected
     assert "| method |" in (out / "summary.md").read_text()
 
 
@@ -384,12 +463,11 @@ def test_questions_to_a_bank_are_diffcams_own(photos, tmp_path):
     """--question why / why-not / unusual gives the maps of DiffCAM.why / why_not / unusual, each image
     asked about its own predicted class, the bank's labels matched to the model's class names."""
     from whycam import DiffCAM
-    from whycam.cli import Failures, _read_images
     from whycam.reference import ReferenceBank
 
     bank = _bank(tmp_path)
     loaded = whycam.models.load_model(TINY)
-    names, _, inputs = _read_images([photos], loaded.preprocess, Failures())
+    names, inputs = _read([photos], loaded.preprocess)
     x = torch.stack(inputs)
     predicted = [loaded.class_name(int(p)) for p in loaded.model(x).argmax(1)]
     diffcam = DiffCAM(loaded.model, "features").fit(ReferenceBank.load(bank))
@@ -464,12 +542,11 @@ def test_method_options_reach_the_method_and_bad_ones_stop_the_command(photos, t
         assert result.returncode == 0, result.stderr
         maps[shrinkage] = np.load(out / "one_diffcam.npy")
     from whycam import DiffCAM
-    from whycam.cli import Failures, _read_images
 
     loaded = whycam.models.load_model(TINY)
-    names, _, inputs = _read_images([photos], loaded.preprocess, Failures())
+    names, inputs = _read([photos], loaded.preprocess)
     one = inputs[names.index("one")][None]
-    references = torch.stack(_read_images([refs], loaded.preprocess, Failures())[2])
+    references = torch.stack(_read([refs], loaded.preprocess)[1])
     direct = DiffCAM(loaded.model, "features", shrinkage=1.0).fit(references)(one)[0]
     assert np.allclose(maps["1.0"], direct.numpy(), atol=1e-5) and not np.allclose(maps["0.5"], maps["1.0"])
     base = ["explain", photos, "--model", TINY, "--method", "diffcam", "--reference", refs, "--out", tmp_path / "o"]
@@ -502,7 +579,7 @@ def test_method_options_reach_the_method_and_bad_ones_stop_the_command(photos, t
 def test_a_voc_dataset_gives_the_box_metrics_every_object_of_the_class(tmp_path):
     """Each image's boxes of the explained class reach the box metrics as (N, M, 4), moved by the
     model's preprocessing and padded with empty boxes; the other metrics read their union as a mask."""
-    from whycam.cli import Failures, _dataset_tensors
+    from whycam.inputs import read_ground_truth
 
     root = tmp_path / "voc"
     root.mkdir()
@@ -522,7 +599,8 @@ def test_a_voc_dataset_gives_the_box_metrics_every_object_of_the_class(tmp_path)
             + "</annotation>"
         )
     loaded = whycam.models.load_model(TINY)  # 64 px images become 32 px inputs
-    names, _, _, masks, labels, boxes = _dataset_tensors(str(root), loaded, Failures())
+    truth = read_ground_truth(str(root), loaded, [])
+    names, masks, labels, boxes = truth.names, truth.masks, truth.labels, truth.boxes
     assert names == ["a", "b"] and labels == [2, 0]  # cat, ant
     assert boxes.tolist() == [[[2, 2, 10, 10], [20, 20, 30, 30]], [[5, 5, 15, 15], [0, 0, 0, 0]]]
     assert masks[0].sum() == 64 + 100 and masks[1].sum() == 100 and not masks[0, 0, 0]
@@ -552,3 +630,74 @@ def test_device_option_moves_the_model_and_refuses_what_is_not_there(photos, tmp
         dataset = _mask_dataset(tmp_path)
         result = invoke("evaluate", dataset, "--model", TINY, "--device", "cuda", "--out", tmp_path / "e")
         assert result.returncode == 2 and "cuda is not available" in result.stderr and "--device cpu" in result.stderr
+
+
+def test_explain_and_evaluate_write_the_same_files_as_before(photos, tmp_path):
+    """The files of `explain` and `evaluate` on the run loop are those the commands wrote before it:
+    the same names and keys, each `.npy` the map of the explainer called directly on the batch, each
+    per-image score the metric called directly on those maps."""
+    refs = _reference_folder(tmp_path)
+    out = tmp_path / "explain"
+    methods = "gradcam,eigencam,saliency,diffcam"
+    result = invoke("explain", photos, "--model", TINY, "--method", methods, "--reference", refs, "--out", out)
+    assert result.returncode == 0, result.stderr
+    loaded = whycam.models.load_model(TINY)
+    names, inputs = _read([photos], loaded.preprocess)
+    x, model = torch.stack(inputs), loaded.model
+    predicted = model(x).argmax(1)
+    expected = {
+        "gradcam": whycam.GradCAM(model, "features")(x, predicted),
+        "eigencam": whycam.EigenCAM(model, "features")(x),
+        "saliency": whycam.Saliency(model)(x, predicted),
+        "diffcam": whycam.DiffCAM(model, "features").fit(torch.stack(_read([refs], loaded.preprocess)[1]))(x),
+    }
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(p.name for p in out.glob("*.npy")) == sorted(f"{n}_{m}.npy" for n in names for m in expected)
+    for i, (name, record) in enumerate(zip(names, summary["images"], strict=True)):
+        assert set(record) == {"image", "prediction", "prediction_name", "probability", "results"}
+        assert record["prediction"] == int(predicted[i])
+        for item in record["results"]:
+            assert set(item) == {
+                "method",
+                "layer",
+                "target",
+                "target_name",
+                "reference",
+                "question",
+                "time_s",
+                "overlay",
+                "map",
+            }
+            saliency = np.load(out / f"{name}_{item['method']}.npy")
+            assert np.allclose(saliency, expected[item["method"]][i].numpy(), atol=1e-6), (name, item["method"])
+    dataset = _mask_dataset(tmp_path)
+    out = tmp_path / "evaluate"
+    metric_names = ["auprc", "pointing_game", "deletion"]
+    result = invoke(
+        "evaluate", dataset, "--model", TINY, "--method", "gradcam", "--metrics", ",".join(metric_names), "--out", out
+    )
+    assert result.returncode == 0, result.stderr
+    truth = whycam.inputs.read_ground_truth(dataset, loaded, [])
+    targets = model(truth.inputs).argmax(1)
+    maps = whycam.GradCAM(model, "features")(truth.inputs, targets)
+    rows = json.loads((out / "results.json").read_text())["per_image"]
+    assert [row["image"] for row in rows] == truth.names and set(rows[0]) == {
+        "image",
+        "method",
+        "target",
+        "time_s",
+        *metric_names,
+    }
+    for name in metric_names:
+        function = getattr(whycam.metrics, name)
+        direct = function(model, truth.inputs, maps, targets) if name == "deletion" else function(maps, truth.masks)
+        assert np.allclose([row[name] for row in rows], direct.scores.double().numpy(), atol=1e-6, equal_nan=True), name
+    assert sorted(p.name for p in out.iterdir()) == [
+        "curve_deletion_accuracy.png",
+        "curve_deletion_score.png",
+        "per_image.csv",
+        "report.html",
+        "results.json",
+        "summary.csv",
+        "summary.md",
+    ]

@@ -162,6 +162,19 @@ def test_csv_dataset(tmp_path):
         load_dataset(tmp_path / "bad.csv")
 
 
+def test_csv_labels_stay_with_their_boxes_when_some_rows_have_none(tmp_path):
+    """An unlabelled first row must not take the label of the next row: the class explained is the
+    first label given, and its boxes are the rows that carry it (not the rows that came first)."""
+    (tmp_path / "img").mkdir()
+    _rgb(20, 20).save(tmp_path / "img" / "a.png")
+    rows = ["img/a.png,0,0,4,4,", "img/a.png,5,5,10,10,cat", "img/a.png,12,12,20,20,cat", "img/a.png,0,10,3,20,dog"]
+    (tmp_path / "boxes.csv").write_text("image,xmin,ymin,xmax,ymax,label\n" + "\n".join(rows) + "\n")
+    [sample] = load_dataset(tmp_path / "boxes.csv").samples
+    assert sample.labels == [None, "cat", "cat", "dog"] and sample.label == "cat"
+    assert sample.explained_boxes == [(5.0, 5.0, 10.0, 10.0), (12.0, 12.0, 20.0, 20.0)]
+    assert sample.mask((20, 20)).sum() == 25 + 64
+
+
 def test_mask_dataset(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()

@@ -74,7 +74,7 @@ def test_why_not_a_one_points_at_the_top_bar_of_a_seven():
     sevens = images[test][labels[test] == 7]
     for shrinkage, share in (("ledoit-wolf", 0.5), (1.0, 0.85)):
         dc = DiffCAM(model, layer="9", shrinkage=shrinkage).fit((images[train], labels[train]))
-        assert dc.reference.meta["embedding"] == "avg" and sorted(dc.bank.labels) == list(range(10))
+        assert dc.reference_.meta["embedding"] == "avg" and sorted(dc.bank_.labels) == list(range(10))
         why = _top_fraction(dc.why(sevens, 7))
         why_not_one = _top_fraction(dc.why_not(sevens, 1))
         assert why_not_one.mean() > why.mean()

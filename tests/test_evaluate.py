@@ -8,7 +8,22 @@ import json
 import pytest
 import torch
 
-from whycam.evaluate import constructor_options, make_explainer
+import whycam
+from whycam.evaluate import evaluate
+from whycam.methods.factory import constructor_options
+
+
+class Fixed(whycam.Explainer):
+    """An explainer that answers every batch with the same maps (an oracle, or a blank)."""
+
+    needs_target = False
+
+    def __init__(self, model, maps):
+        super().__init__(model)
+        self.maps = maps
+
+    def attribute(self, images, target):
+        return [self.maps[: len(images)]]
 
 
 @pytest.fixture
@@ -28,10 +43,7 @@ def test_a_perfect_map_scores_the_maximum_and_the_table_marks_it(task, tmp_path)
     from whycam.evaluate import evaluate
 
     model, images, masks = task
-    methods = {
-        "oracle": lambda batch, target: masks.float(),
-        "blank": lambda batch, target: torch.zeros(6, 32, 32),
-    }
+    methods = {"oracle": Fixed(model, masks.float()), "blank": Fixed(model, torch.zeros(6, 32, 32))}
     result = evaluate(
         model,
         images,
@@ -85,19 +97,60 @@ def test_unknown_names_are_refused(task):
     from whycam.evaluate import evaluate
 
     model, images, masks = task
-    with pytest.raises(KeyError, match="unknown metric"):
-        evaluate(model, images, methods=["gradcam"], metrics=["nosuch"], truth=masks, progress=False)
-    with pytest.raises(KeyError, match="unknown method 'nosuch'"):
-        make_explainer("nosuch", model)
+    with pytest.raises(whycam.UsageError, match="unknown metric 'auprk' \\(closest: auprc\\)"):
+        evaluate(model, images, methods=["gradcam"], metrics=["auprk"], truth=masks, progress=False)
+    with pytest.raises(whycam.UsageError, match="unknown method 'nosuch'"):
+        evaluate(model, images, methods=["nosuch"], metrics=["auprc"], truth=masks, progress=False)
 
 
 def test_options_reach_only_the_constructors_that_take_them(task):
-    import whycam
-
-    model, _, _ = task
+    model, images, _ = task
     assert {"layer", "output", "reshape", "classifier"} <= constructor_options(whycam.CAM)
-    explainer = make_explainer("cam", model, "features", classifier="classifier", unrelated=3)
+    explainer = whycam.create("cam", model, layer="features", classifier="classifier")
     assert explainer.classifier == "classifier" and explainer.layer == "features"
+    with pytest.raises(whycam.UsageError, match="cam has no option 'unrelated'; its options: classifier, layer"):
+        evaluate(model, images, methods={"cam": {"unrelated": 3}}, metrics=["deletion"], progress=False)
+
+
+def test_evaluate_leaves_the_model_and_the_random_state_as_they_were(task):
+    """The caller's model stays in training mode (explained in eval mode all the same) and the global
+    random generator is not reseeded."""
+    model, images, masks = task
+    model.train()
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    result = evaluate(model, images, methods=["gradcam"], metrics=["auprc"], truth=masks, progress=False, keep_maps=6)
+    assert torch.equal(torch.rand(4), expected)
+    assert model.training and all(module.training for module in model.modules())
+    model.eval()
+    assert torch.equal(result.maps["gradcam"], whycam.GradCAM(model)(images))
+
+
+def test_evaluate_predicts_through_the_output_selector(task):
+    model, images, masks = task
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            return {"flipped": -self.net(x), "logits": self.net(x)}
+
+    labels = model(images).argmax(1)
+    result = evaluate(
+        TwoHeads().eval(),
+        images,
+        methods=["saliency"],
+        metrics=["auprc"],
+        truth=masks,
+        labels=labels,
+        output="flipped",
+        progress=False,
+    )
+    assert result.accuracy == (labels == (-model(images)).argmax(1)).double().mean().item() < 1
+    assert [row["target"] for row in result.rows] == (-model(images)).argmax(1).tolist()
 
 
 def test_score_maps_gives_each_metric_its_own_truth_options_and_images(task):
@@ -139,3 +192,54 @@ def test_score_maps_gives_each_metric_its_own_truth_options_and_images(task):
         "pointing_game": True,
         "average_drop": False,
     }
+
+
+STEPPED = ("deletion", "insertion")  # curve metrics, kept short here
+
+
+def test_every_metric_is_registered_with_its_kind_truth_and_direction(task):
+    """The registry's declarations agree with what each metric computes, and a new metric is one
+    decorated function."""
+    model, images, masks = task
+    maps = torch.rand(6, 32, 32, generator=torch.Generator().manual_seed(0))
+    targets = torch.zeros(6, dtype=torch.long)
+    registry = whycam.metrics.registry.metrics()
+    assert {"auprc", "road", "deletion", "max_box_accuracy", "energy_pointing_game"} <= set(registry)
+    for name, entry in registry.items():
+        assert entry.function is getattr(whycam.metrics, name)
+        if entry.faithfulness:
+            result = entry.function(model, images, maps, targets, **({"steps": 2} if name in STEPPED else {}))
+        else:
+            result = entry.function(maps, masks)
+        assert result.higher_is_better == entry.higher_is_better, name
+    assert registry["energy_pointing_game"].truth == "boxes" and registry["auprc"].truth == "mask"
+    with pytest.raises(ValueError, match="localisation metric reads one of"):
+        whycam.metrics.metric("localisation")
+
+
+def test_evaluate_routes_each_metric_its_declared_ground_truth(task):
+    """Given masks and boxes, the box metrics and the energy pointing game (Score-CAM: energy in the
+    box) read the boxes, the others the masks (the CLI used to give the energy pointing game masks,
+    the results benchmark boxes)."""
+    model, images, masks = task
+    boxes = torch.tensor([[[6.0, 2 + 2 * i, 26, 18 + 2 * i]] for i in range(6)])  # larger than the masks
+    result = evaluate(
+        model,
+        images,
+        methods=["gradcam"],
+        metrics=["auprc", "energy_pointing_game", "max_box_accuracy"],
+        masks=masks,
+        boxes=boxes,
+        progress=False,
+        keep_maps=6,
+    )
+    maps = result.maps["gradcam"]
+    expected = {
+        "auprc": whycam.metrics.auprc(maps, masks),
+        "energy_pointing_game": whycam.metrics.energy_pointing_game(maps, boxes),
+        "max_box_accuracy": whycam.metrics.max_box_accuracy(maps, boxes),
+    }
+    [summary] = result.summary
+    for name, value in expected.items():
+        assert summary[name][0] == pytest.approx(value.value), name
+    assert summary["energy_pointing_game"][0] != pytest.approx(whycam.metrics.energy_pointing_game(maps, masks).value)

@@ -1,5 +1,6 @@
 """The package's face: version, registry, and the public names other code relies on."""
 
+import timm
 import torch
 
 import whycam
@@ -53,9 +54,12 @@ LIGHT = {
 
 def test_every_registered_method_keeps_the_output_contract(resnet18, images):
     references = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=10).eval()
     for name, method in whycam.methods().items():
-        explainer = method(resnet18, **LIGHT.get(name, {}))
-        if callable(getattr(explainer, "fit", None)):  # a reference-group method (DiffCAM) is fitted first
+        model = vit if method.needs_attention else resnet18  # LeGrad explains ViTs only
+        explainer = method(model, **LIGHT.get(name, {}))
+        if explainer.needs_reference:  # a reference-group method (DiffCAM) is fitted first
             explainer.fit(references)
         maps = explainer(images, target=[1, 2] if method.needs_target else None)
         assert maps.shape == (2, 64, 64), name

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from safetensors.torch import save_file
 from sklearn.covariance import OAS, LedoitWolf
 
 from whycam import ReferenceBank, ReferenceStats
-from whycam.reference import ReferenceMismatchError, model_fingerprint, nearest_solve
+from whycam.reference import (
+    FORMAT_VERSION,
+    NotFittedError,
+    ReferenceMismatchError,
+    model_fingerprint,
+    nearest_solve,
+    read_tensors,
+)
 
 
 def _data(n: int, dim: int, seed: int = 0, shift: float = 1.0) -> torch.Tensor:
@@ -23,8 +32,8 @@ def _data(n: int, dim: int, seed: int = 0, shift: float = 1.0) -> torch.Tensor:
 
 
 def _equal_stats(a: ReferenceStats, b: ReferenceStats, tol: float = 1e-10) -> None:
-    assert a.count == b.count
-    for name in ("sum", "outer", "moment3", "moment4"):
+    assert a.count_ == b.count_
+    for name in ("sum_", "outer_", "moment3_", "moment4_"):
         x, y = getattr(a, name), getattr(b, name)
         assert torch.allclose(x, y, rtol=tol, atol=tol * max(1.0, float(y.abs().max()))), name
 
@@ -43,7 +52,7 @@ def test_streaming_and_merging_equal_the_concatenated_data():
     summed = sum([ReferenceStats.from_embeddings(c) for c in data.split(19)])
     for stats in (streamed, merged, summed):
         _equal_stats(stats, whole)
-        assert torch.allclose(stats.mean, data.mean(0), atol=1e-12)
+        assert torch.allclose(stats.mean_, data.mean(0), atol=1e-12)
         assert torch.allclose(stats.empirical_covariance(), torch.cov(data.T, correction=0), atol=1e-10)
 
 
@@ -95,8 +104,8 @@ def test_singular_and_too_small_groups_are_refused():
         ReferenceStats.from_embeddings(torch.ones(6, 4)).covariance()
     with pytest.raises(ValueError, match="at least 2 embeddings.*has 1"):
         ReferenceStats.from_embeddings(data[:1]).covariance()
-    with pytest.raises(ValueError, match="at least 1 embeddings.*has 0"):
-        _ = ReferenceStats(3).mean
+    with pytest.raises(NotFittedError, match=r"no embeddings yet: update\(embeddings\) first"):
+        _ = ReferenceStats(3).mean_
     with pytest.raises(ValueError, match=r"\(n, 50\)"):
         ReferenceStats(50).update(torch.randn(4, 49))
     with pytest.raises(ValueError, match="NaN"):
@@ -109,7 +118,7 @@ def test_the_cholesky_factor_is_cached_per_setting_and_reset_by_an_update():
     assert stats.shrunk("oas") is not stats.shrunk("ledoit-wolf")
     before = stats.shrunk("oas")
     stats.update(_data(3, 6, seed=9))
-    assert stats.shrunk("oas") is not before and stats.count == 23
+    assert stats.shrunk("oas") is not before and stats.count_ == 23
 
 
 def test_merge_refuses_statistics_of_another_layer():
@@ -129,12 +138,12 @@ def test_save_and_load_round_trip_exactly(tmp_path, suffix):
     stats = ReferenceStats.from_embeddings(_data(9, 7), meta=meta, keep_embeddings=True)
     path = stats.save(tmp_path / f"stats{suffix}")
     loaded = ReferenceStats.load(path)
-    assert loaded.meta == meta and loaded.count == 9 and loaded.dim == 7
-    for name in ("sum", "outer", "moment3", "moment4", "embeddings"):
+    assert loaded.meta == meta and loaded.count_ == 9 and loaded.dim == 7
+    for name in ("sum_", "outer_", "moment3_", "moment4_", "embeddings_"):
         assert torch.equal(getattr(loaded, name), getattr(stats, name)), name
     assert torch.equal(loaded.covariance(), stats.covariance())
     plain = ReferenceStats.load(ReferenceStats.from_embeddings(_data(4, 3)).save(tmp_path / f"plain{suffix}"))
-    assert plain.embeddings is None
+    assert plain.embeddings_ is None
 
 
 def test_files_of_another_kind_or_format_are_refused(tmp_path):
@@ -149,6 +158,25 @@ def test_files_of_another_kind_or_format_are_refused(tmp_path):
         ReferenceStats.load(tmp_path / "other.npz")
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         ReferenceStats.load(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_a_file_without_this_format_version_is_refused(tmp_path, suffix):
+    """The version is written, and read back: a missing or other version is refused with the fix."""
+    stats = ReferenceStats.from_embeddings(_data(6, 3), meta={"layer": "layer4"})
+    tensors, meta = read_tensors(stats.save(tmp_path / f"ok{suffix}"), "ReferenceStats")
+    assert meta == {"layer": "layer4"} and FORMAT_VERSION == "1"
+    for version, message in ((None, "has no format version"), ("0", "has format version '0'")):
+        written = {"layer": "layer4", "kind": "ReferenceStats"} | (
+            {} if version is None else {"whycam_format": version}
+        )
+        path = tmp_path / f"v{version}{suffix}"
+        if suffix == ".npz":
+            np.savez(path, **{k: v.numpy() for k, v in tensors.items()}, __meta__=np.array(json.dumps(written)))
+        else:
+            save_file(tensors, str(path), metadata=written)
+        with pytest.raises(ValueError, match=message + r".*reads version '1' only; build the statistics again"):
+            ReferenceStats.load(path)
 
 
 def test_bank_groups_equal_the_statistics_of_their_rows():
@@ -182,7 +210,7 @@ def test_bank_save_and_load_round_trip(tmp_path, suffix):
     assert loaded.labels == ["cat", "dog", "eel"] and loaded.meta == {"layer": "features"}
     for label in bank.labels:
         _equal_stats(loaded[label], bank[label], tol=0)
-        assert torch.equal(loaded[label].embeddings, bank[label].embeddings)
+        assert torch.equal(loaded[label].embeddings_, bank[label].embeddings_)
 
 
 @pytest.mark.parametrize("shrinkage", ["ledoit-wolf", "oas", 0.3, 1.0, ("ridge", 0.2)])
@@ -194,7 +222,7 @@ def test_nearest_solve_equals_the_statistics_of_the_nearest_references(shrinkage
     for target, weights in zip(targets, solved, strict=True):
         nearest = torch.cdist(target[None], references)[0].argsort()[:k]
         stats = ReferenceStats.from_embeddings(references[nearest])
-        assert torch.allclose(weights, stats.solve(target - stats.mean, shrinkage), rtol=1e-9, atol=1e-9)
+        assert torch.allclose(weights, stats.solve(target - stats.mean_, shrinkage), rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="2 <= k <= the number of references"):
         nearest_solve(references, targets, 61, "oas")
     with pytest.raises(ValueError, match="positive ridge"):

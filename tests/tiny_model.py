@@ -22,6 +22,32 @@ def make() -> LoadedModel:
     return LoadedModel(model.eval(), preprocess, ["ant", "bee", "cat", "dog"], "features", "tiny")
 
 
+def no_layer() -> LoadedModel:
+    """The same model without a layer of its own: the layer methods choose one automatically."""
+    loaded = make()
+    loaded.layer = None
+    return loaded
+
+
+class DictOutput(nn.Module):
+    """The tiny network with a Hugging Face-style output: ``{"logits": ..., "features": ...}``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return {"features": self.net.features(x), "logits": self.net(x)}
+
+
+def dict_output() -> LoadedModel:
+    """The same model returning a dict; the predictions must go through the output selector."""
+    loaded = make()
+    loaded.model = DictOutput(loaded.model).eval()
+    loaded.layer = "net.features"
+    return loaded
+
+
 def plain() -> nn.Module:
     """The same network as a bare module (default preprocessing)."""
     return make().model

@@ -1,51 +1,65 @@
-"""The ``whycam`` command: demo, explain, reference build/info, evaluate, sanity, methods, benchmark.
+"""The ``whycam`` command: demo, explain, reference build/info, evaluate, sanity, methods, benchmark, visualize.
+
+Each command parses its options, calls the run loop (``whycam.runs``, ``whycam.evaluate``,
+``whycam.metrics.sanity_check``) and hands the result to ``whycam.writers``.
 
 Exit codes: 0 everything worked; 1 some inputs failed (each reported by name) but every other
 result was written; 2 usage error (bad option, unknown method, model or layer, unusable reference,
-nothing to process).
+nothing to process: every ``WhycamError``); 3 whycam crashed (a bug: the traceback is printed).
 """
 
 from __future__ import annotations
 
 import ast
-import json
-import sys
-import time
+import traceback
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import __version__
+from .demo import run as run_demo
+from .engines import build_reference
+from .engines.cli import engine_options, evaluate_files, explain_files
+from .errors import UsageError, WhycamError
+from .evaluate import DEFAULT_METRICS
+from .evaluate import evaluate as evaluate_methods
+from .explorer import Explorer
+from .inputs import Failure, read_ground_truth, read_inputs, read_reference
+from .methods.base import methods
+from .methods.factory import create
+from .methods.visualize import visualize_class
+from .metrics.sanity import method_factory, sanity_check
+from .models import LoadedModel, load_model
+from .reference import ReferenceBank
+from .runs import QUESTIONS, Runner
+from .writers import write_class_models, write_evaluation, write_explain, write_sanity
 
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
 
 
-class Failures:
-    """Inputs that failed: reported on stderr as they happen, counted for the exit code."""
+class WhycamGroup(click.Group):
+    """The command group: a ``WhycamError`` is a usage error (exit 2, its message on stderr); any other
+    exception is a crash (exit 3, with the traceback), never confused with exit 1."""
 
-    def __init__(self) -> None:
-        self.items: list[dict[str, str]] = []
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except WhycamError as error:
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception:  # noqa: BLE001 (the crash exit code)
+            click.echo(traceback.format_exc(), err=True)
+            click.echo("whycam crashed: this is a bug; please report it with the traceback above.", err=True)
+            ctx.exit(EXIT_CRASH)
 
-    def add(self, what: object, error: object) -> None:
-        self.items.append({"input": str(what), "error": str(error)})
-        tqdm.write(f"whycam: skipped {what}: {error}", file=sys.stderr)
 
-    def exit(self, ctx: click.Context) -> None:
-        if self.items:
-            click.echo(f"whycam: {len(self.items)} input(s) failed; the other results were written.", err=True)
-            ctx.exit(EXIT_PARTIAL)
-
-
-def _load_model(spec: str, weights: str | None, download: bool, device: str = "cpu"):
+def _load_model(spec: str, weights: str | None, download: bool, device: str = "cpu") -> LoadedModel:
     """The model, moved to ``device``; its preprocessing then puts every input there too."""
-    from dataclasses import replace
-
-    from .models import ModelSpecError, load_model
-
     try:
         where = torch.device(device)
     except (RuntimeError, ValueError) as error:
@@ -57,30 +71,13 @@ def _load_model(spec: str, weights: str | None, download: bool, device: str = "c
         raise click.BadParameter(
             f"{where.type} is not available on this machine; use --device cpu", param_hint="--device"
         )
-    try:
-        loaded = load_model(spec, weights, download=download)
-    except ModelSpecError as error:
-        raise click.BadParameter(str(error), param_hint="--model/--weights") from None
+    loaded = load_model(spec, weights, download=download)
     loaded.model.to(where)
     loaded.preprocess = replace(loaded.preprocess, device=str(where))
     return loaded
 
 
-def _check_layer(loaded, layer: str | None) -> str | None:
-    from .layers import LayerNotFoundError, resolve_layer
-
-    layer = layer or loaded.layer
-    if layer is not None:
-        try:
-            resolve_layer(loaded.model, layer)
-        except LayerNotFoundError as error:
-            raise click.BadParameter(str(error), param_hint="--layer") from None
-    return layer
-
-
 def _method_names(text: str) -> list[str]:
-    from .methods.base import methods
-
     registry = methods()
     names = list(registry) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in registry]
@@ -93,49 +90,6 @@ def _method_names(text: str) -> list[str]:
     return names
 
 
-def _read_images(paths: Sequence[str], preprocess, failures: Failures, desc: str = "read"):
-    """(names, display images (3, h, w) in [0, 1], model inputs (C, h, w)) of the readable images."""
-    from .data import iter_images
-
-    names, shown, inputs, seen = [], [], [], {}
-    for path, image in tqdm(iter_images(paths), desc=desc, unit="image", leave=False):
-        if isinstance(image, Exception):
-            failures.add(path, image)
-            continue
-        stem = path.stem
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-        display = preprocess.geometry(image)
-        shown.append(display)
-        inputs.append(preprocess.normalize(display))
-    return names, shown, inputs
-
-
-def _fit_reference(explainer, reference: str, loaded, failures: Failures, batch_size: int) -> str:
-    """Fit a reference-group explainer on saved statistics (a file) or a folder of images."""
-    path = Path(reference)
-    try:
-        if path.is_file():
-            from .reference import ReferenceBank, ReferenceStats
-
-            try:
-                stats = ReferenceStats.load(path)
-            except (ValueError, KeyError):
-                stats = ReferenceBank.load(path)
-            explainer.fit(stats)
-            return f"statistics {path.name} ({stats!r})"
-        names, _, inputs = _read_images([reference], loaded.preprocess, failures, "reference")
-        if len(inputs) < 2:
-            raise ValueError(
-                f"the reference folder {reference} holds {len(inputs)} readable image(s); "
-                "a reference group needs at least 2"
-            )
-        explainer.fit(torch.stack(inputs), batch_size=batch_size)
-        return f"{len(inputs)} images from {reference}"
-    except (ValueError, KeyError, OSError) as error:
-        raise click.BadParameter(f"cannot use reference {reference}: {error}", param_hint="--reference") from None
-
-
 def _parse_value(text: str) -> object:
     """A Python literal (number, bool, None, tuple) where the text is one, else the text itself."""
     try:
@@ -144,13 +98,10 @@ def _parse_value(text: str) -> object:
         return text
 
 
-def _method_options(items: Sequence[str], names: Sequence[str], model, layer) -> dict[str, dict]:
-    """``--option METHOD.KEY=VALUE`` items as ``{method: {key: value}}``; each method is built once
-    with its options here, so an unknown key or a bad value stops the command before any work."""
-    from .evaluate import constructor_options, make_explainer
-    from .methods.base import methods
-
-    registry, options = methods(), {}
+def _method_options(items: Sequence[str], names: Sequence[str], model) -> dict[str, dict]:
+    """``{method: options}`` of every method run, from ``--option METHOD.KEY=VALUE`` items; each method
+    with options is built once here, so an unknown key or a bad value stops the command before any work."""
+    options: dict[str, dict] = {name: {} for name in names}
     for item in items:
         head, equals, text = item.partition("=")
         method, dot, key = head.strip().partition(".")
@@ -163,63 +114,37 @@ def _method_options(items: Sequence[str], names: Sequence[str], model, layer) ->
                 f"{item!r} sets an option of {method!r}, which is not run here (methods: {', '.join(names)})",
                 param_hint="--option",
             )
-        accepted = sorted(constructor_options(registry[method]) - {"layer"})
-        if key not in accepted:
-            raise click.BadParameter(
-                f"{method} has no option {key!r} (the layer is --layer); its options: {', '.join(accepted)}",
-                param_hint="--option",
-            )
-        options.setdefault(method, {})[key] = _parse_value(text.strip())
+        options[method][key] = _parse_value(text.strip())
     for method, settings in options.items():
         try:
-            make_explainer(method, model, layer, **settings)
+            if settings:
+                create(method, model, **settings)
         except (ValueError, TypeError) as error:
             raise click.BadParameter(f"{method}: {error}", param_hint="--option") from None
     return options
 
 
+def _exit_with_failures(ctx: click.Context, failures: Sequence[Failure]) -> None:
+    """Name every input that failed on stderr, then exit 1 if there was any (the rest was written)."""
+    for failure in failures:
+        item = failure.as_dict()
+        click.echo(f"whycam: skipped {item['input']}: {item['error']}", err=True)
+    if failures:
+        click.echo(f"whycam: {len(failures)} input(s) failed; the other results were written.", err=True)
+        ctx.exit(EXIT_PARTIAL)
+
+
+def _echo_layers(layers: dict[str, list[str]]) -> None:
+    """Say which layer each method read (the automatic choice included)."""
+    for method, names in layers.items():
+        if names:
+            click.echo(f"{method}: layer {', '.join(names)}", err=True)
+
+
 OPTION_HELP = (
     "A method's option as METHOD.KEY=VALUE, repeatable, e.g. diffcam.shrinkage=ledoit-wolf, "
-    "diffcam.k=50, rise.masks=2000 (the keyword arguments of its class; see docs/)."
+    "diffcam.k=50, rise.masks=2000, smoothgrad.explainer=gradcam (the keyword arguments of its class)."
 )
-
-
-QUESTIONS = ("why", "why-not", "unusual")
-
-
-def _bank_label(bank, target: str | int, loaded) -> object:
-    """The bank's label of a class given by index or name: the bank's labels may be class indices,
-    indices as text (folder names such as "5"), or the model's class names."""
-    index = None
-    try:
-        index = loaded.class_index(target)
-    except ValueError:
-        pass
-    candidates = [target, str(target)]
-    if index is not None:
-        candidates += [index, str(index), loaded.class_name(index)]
-    for candidate in candidates:
-        if candidate in bank.classes:
-            return candidate
-    raise click.BadParameter(
-        f"the reference bank has no class {target!r}; its classes: {', '.join(map(str, bank.labels))}",
-        param_hint="--versus/--target",
-    )
-
-
-def _ask(explainer, question: str, batch: torch.Tensor, labels: list, versus) -> torch.Tensor:
-    """DiffCAM's bank question for every image of a batch; images with the same label asked together."""
-    if question == "why-not":
-        return explainer.why_not(batch, versus)
-    ask = explainer.why if question == "why" else explainer.unusual
-    maps = None
-    for label in dict.fromkeys(labels):
-        rows = [i for i, other in enumerate(labels) if other == label]
-        part = ask(batch[rows], label)
-        maps = part.new_zeros((len(batch), *part.shape[1:])) if maps is None else maps
-        maps[rows] = part
-    return maps
-
 
 MODEL_OPTIONS = [
     click.option(
@@ -246,7 +171,7 @@ def model_options(function):
     return function
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=WhycamGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="whycam")
 def main() -> None:
     """whycam: saliency maps that say why a vision model decides as it does.
@@ -259,26 +184,24 @@ def main() -> None:
 
 @main.command("methods")
 def list_methods() -> None:
-    """List every registered method with a one-line description.
+    """List every registered method with a one-line description and what it declares it needs.
 
     \b
     Example:
       whycam methods
     """
-    from .methods.base import methods
-
     for name, cls in methods().items():
         needs = "target" if cls.needs_target else "no target"
-        grad = "gradient" if getattr(cls, "uses_gradient", False) else "no gradient"
-        reference = ", reference group" if callable(getattr(cls, "fit", None)) else ""
-        click.echo(f"{name:24s} {cls.summary}  [{needs}, {grad}{reference}]")
+        grad = "gradient" if cls.uses_gradient else "no gradient"
+        layer = ", layer" if cls.needs_layer else ""
+        reference = ", reference group" if cls.needs_reference else ""
+        click.echo(f"{name:24s} {cls.summary}  [{needs}, {grad}{layer}{reference}]")
 
 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="out/demo", show_default=True)
 @click.option("--quick", is_flag=True, help="Two photographs and fewer methods (for a smoke test).")
-@click.pass_context
-def demo(ctx: click.Context, out: str, quick: bool) -> None:
+def demo(out: str, quick: bool) -> None:
     """Run the demo: EfficientNet-Lite0 on real photographs and the digits CNN, every main method,
     into a self-contained HTML report.
 
@@ -286,10 +209,7 @@ def demo(ctx: click.Context, out: str, quick: bool) -> None:
     Example:
       whycam demo --out out/demo
     """
-    from .demo import run
-
-    report = run(Path(out), quick=quick)
-    click.echo(str(report))
+    click.echo(str(run_demo(Path(out), quick=quick)))
 
 
 @main.command()
@@ -323,6 +243,7 @@ def demo(ctx: click.Context, out: str, quick: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--report", is_flag=True, help="Also write report.html.")
 @click.option("--batch-size", default=8, show_default=True)
+@engine_options()
 @click.pass_context
 def explain(
     ctx,
@@ -341,8 +262,10 @@ def explain(
     out,
     report,
     batch_size,
+    engine,
 ) -> None:
-    """Explain IMAGES (files or folders): overlays (PNG), raw maps (.npy) and summary.json.
+    """Explain IMAGES (files or folders): overlays (PNG), raw maps (.npy) and summary.json; with
+    --engine local|ray, shards of maps and rows + manifest.json (read back by whycam.load_run).
 
     \b
     Examples:
@@ -350,155 +273,29 @@ def explain(
           --reference references/ --out out/explain --report
       whycam explain threes/ --model digits-cnn --method diffcam --reference digits_bank.safetensors \\
           --question why-not --versus 5 --option diffcam.shrinkage=ledoit-wolf --out out/why_not_5
+      whycam explain archive/ --model digits-cnn --method gradcam --engine local --workers 4 --out out/archive
     """
-    from .evaluate import make_explainer, needs_reference
-    from .viz import overlay_figure, save_png
-
-    failures = Failures()
     names = _method_names(method_text)
     loaded = _load_model(model_spec, weights, download, device)
-    layer = _check_layer(loaded, layer)
-    options = _method_options(option_items, names, loaded.model, layer)
-    if (question == "why-not") != (versus is not None):
-        raise click.UsageError("--question why-not and --versus CLASS go together")
+    options = _method_options(option_items, names, loaded.model)
     target_index = None
     if target is not None:
         try:
             target_index = loaded.class_index(target)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--target") from None
-    explainers, questions = {}, {}
-    for name in names:
-        explainer = make_explainer(name, loaded.model, layer, **options.get(name, {}))
-        if isinstance(loaded.model, torch.jit.ScriptModule) and hasattr(explainer, "layers"):
-            raise click.UsageError(
-                f"{name} reads a layer through hooks, which TorchScript models do not support; use a "
-                "gradient or perturbation method (see `whycam methods`), or load the model as module:function"
-            )
-        if needs_reference(explainer):
-            if reference is None:
-                raise click.UsageError(
-                    f"{name} answers against a reference group: pass --reference DIR|STATS "
-                    "(build statistics with `whycam reference build`)"
-                )
-            questions[name] = _fit_reference(explainer, reference, loaded, failures, batch_size)
-            if question is not None:
-                bank = getattr(explainer, "bank", None)
-                if bank is None:
-                    raise click.UsageError(
-                        f"--question needs per-class statistics as --reference; {reference} holds one group "
-                        "(build a bank with `whycam reference build --per-class`)"
-                    )
-                if versus is not None:
-                    versus = _bank_label(bank, versus, loaded)
-                questions[name] += f"; question: {question}" + (f" {versus}" if versus is not None else "")
-        explainers[name] = explainer
-    if question is not None and not questions:
-        raise click.UsageError("--question is DiffCAM's: add diffcam to --method")
-    image_names, shown, inputs = _read_images(images, loaded.preprocess, failures)
-    if not inputs:
-        raise click.UsageError("no readable image among the inputs; nothing to explain")
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = [{"image": n} for n in image_names]
-    with torch.no_grad():
-        probabilities = torch.cat(
-            [
-                loaded.model(torch.stack(inputs[i : i + batch_size])).softmax(1)
-                for i in range(0, len(inputs), batch_size)
-            ]
-        )
-    predictions = probabilities.argmax(1)
-    for record, p, prob in zip(records, predictions.tolist(), probabilities, strict=True):
-        record.update(prediction=p, prediction_name=loaded.class_name(p), probability=float(prob[p]), results=[])
-    targets = predictions if target_index is None else torch.full_like(predictions, target_index)
-    grid: dict[str, list] = {}
-    times: dict[str, float] = {}
-    bar = tqdm(total=len(inputs) * len(explainers), desc="explain", unit="map")
-    for method, explainer in explainers.items():
-        for start in range(0, len(inputs), batch_size):
-            batch = torch.stack(inputs[start : start + batch_size])
-            chunk = targets[start : start + batch_size]
-            try:
-                asked = question is not None and method in questions
-                labels = [_bank_label(explainer.bank, int(t), loaded) for t in chunk] if asked else None
-                clock = time.perf_counter()
-                maps = (
-                    _ask(explainer, question, batch, labels, versus)
-                    if asked
-                    else explainer(batch, chunk if explainer.needs_target else None)
-                )
-                seconds = (time.perf_counter() - clock) / len(batch)
-            except Exception as error:  # noqa: BLE001 (one failing batch must not lose the others)
-                failures.add(f"{method} on {', '.join(image_names[start : start + len(batch)])}", error)
-                bar.update(len(batch))
-                continue
-            times[method] = times.get(method, 0.0) + seconds * len(batch)
-            for offset, saliency in enumerate(maps):
-                i = start + offset
-                stem = f"{image_names[i]}_{method}"
-                np.save(out_dir / f"{stem}.npy", saliency.cpu().numpy().astype(np.float32))
-                title = (
-                    f"{method}: {question} {versus if question == 'why-not' else labels[offset]}"
-                    if asked
-                    else f"{method}: {loaded.class_name(int(chunk[offset]))}"
-                    if explainer.needs_target
-                    else method
-                )
-                save_png(out_dir / f"{stem}.png", overlay_figure(shown[i], saliency, title))
-                records[i]["results"].append(
-                    {
-                        "method": method,
-                        "layer": layer if hasattr(explainer, "layers") else None,
-                        "target": int(chunk[offset]) if explainer.needs_target else None,
-                        "target_name": loaded.class_name(int(chunk[offset])) if explainer.needs_target else None,
-                        "reference": questions.get(method),
-                        "question": [question, versus if question == "why-not" else labels[offset]] if asked else None,
-                        "time_s": seconds,
-                        "overlay": f"{stem}.png",
-                        "map": f"{stem}.npy",
-                    }
-                )
-                grid.setdefault(method, [None] * len(inputs))[i] = saliency
-            bar.update(len(batch))
-    bar.close()
-    summary = {
-        "model": loaded.name,
-        "layer": layer,
-        "methods": names,
-        "images": records,
-        "failures": failures.items,
-    }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    if report:
-        _explain_report(out_dir / "report.html", loaded, image_names, shown, grid, times, records, questions, failures)
-        click.echo(str(out_dir / "report.html"))
-    click.echo(f"wrote {out_dir / 'summary.json'}")
-    failures.exit(ctx)
-
-
-def _explain_report(path, loaded, image_names, shown, grid, times, records, questions, failures) -> None:
-    from .report import Report
-    from .viz import grid_figure
-
-    report = Report(f"whycam: {loaded.name}")
-    complete = {m: maps for m, maps in grid.items() if all(x is not None for x in maps)}
-    rows = [f"{n}\n{r['prediction_name']} ({r['probability']:.2f})" for n, r in zip(image_names, records, strict=True)]
-    if complete:
-        notes = {m: f"{times[m] / len(shown) * 1000:.0f} ms/img" for m in complete}
-        report.figure(
-            grid_figure(shown, complete, row_titles=rows, column_notes=notes),
-            "Images down, methods across; time per image under each method.",
-        )
-    for method, question in questions.items():
-        report.paragraph(f"{method}: reference group = {question}.")
-    report.table(
-        [{"image": r["image"], "prediction": r["prediction_name"], "probability": r["probability"]} for r in records]
+    runner = Runner(
+        loaded, options, layer=layer, reference=reference, question=question, versus=versus, batch_size=batch_size
     )
-    if failures.items:
-        report.heading("Inputs that failed")
-        report.table(failures.items)
-    report.save(path)
+    if engine.streams:
+        return explain_files(ctx, runner, images, target_index, out, engine)
+    result = runner.explain(list(images), target_index, progress=True)
+    _echo_layers(result.layers)
+    paths = write_explain(result, out, report=report)
+    if report:
+        click.echo(str(paths["report"]))
+    click.echo(f"wrote {paths['summary']}")
+    _exit_with_failures(ctx, result.failures)
 
 
 @main.group()
@@ -513,61 +310,33 @@ def reference() -> None:
 @click.option("--per-class", is_flag=True, help="Each subfolder of FOLDERS is a class: build a per-class bank.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .safetensors (or .npz).")
 @click.option("--batch-size", default=32, show_default=True)
+@engine_options(("local", "ray"), "local")
 @click.pass_context
-def reference_build(ctx, folders, model_spec, weights, download, device, layer, per_class, out, batch_size) -> None:
-    """Summarise reference images (count, sum, sum of outer products) for DiffCAM.
+def reference_build(ctx, folders, model_spec, weights, download, device, layer, per_class, out, batch_size, engine):
+    """Summarise reference images (count, sum, sum of outer products) for DiffCAM, streamed: the images
+    are read by --workers processes (or Ray actors) and never held in memory together.
 
     \b
     Examples:
       whycam reference build healthy/ --model efficientnet-lite0 --out healthy.safetensors
       whycam reference build train/ --per-class --model digits-cnn --out digits_bank.safetensors
+      whycam reference build archive/ --model digits-cnn --engine ray --ray-address HEAD:6379 --out bank.safetensors
     """
-    from .data import find_images
-
-    failures = Failures()
     loaded = _load_model(model_spec, weights, download, device)
-    layer = _check_layer(loaded, layer)
-    from .evaluate import make_explainer
-
-    explainer = make_explainer("diffcam", loaded.model, layer)
-    groups: list[tuple[str | None, list[str]]] = []
-    for folder in map(Path, folders):
-        if per_class:
-            classes = sorted(p for p in folder.iterdir() if p.is_dir())
-            if not classes:
-                raise click.UsageError(f"--per-class: {folder} has no subfolders (one per class)")
-            groups.extend((c.name, [str(c)]) for c in classes)
-        else:
-            groups.append((None, [str(folder)]))
-    total = 0
-    for _, paths in groups:
-        try:
-            count = len(find_images(paths))
-        except (OSError, ValueError) as error:
-            failures.add(paths[0], error)
-            continue
-        total += count
-    if total < 2:
-        raise click.UsageError("fewer than 2 images in the reference folders; nothing to summarise")
-
-    def batches():
-        bar = tqdm(total=total, desc="reference", unit="image")
-        for label, paths in groups:
-            _, _, inputs = _read_images(paths, loaded.preprocess, failures)
-            for start in range(0, len(inputs), batch_size):
-                chunk = torch.stack(inputs[start : start + batch_size])
-                bar.update(len(chunk))
-                yield chunk if label is None else (chunk, [label] * len(chunk))
-        bar.close()
-
     try:
-        explainer.fit(batches())
+        stats, unreadable = build_reference(
+            loaded, folders, layer=layer or loaded.layer, per_class=per_class, engine=engine.name,
+            batch_size=batch_size, workers=engine.workers, address=engine.address, num_actors=engine.num_actors,
+            shard_size=engine.shard_size,
+        )  # fmt: skip
     except ValueError as error:
-        raise click.UsageError(f"cannot build the reference: {error}") from None
-    stats = explainer.bank if per_class else explainer.reference
+        if isinstance(error, WhycamError):
+            raise
+        raise UsageError(f"cannot build the reference: {error}") from None
+    failures = [Failure([path], error) for path, error in unreadable]
     path = stats.save(out)
     click.echo(f"wrote {path}: {stats!r}")
-    failures.exit(ctx)
+    _exit_with_failures(ctx, failures)
 
 
 @reference.command("info")
@@ -579,173 +348,82 @@ def reference_info(file: str) -> None:
     Example:
       whycam reference info healthy.safetensors
     """
-    from .reference import ReferenceBank, ReferenceStats
-
     try:
-        stats = ReferenceStats.load(file)
-        groups = {"(all)": stats}
-    except (ValueError, KeyError):
-        try:
-            stats = ReferenceBank.load(file)
-        except (ValueError, KeyError, OSError) as error:
-            raise click.BadParameter(f"{file} is not a whycam reference file: {error}", param_hint="FILE") from None
-        groups = dict(stats.classes)
+        stats, _ = read_reference(file, None, [])
+    except (ValueError, KeyError, OSError) as error:
+        raise click.BadParameter(f"{file} is not a whycam reference file: {error}", param_hint="FILE") from None
+    groups = dict(stats.classes) if isinstance(stats, ReferenceBank) else {"(all)": stats}
     click.echo(f"{file}: {stats!r}")
     for key, value in sorted(stats.meta.items()):
         click.echo(f"  {key}: {value}")
     if len(groups) > 1:
         for label, group in groups.items():
-            click.echo(f"  class {label}: {group.count} images")
+            click.echo(f"  class {label}: {group.count_} images")
 
 
-def _dataset_tensors(dataset_path: str, loaded, failures: Failures):
-    """Read a ground-truth dataset through the model's preprocessing: names, display images, inputs,
-    masks (N, h, w), labels (class indices, or None where a label is not a class of the model), and
-    the explained class's boxes (N, M, 4), padded with empty boxes (None for a mask dataset)."""
-    from .data import load_dataset, read_image, to_tensor
-
-    try:
-        dataset = load_dataset(dataset_path)
-    except (OSError, ValueError) as error:
-        raise click.BadParameter(str(error), param_hint="DATASET") from None
-    names, shown, inputs, masks, labels, boxes = [], [], [], [], [], []
-    for sample in tqdm(dataset, desc="read", unit="image", leave=False):
-        try:
-            image = to_tensor(read_image(sample.path))
-            mask = sample.mask(tuple(image.shape[-2:]))
-        except (OSError, ValueError) as error:
-            failures.add(sample.path, error)
-            continue
-        moved = loaded.preprocess.boxes(sample.explained_boxes, tuple(image.shape[-2:]))
-        boxes.append(torch.tensor(moved, dtype=torch.float32).reshape(-1, 4))
-        display = loaded.preprocess.geometry(image)
-        names.append(sample.path.stem)
-        shown.append(display)
-        inputs.append(loaded.preprocess.normalize(display))
-        masks.append(loaded.preprocess.geometry(mask[None].float(), mode="nearest")[0] > 0.5)
-        try:
-            labels.append(None if sample.label is None else loaded.class_index(sample.label))
-        except ValueError:
-            labels.append(None)
-    if not inputs:
-        raise click.UsageError(f"no readable image in the dataset {dataset_path}")
-    most = max(len(b) for b in boxes)
-    padded = torch.stack([torch.cat([b, b.new_zeros(most - len(b), 4)]) for b in boxes]) if most else None
-    return names, shown, torch.stack(inputs), torch.stack(masks), labels, padded
-
-
-def _evaluate_command(
-    ctx,
-    dataset,
-    model_spec,
-    weights,
-    download,
-    device,
-    method_names,
-    metric_text,
-    layer,
-    reference,
-    option_items,
-    out,
-    batch_size,
-    title,
-) -> None:
-    from .evaluate import BOX_METRICS, evaluate
-    from .report import Report
-    from .viz import curve_figure, grid_figure, save_png
-
-    failures = Failures()
+def _evaluate_command(ctx, dataset, model_spec, weights, download, device, names, metric_text, rest, title) -> None:
+    """``whycam evaluate`` and ``whycam benchmark``: read the dataset, evaluate, write."""
+    layer, reference, option_items, out, batch_size = rest
+    failures: list[Failure] = []
     loaded = _load_model(model_spec, weights, download, device)
-    layer = _check_layer(loaded, layer)
-    options = _method_options(option_items, method_names, loaded.model, layer)
-    metric_names = [m.strip() for m in metric_text.split(",") if m.strip()]
-    names, shown, inputs, masks, labels, boxes = _dataset_tensors(dataset, loaded, failures)
-    # the box metrics match the map's box with each object's box; the rest read the mask (their union)
-    truth = masks if boxes is None else {m: boxes if m in BOX_METRICS else masks for m in metric_names}
-    known = [label for label in labels if label is not None]
-    targets = torch.tensor(labels, device=inputs.device) if len(known) == len(labels) else None
-    reference_images = None
-    if reference is not None:
-        _, _, ref_inputs = _read_images([reference], loaded.preprocess, failures, "reference")
-        reference_images = torch.stack(ref_inputs) if ref_inputs else None
-    try:
-        evaluation = evaluate(
-            loaded.model,
-            inputs,
-            targets,
-            methods=method_names,
-            metrics=metric_names,
-            truth=truth,
-            labels=targets,
-            names=names,
-            layer=layer,
-            reference=reference_images,
-            options=options,
-            batch_size=batch_size,
-            skip_failures=True,
-            keep_maps=6,
-        )
-    except KeyError as error:
-        raise click.BadParameter(str(error.args[0]), param_hint="--metrics/--method") from None
-    for method, error in evaluation.failures.items():
-        failures.add(f"method {method}", error)
-    if targets is None:
+    options = _method_options(option_items, names, loaded.model)
+    truth = read_ground_truth(dataset, loaded, failures)
+    evaluation = evaluate_methods(
+        loaded.model,
+        truth.inputs,
+        truth.targets,
+        methods=options,
+        metrics=[m.strip() for m in metric_text.split(",") if m.strip()],
+        masks=truth.masks,
+        boxes=truth.boxes,
+        labels=truth.targets,
+        names=truth.names,
+        layer=layer or loaded.layer,
+        preprocess=loaded.preprocess,
+        reference=reference,
+        batch_size=batch_size,
+        skip_failures=True,
+        keep_maps=6,
+    )
+    failures += [Failure([f"method {method}"], error) for method, error in evaluation.failures.items()]
+    if truth.targets is None:
         evaluation.notes.append(
             "targets: the predicted class (the dataset's labels are not all class names of the model)"
         )
-    out_dir = Path(out)
-    paths = evaluation.save(out_dir)
-    report = Report(title)
-    report.paragraph(
-        f"Model {loaded.name}, dataset {dataset}: {evaluation.n_images} images"
-        + ("" if evaluation.accuracy is None else f", accuracy {evaluation.accuracy:.3f}")
-        + "."
-    )
-    report.table(evaluation.table())
-    for note in evaluation.notes:
-        report.paragraph(note, "note")
-    for metric, by_method in evaluation.curves.items():
-        for curve_name in next(iter(by_method.values())):
-            if curve_name == "steps":
-                continue
-            figure = curve_figure(
-                {m: (c["steps"], c[curve_name]) for m, c in by_method.items()},
-                title=f"{metric}: {curve_name}",
-                xlabel="step",
-                ylabel=curve_name,
-            )
-            save_png(out_dir / f"curve_{metric}_{curve_name}.png", figure)
-            report.figure(figure, f"{metric}, mean {curve_name} curve per method")
-    shown_n = min(len(shown), 6)
-    columns = {"ground truth": masks[:shown_n].float(), **evaluation.maps}
-    report.figure(
-        grid_figure(shown[:shown_n], columns, row_titles=names[:shown_n]),
-        "The first images: the ground truth, then each method's map.",
-    )
-    if failures.items:
-        report.heading("Inputs that failed")
-        report.table(failures.items)
-    report.save(out_dir / "report.html")
+    about = f"Model {loaded.name}, dataset {dataset}"
+    paths = write_evaluation(evaluation, out, title=title, about=about, truth=truth, failures=failures)
     click.echo(evaluation.markdown())
-    click.echo(f"wrote {paths['summary']}, {paths['json']} and {out_dir / 'report.html'}")
-    failures.exit(ctx)
+    click.echo(f"wrote {paths['summary']}, {paths['json']} and {paths['report']}")
+    _exit_with_failures(ctx, failures)
+
+
+EVALUATE_OPTIONS = [
+    click.argument("dataset", type=click.Path(exists=True)),
+    *MODEL_OPTIONS,
+    click.option("--layer", default=None),
+    click.option(
+        "--reference",
+        default=None,
+        type=click.Path(exists=True),
+        help="DiffCAM's reference group: a folder of images or a statistics file (default: the dataset's own images).",
+    ),
+    click.option("--option", "option_items", multiple=True, metavar="METHOD.KEY=VALUE", help=OPTION_HELP),
+    click.option("--out", type=click.Path(file_okay=False), required=True),
+    click.option("--batch-size", default=8, show_default=True),
+]
+
+
+def evaluate_options(function):
+    for option in reversed(EVALUATE_OPTIONS):
+        function = option(function)
+    return function
 
 
 @main.command()
-@click.argument("dataset", type=click.Path(exists=True))
-@model_options
+@evaluate_options
 @click.option("--method", "method_text", default="gradcam", show_default=True, help="Method name(s), comma-separated.")
 @click.option("--metrics", "metric_text", default="road,deletion,insertion,pointing_game,auprc", show_default=True)
-@click.option("--layer", default=None)
-@click.option(
-    "--reference",
-    default=None,
-    type=click.Path(exists=True, file_okay=False),
-    help="Reference images for DiffCAM (default: the dataset's own images).",
-)
-@click.option("--option", "option_items", multiple=True, metavar="METHOD.KEY=VALUE", help=OPTION_HELP)
-@click.option("--out", type=click.Path(file_okay=False), required=True)
-@click.option("--batch-size", default=8, show_default=True)
+@engine_options()
 @click.pass_context
 def evaluate(
     ctx,
@@ -754,14 +432,15 @@ def evaluate(
     weights,
     download,
     device,
-    method_text,
-    metric_text,
     layer,
     reference,
     option_items,
     out,
     batch_size,
-) -> None:
+    method_text,
+    metric_text,
+    engine,
+):
     """Score methods with metrics on a dataset with ground truth: CSV/JSON tables, curves, report.html.
 
     \b
@@ -769,52 +448,42 @@ def evaluate(
     Example:
       whycam evaluate data/boxes.csv --model efficientnet-lite0 --method gradcam,scorecam \\
           --metrics road,deletion,insertion,pointing_game,auprc --out out/eval
+    With --engine local|ray every image is scored as it streams past (DiffCAM then needs --reference)
+    and the intervals are computed once at the end; the tables are those of the in-memory run.
     """
-    _evaluate_command(
-        ctx,
-        dataset,
-        model_spec,
-        weights,
-        download,
-        device,
-        _method_names(method_text),
-        metric_text,
-        layer,
-        reference,
-        option_items,
-        out,
-        batch_size,
-        "whycam evaluate",
-    )
+    rest = (layer, reference, option_items, out, batch_size)
+    names = _method_names(method_text)
+    if engine.streams:
+        loaded = _load_model(model_spec, weights, download, device)
+        options = _method_options(option_items, names, loaded.model)
+        runner = Runner(loaded, options, layer=layer, reference=reference, batch_size=batch_size)
+        metrics = [m.strip() for m in metric_text.split(",") if m.strip()]
+        return evaluate_files(ctx, runner, dataset, loaded, metrics, out, engine)
+    _evaluate_command(ctx, dataset, model_spec, weights, download, device, names, metric_text, rest, "whycam evaluate")
 
 
 @main.command()
-@click.argument("dataset", type=click.Path(exists=True))
-@model_options
-@click.option("--layer", default=None)
+@evaluate_options
 @click.option(
     "--metrics",
     "metric_text",
-    default=None,
+    default=",".join(DEFAULT_METRICS),
+    show_default=True,
     help="Metrics, comma-separated; default: every localisation and faithfulness metric.",
 )
-@click.option("--reference", default=None, type=click.Path(exists=True, file_okay=False))
-@click.option("--option", "option_items", multiple=True, metavar="METHOD.KEY=VALUE", help=OPTION_HELP)
-@click.option("--out", type=click.Path(file_okay=False), required=True)
-@click.option("--batch-size", default=8, show_default=True)
 @click.pass_context
 def benchmark(
-    ctx, dataset, model_spec, weights, download, device, layer, metric_text, reference, option_items, out, batch_size
-) -> None:
+    ctx, dataset, model_spec, weights, download, device, layer, reference, option_items, out, batch_size, metric_text
+):
     """Run every registered method on a dataset with ground truth; write the table (Markdown, CSV).
+
+    Methods that explain transformers only (LeGrad) are left out: name them with whycam evaluate.
 
     \b
     Example:
       whycam benchmark data/masks/ --model digits-cnn --out out/benchmark
     """
-    from .evaluate import DEFAULT_METRICS
-    from .methods.base import methods
-
+    rest = (layer, reference, option_items, out, batch_size)
     _evaluate_command(
         ctx,
         dataset,
@@ -822,13 +491,9 @@ def benchmark(
         weights,
         download,
         device,
-        list(methods()),
-        metric_text or ",".join(DEFAULT_METRICS),
-        layer,
-        reference,
-        option_items,
-        out,
-        batch_size,
+        [name for name, cls in methods().items() if not cls.needs_attention],
+        metric_text,
+        rest,
         "whycam benchmark",
     )
 
@@ -838,68 +503,117 @@ def benchmark(
 @model_options
 @click.option("--method", "method_text", default="gradcam", show_default=True)
 @click.option("--layer", default=None)
+@click.option(
+    "--reference",
+    default=None,
+    type=click.Path(exists=True),
+    help="DiffCAM's reference group (a folder of images or a statistics file), fitted again on each randomised model.",
+)
+@click.option("--option", "option_items", multiple=True, metavar="METHOD.KEY=VALUE", help=OPTION_HELP)
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
-def sanity(ctx, images, model_spec, weights, download, device, method_text, layer, out, seed) -> None:
+def sanity(ctx, images, model_spec, weights, download, device, method_text, layer, reference, option_items, out, seed):
     """Model-randomisation sanity check: do the maps change when the weights do? (Adebayo, 2018)
 
     \b
     Example:
       whycam sanity photos/ --model efficientnet-lite0 --method gradcam,saliency --out out/sanity
+      whycam sanity digits/ --model digits-cnn --method diffcam --reference references/ --out out/sanity
     """
-    from .evaluate import make_explainer
-    from .metrics import sanity_check
-    from .report import Report
-    from .viz import curve_figure, save_png
-
-    failures = Failures()
     names = _method_names(method_text)
     loaded = _load_model(model_spec, weights, download, device)
-    layer = _check_layer(loaded, layer)
-    _, _, inputs = _read_images(images, loaded.preprocess, failures)
+    options = _method_options(option_items, names, loaded.model)
+    failures: list[Failure] = []
+    inputs = [model_input for _, _, model_input in read_inputs(images, loaded.preprocess, failures)]
     if not inputs:
-        raise click.UsageError("no readable image among the inputs")
-    batch = torch.stack(inputs)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = Report("whycam sanity check")
+        raise UsageError("no readable image among the inputs")
+    group = None if reference is None else read_reference(reference, loaded.preprocess, failures)[0]
     results = {}
-    for method in tqdm(names, desc="sanity", unit="method"):
+    for method in names:
+        factory = method_factory(method, options[method], layer=layer or loaded.layer, reference=group)
+        results[method] = sanity_check(factory, loaded.model, torch.stack(inputs), seed=seed)
+        cascading = results[method]["cascading"]
+        click.echo(f"{method}: {'pass' if cascading.settings['passed'] else 'FAIL'} (Spearman {cascading.value:.3f})")
+    paths = write_sanity(results, out)
+    click.echo(f"wrote {paths['json']} and {paths['report']}")
+    _exit_with_failures(ctx, failures)
 
-        def factory(model, method=method):
-            return make_explainer(method, model, layer)
 
-        checks = sanity_check(factory, loaded.model, batch, seed=seed)
-        cascading = checks["cascading"]
-        layers = cascading.settings["layers"]
-        curves = {key: (list(range(len(layers))), value.nanmean(0).tolist()) for key, value in cascading.curves.items()}
-        figure = curve_figure(
-            curves,
-            title=f"{method}: cascading randomisation (top layer first)",
-            xlabel="layers randomised",
-            ylabel="similarity to the original map",
+@main.command("app")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (0.0.0.0: every interface).")
+@click.option("--port", default=7860, show_default=True)
+@click.option("--model", "model_spec", default=None, help="A model besides the demo ones (a spec as for explain).")
+@click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False), help="Weights of --model.")
+@click.option("--device", default="cpu", show_default=True, help="Where --model runs: cpu, cuda, cuda:1, mps.")
+@click.option("--images", default=None, type=click.Path(exists=True, file_okay=False), help="A folder of images.")
+@click.option(
+    "--reference",
+    default=None,
+    type=click.Path(exists=True),
+    help="DiffCAM's reference group for --model: a folder of images or a statistics file.",
+)
+@click.option(
+    "--bank",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Per-class statistics for --model (whycam reference build --per-class): DiffCAM's why / why-not / unusual.",
+)
+def app(host, port, model_spec, weights, device, images, reference, bank) -> None:
+    """The explorer: an interactive page in the browser (needs: pip install 'whycam[app]')."""
+    try:
+        from .app import launch  # noqa: PLC0415 (the optional extra whycam[app]: imported by this command only)
+    except ImportError as error:
+        raise click.UsageError(f"the explorer needs the app extra: pip install 'whycam[app]' ({error})") from None
+    loaded = None if model_spec is None else _load_model(model_spec, weights, False, device)
+    explorer = Explorer.launched(loaded, images=images, reference=reference, bank=bank)
+    click.echo(f"whycam explorer on http://{host}:{port}/ (Ctrl+C to stop)")
+    launch(explorer, host=host, port=port)
+
+
+@main.command()
+@model_options
+@click.option("--class", "classes", multiple=True, required=True, help="Class index or name (repeat for several).")
+@click.option("--size", type=int, default=None, help="Image side in pixels; default: the model's input crop.")
+@click.option("--steps", default=200, show_default=True, help="Gradient-ascent steps.")
+@click.option("--lr", default=0.3, show_default=True, help="Ascent step size.")
+@click.option("--l2", default=0.05, show_default=True, help="lambda of the L2 penalty lambda ||I||^2.")
+@click.option("--jitter", default=0, show_default=True, help="Random shift (pixels) before each step.")
+@click.option("--blur", "blur_sigma", default=0.0, show_default=True, help="Gaussian blur sigma (0: none).")
+@click.option("--blur-every", default=4, show_default=True, help="Blur every N steps.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+def visualize(
+    model_spec, weights, download, device, classes, size, steps, lr, l2, jitter, blur_sigma, blur_every, seed, out
+) -> None:
+    """Class model visualisation: the image that maximises a class score (Simonyan et al., 2014).
+
+    Writes one PNG per class, named class_<index>_<name>.png: the optimum of S_c(I) - l2 ||I||^2
+    found by gradient ascent from the mean image, in the model's input space, shown with the
+    model's normalisation undone and stretched to the full grey/colour range.
+
+    \b
+    Example:
+      whycam visualize --model efficientnet-lite0 --class tabby --class 967 --jitter 8 --blur 1 --out out/vis
+    """
+    loaded = _load_model(model_spec, weights, download, device)
+    try:
+        indices = [loaded.class_index(c) for c in classes]
+        side = (size, size) if size else tuple(loaded.preprocess.crop or (224, 224))
+        settings = {"steps": steps, "lr": lr, "l2": l2, "jitter": jitter, "blur_sigma": blur_sigma}
+        images = visualize_class(
+            loaded.model,
+            indices,
+            size=side,
+            channels=loaded.preprocess.channels,
+            **settings,
+            blur_every=blur_every,
+            seed=seed,
         )
-        save_png(out_dir / f"sanity_{method}.png", figure)
-        passed = cascading.settings.get("passed")
-        results[method] = {
-            "passed": passed,
-            "spearman_after_full_randomisation": cascading.value,
-            "threshold": cascading.settings.get("threshold"),
-            "layers": layers,
-            "independent_mean_spearman": checks["independent"].value,
-        }
-        report.heading(method)
-        report.paragraph(
-            f"{'PASS' if passed else 'FAIL'}: mean Spearman correlation after randomising every "
-            f"layer = {cascading.value:.3f} (passes below {cascading.settings.get('threshold')})."
-        )
-        report.figure(figure, f"{method}: similarity per randomisation step")
-        click.echo(f"{method}: {'pass' if passed else 'FAIL'} (Spearman {cascading.value:.3f})")
-    (out_dir / "sanity.json").write_text(json.dumps(results, indent=2))
-    report.save(out_dir / "report.html")
-    click.echo(f"wrote {out_dir / 'sanity.json'} and {out_dir / 'report.html'}")
-    failures.exit(ctx)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    for path in write_class_models(images, [loaded.class_name(i) for i in indices], indices, loaded.preprocess, out):
+        click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

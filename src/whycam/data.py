@@ -28,12 +28,14 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from .errors import InputError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 
 ImageSource = str | Path | Image.Image | np.ndarray | Tensor
 
 
-class ImageReadError(OSError):
+class ImageReadError(InputError, OSError):
     """An image file that does not exist, is not an image, or is damaged."""
 
     def __init__(self, path: str | Path, reason: str):
@@ -42,7 +44,7 @@ class ImageReadError(OSError):
         super().__init__(f"cannot read image {self.path}: {reason}")
 
 
-class NoImagesError(ValueError):
+class NoImagesError(InputError, ValueError):
     """A folder (or a list of paths) that holds no image file."""
 
 
@@ -190,21 +192,21 @@ class Sample:
 
     path: Path
     boxes: list[Box] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
+    labels: list[str | None] = field(default_factory=list)  # one per box (None: unlabelled), or the image's
     mask_path: Path | None = None
 
     @property
     def label(self) -> str | None:
-        """The label of the first object (the one explained), if any."""
-        return self.labels[0] if self.labels else None
+        """The label of the first labelled object (the one explained), if any."""
+        return next((label for label in self.labels if label), None)
 
     @property
     def explained_boxes(self) -> list[Box]:
-        """The boxes of the explained object's class: every box labelled like the first object (all
-        boxes when they carry no labels). The ground truth of "where is the class?"."""
-        if not self.labels:
+        """The boxes of the explained object's class: every box labelled like the first labelled object
+        (all boxes when none carries a label). The ground truth of "where is the class?"."""
+        if self.label is None or not self.boxes:
             return list(self.boxes)
-        return [box for box, label in zip(self.boxes, self.labels, strict=False) if label == self.label]
+        return [box for box, label in zip(self.boxes, self.labels, strict=True) if label == self.label]
 
     def mask(self, size: tuple[int, int]) -> Tensor:
         """The ground truth as a (H, W) boolean mask at the image's ``size`` (H, W): the PNG mask, or
@@ -283,8 +285,7 @@ def _read_csv(path: Path) -> GroundTruthDataset:
                 raise ValueError(f"{path}, line {line}: box coordinates must be numbers") from None
             sample = samples.setdefault(image, Sample(image))
             sample.boxes.append(box)  # type: ignore[arg-type]
-            if row.get("label"):
-                sample.labels.append(row["label"])
+            sample.labels.append(row.get("label") or None)  # one label per box, so that they stay paired
     if not samples:
         raise NoImagesError(f"{path} lists no boxes")
     return GroundTruthDataset(list(samples.values()), "csv", path.parent)

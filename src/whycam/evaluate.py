@@ -2,48 +2,39 @@
 ``benchmarks/results.py``.
 
 ``evaluate(model, images, targets, methods=..., metrics=..., masks=..., boxes=...)`` explains every
-image with every method (in batches), scores every map with every metric of ``whycam.metrics``,
-and returns an ``Evaluation``: one row per (image, method) with each metric's value and the
-method's time per image, plus a summary per method: each metric's headline value with its 95%
-percentile bootstrap interval over the images (``MetricResult.interval``) and whether higher is
-better.
+image with every method through the run loop (``whycam.runs.Runner``), scores every map with every
+metric of the registry (``whycam.metrics.registry``), and returns an ``Evaluation``: one row per
+(image, method) with each metric's value and the method's time per image, plus a summary per
+method: each metric's headline value with its 95% percentile bootstrap interval over the images
+(``MetricResult.interval``) and whether higher is better.
 
 ``score_maps(model, images, maps, targets, metrics, truth)`` is the scoring alone, for maps made
-elsewhere (``benchmarks/results.py`` explains each group of images against its own reference).
+elsewhere. Each localisation metric reads the ground truth it declares (``ground_truth``): boxes
+for the box metrics and the energy pointing game where the dataset has boxes, masks for the rest.
 
-Methods are registry names (``whycam.methods()``) or ready explainers by name. An explainer with a
-``fit`` method (DiffCAM) is fitted on ``reference`` (a tensor of images or saved statistics); with
-no reference it is fitted on the evaluated images themselves, and the summary says so.
+Methods are registry names, ``{name: options}``, or ready explainers by name. A method that declares
+``needs_reference`` (DiffCAM) is fitted on ``reference``; with no reference it is fitted on the
+evaluated images themselves, and the notes say so. The caller's model and the global random
+generator are left as they were.
 """
 
 from __future__ import annotations
 
 import csv
-import inspect
 import json
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from .methods.base import Explainer
 from .methods.base import methods as registered_methods
+from .metrics.registry import Metric, get_metrics, ground_truth
+from .models import Preprocess
+from .runs import ExplainResult, MethodSpec, Runner
+from .targets import OutputSelector
 
-LOCALISATION = (
-    "auprc",
-    "topk_iou",
-    "mask_iou",
-    "max_box_accuracy",
-    "box_accuracy",
-    "pointing_game",
-    "energy_pointing_game",
-)
-BOX_METRICS = ("box_accuracy", "max_box_accuracy")  # they compare boxes: given several, each object's
-FAITHFULNESS = ("road", "deletion", "insertion", "average_drop", "increase_in_confidence")
 DEFAULT_METRICS = (
     "auprc",
     "topk_iou",
@@ -55,73 +46,7 @@ DEFAULT_METRICS = (
     "insertion",
     "average_drop",
 )
-
-
-def make_explainer(name: str, model: nn.Module, layer: str | None = None, **options) -> Explainer:
-    """A registered method by name, given ``layer`` and those ``options`` its constructor accepts."""
-    registry = registered_methods()
-    if name not in registry:
-        raise KeyError(f"unknown method {name!r}; registered: {', '.join(registry)}")
-    cls = registry[name]
-    accepted = constructor_options(cls)
-    kwargs = {k: v for k, v in options.items() if k in accepted}
-    if "layer" in accepted and layer is not None:
-        kwargs["layer"] = layer
-    return cls(model, **kwargs)
-
-
-def constructor_options(cls: type) -> set[str]:
-    """The keyword names an explainer class accepts, following ``**options`` up to its bases."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass) or klass is object:
-            continue
-        parameters = inspect.signature(klass.__init__).parameters.values()
-        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            break
-    return names - {"self", "model"}
-
-
-def needs_reference(explainer: Explainer) -> bool:
-    """Whether an explainer answers against a reference group (it has ``fit``: DiffCAM)."""
-    return callable(getattr(explainer, "fit", None))
-
-
-def metric_functions(names: Sequence[str]) -> dict[str, object]:
-    """The functions of ``whycam.metrics`` by name; an unknown name lists the known ones."""
-    from . import metrics as metrics_module  # the metrics package; imported when first needed
-
-    known = [n for n in (*LOCALISATION, *FAITHFULNESS, "relevance_rank_accuracy") if hasattr(metrics_module, n)]
-    unknown = [n for n in names if not callable(getattr(metrics_module, n, None))]
-    if unknown:
-        raise KeyError(f"unknown metric(s) {', '.join(unknown)}; available: {', '.join(known)}")
-    return {n: getattr(metrics_module, n) for n in names}
-
-
-def call_metric(
-    function,
-    model: nn.Module,
-    images: Tensor,
-    maps: Tensor,
-    targets: Tensor,
-    truth: Tensor | None,
-    **options,
-) -> object:
-    """Call a metric as ``whycam.metrics`` defines it: faithfulness metrics take
-    ``(model, images, maps, targets)``, localisation metrics ``(maps, truth)`` (masks or boxes);
-    ``options`` are the metric's own keyword arguments."""
-    if is_faithfulness(function):
-        return function(model, images, maps, targets, **options)
-    if truth is None:
-        raise ValueError(f"{function.__name__} needs ground truth (masks or boxes)")
-    return function(maps, truth, **options)
-
-
-def is_faithfulness(function) -> bool:
-    """Whether a metric scores a map against the model (its first argument is the model)."""
-    parameters = list(inspect.signature(function).parameters)
-    return bool(parameters) and parameters[0] == "model"
+Truth = Tensor | Mapping[str, Tensor] | None
 
 
 @dataclass
@@ -152,6 +77,7 @@ class Evaluation:
                 "method": item["method"],
                 "images": item["n"],
                 "time per image (s)": f"{item['time_s']:.3g}",
+                "stride (px)": "×".join(f"{s:g}" for s in item["stride_px"]) if item.get("stride_px") else "pixel",
             }
             for metric, higher in self.higher_is_better.items():
                 value, low, high = item[metric]
@@ -231,27 +157,6 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def explain_all(
-    explainer: Explainer,
-    images: Tensor,
-    targets: Tensor,
-    batch_size: int = 8,
-    seed: int = 0,
-    bar: tqdm | None = None,
-) -> tuple[Tensor, float]:
-    """Maps (N, H, W) of ``images`` in batches, and the seconds spent per image."""
-    maps, seconds = [], 0.0
-    for start in range(0, images.shape[0], batch_size):
-        batch = images[start : start + batch_size]
-        torch.manual_seed(seed)
-        clock = time.perf_counter()
-        maps.append(explainer(batch, targets[start : start + batch_size]).detach().float())
-        seconds += time.perf_counter() - clock
-        if bar is not None:
-            bar.update(batch.shape[0])
-    return torch.cat(maps), seconds / max(images.shape[0], 1)
-
-
 @dataclass
 class Scores:
     """One method's maps scored by several metrics.
@@ -267,13 +172,19 @@ class Scores:
     higher_is_better: dict[str, bool] = field(default_factory=dict)
 
 
+def routed_truth(entries: Mapping[str, Metric], masks: Tensor | None, boxes: Tensor | None) -> dict[str, Tensor]:
+    """Each localisation metric's own ground truth from a dataset's masks and boxes (see ``ground_truth``)."""
+    truth = {name: ground_truth(entry, masks, boxes) for name, entry in entries.items()}
+    return {name: value for name, value in truth.items() if value is not None}
+
+
 def score_maps(
     model: nn.Module,
     images: Tensor,
     maps: Tensor,
     targets: Tensor,
-    metrics: Sequence[str] | Mapping[str, object],
-    truth: Tensor | Mapping[str, Tensor] | None = None,
+    metrics: Sequence[str] | Mapping[str, Metric],
+    truth: Truth = None,
     *,
     options: Mapping[str, Mapping[str, object]] | None = None,
     faithful: int | None = None,
@@ -287,25 +198,26 @@ def score_maps(
     e.g. ``{"pointing_game": {"tolerance": 4.0}}``; ``faithful``: faithfulness metrics (which run
     the model, ROAD the costliest) score only the first ``faithful`` images of ``targets``' classes.
     """
-    functions = metrics if isinstance(metrics, Mapping) else metric_functions(metrics)
-    n = maps.shape[0]
+    entries = metrics if isinstance(metrics, Mapping) else get_metrics(metrics)
     scored = Scores()
-    for metric, function in functions.items():
-        kwargs = dict((options or {}).get(metric, {}))
-        if is_faithfulness(function):
-            k = n if faithful is None else min(faithful, n)
-            result = call_metric(function, model, images[:k], maps[:k], targets[:k], None, **kwargs)
+    for name, entry in entries.items():
+        kwargs = dict((options or {}).get(name, {}))
+        if entry.faithfulness:
+            k = len(maps) if faithful is None else min(faithful, len(maps))
+            result = entry.function(model, images[:k], maps[:k], targets[:k], **kwargs)
         else:
-            given = truth.get(metric) if isinstance(truth, Mapping) else truth
-            result = call_metric(function, model, images, maps, targets, given, **kwargs)
-        values = torch.full((n,), float("nan"), dtype=torch.float64)
+            given = truth.get(name) if isinstance(truth, Mapping) else truth
+            if given is None:
+                raise ValueError(f"{name} needs ground truth ({entry.truth})")
+            result = entry.function(maps, given, **kwargs)
+        values = torch.full((len(maps),), float("nan"), dtype=torch.float64)
         values[: result.scores.shape[0]] = result.scores.detach().double().cpu()
-        scored.per_image[metric] = values
-        scored.summary[metric] = (result.value, *result.interval(resamples=resamples, seed=seed))
-        scored.higher_is_better[metric] = bool(result.higher_is_better)
+        scored.per_image[name] = values
+        scored.summary[name] = (result.value, *result.interval(resamples=resamples, seed=seed))
+        scored.higher_is_better[name] = bool(result.higher_is_better)
         if result.curves and result.steps is not None:
-            scored.curves[metric] = {"steps": result.steps.double().cpu().tolist()}
-            scored.curves[metric].update({k: v.double().nanmean(0).cpu().tolist() for k, v in result.curves.items()})
+            curves = {k: v.double().nanmean(0).cpu().tolist() for k, v in result.curves.items()}
+            scored.curves[name] = {"steps": result.steps.double().cpu().tolist(), **curves}
     return scored
 
 
@@ -314,12 +226,16 @@ def evaluate(
     images: Tensor,
     targets: Tensor | None = None,
     *,
-    methods: Sequence[str] | Mapping[str, Explainer] | None = None,
+    methods: MethodSpec | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
-    truth: Tensor | Mapping[str, Tensor] | None = None,
+    truth: Truth = None,
+    masks: Tensor | None = None,
+    boxes: Tensor | None = None,
     labels: Tensor | None = None,
     names: Sequence[str] | None = None,
     layer: str | None = None,
+    output: OutputSelector = None,
+    preprocess: Preprocess | None = None,
     reference: object = None,
     options: Mapping[str, Mapping[str, object]] | None = None,
     metric_options: Mapping[str, Mapping[str, object]] | None = None,
@@ -332,81 +248,112 @@ def evaluate(
     """Score ``methods`` (default: every registered method) with ``metrics`` on ``images``.
 
     ``images``: (N, C, H, W) model inputs; ``targets``: (N,) classes explained (default: the
-    prediction); ``truth``: (N, H, W) boolean masks, (N, 4) or (N, M, 4) boxes ``(x0, y0, x1, y1)``
-    in input pixels, or a mapping from metric name to its own such ground truth; ``labels``: (N,)
-    true classes, for the accuracy; ``names``: image names for the rows;
-    ``layer``: the layer of the layer-based methods (default: each method's automatic choice);
-    ``options``: per-method constructor options, e.g. ``{"rise": {"masks": 500}}`` (a ``"layer"``
-    there overrides ``layer`` for that method); ``metric_options``: per-metric keyword arguments,
-    e.g. ``{"pointing_game": {"tolerance": 4.0}}``.
-    Localisation metrics are skipped, with a note, when there is no ground truth. Each method's maps
-    are computed for every image first, then every metric is computed once over all of them.
-    ``skip_failures``: a method that raises is left out, its error kept in ``failures``, instead of
-    stopping the whole evaluation. ``keep_maps``: keep the maps of the first k images of each method
-    in ``Evaluation.maps`` (for figures).
+    prediction, through ``output``); ground truth: ``masks`` (N, H, W) and/or ``boxes`` (N, M, 4)
+    ``(x0, y0, x1, y1)`` in input pixels, routed to each metric as it declares, or ``truth``: one
+    tensor for every localisation metric or a mapping from metric name to its own; ``labels``: (N,)
+    true classes, for the accuracy; ``names``: image names for the rows; ``layer``: the layer of the
+    layer methods (default: each method's automatic choice); ``options``: per-method options, e.g.
+    ``{"rise": {"masks": 500}}`` (a ``"layer"`` there overrides ``layer``); ``metric_options``:
+    per-metric keyword arguments. Localisation metrics are skipped, with a note, without ground
+    truth. ``skip_failures``: a method that raises is left out, its error kept in ``failures``.
+    ``keep_maps``: keep the maps of the first k images of each method (for figures).
     """
-    model.eval()
-    n = images.shape[0]
-    names = list(names) if names is not None else [str(i) for i in range(n)]
-    evaluation = Evaluation(n_images=n)
-    with torch.no_grad():
-        predictions = torch.cat([model(chunk).argmax(1) for chunk in images.split(batch_size)])
-    targets = predictions if targets is None else torch.as_tensor(targets).long()
+    entries = get_metrics(list(metrics))
+    if truth is None and (masks is not None or boxes is not None):
+        truth = routed_truth(entries, masks, boxes)
+    evaluation = Evaluation(n_images=len(images))
+    for name in [n for n, entry in entries.items() if not entry.faithfulness and _truth_of(truth, n) is None]:
+        evaluation.notes.append(f"{name} skipped: no ground truth")
+        del entries[name]
+    runner = _runner(model, methods, options, layer, output, preprocess, reference, images, batch_size, skip_failures)
+    if runner.references and reference is None:
+        evaluation.notes += [
+            f"{name}: no reference group given; fitted on the evaluated images themselves "
+            "(the question: what sets this image apart from the set)"
+            for name in runner.references
+        ]
+    explained = runner.explain(images, targets, progress=progress)
+    targets = explained.targets if targets is None else torch.as_tensor(targets).long()
     if labels is not None:
-        evaluation.accuracy = (predictions == torch.as_tensor(labels)).double().mean().item()
-    functions = metric_functions(metrics)
-    if truth is None:
-        for name in [n for n, f in functions.items() if not is_faithfulness(f)]:
-            evaluation.notes.append(f"{name} skipped: no ground truth")
-            del functions[name]
-
-    names_or_explainers = methods if isinstance(methods, Mapping) else (methods or list(registered_methods()))
-    bar = tqdm(total=n * len(names_or_explainers), desc="explain", unit="map", disable=not progress)
-    for method in names_or_explainers:
-        try:
-            explainer = (
-                methods[method]
-                if isinstance(methods, Mapping)
-                else _explainer(method, model, layer, options or {}, reference, images, evaluation)
-            )
-            maps, seconds = explain_all(explainer, images, targets, batch_size, seed, bar)
-            scored = score_maps(model, images, maps, targets, functions, truth, options=metric_options, seed=seed)
-        except Exception as error:
-            if not skip_failures:
-                raise
-            evaluation.failures[method] = f"{type(error).__name__}: {error}"
-            continue
-        evaluation.higher_is_better.update(scored.higher_is_better)
-        for metric, curve in scored.curves.items():
-            evaluation.curves.setdefault(metric, {})[method] = curve
-        if keep_maps:
-            evaluation.maps[method] = maps[:keep_maps].cpu()
-        evaluation.summary.append({"method": method, "n": n, "time_s": seconds, **scored.summary})
-        for i in range(n):
-            row = {"image": names[i], "method": method, "target": int(targets[i]), "time_s": seconds}
-            row.update({metric: values[i].item() for metric, values in scored.per_image.items()})
-            evaluation.rows.append(row)
-    bar.close()
+        evaluation.accuracy = (explained.predictions == torch.as_tensor(labels).cpu()).double().mean().item()
+    scoring = _Scoring(model, images, targets, entries, truth, metric_options or {}, seed, skip_failures)
+    names = list(names) if names is not None else explained.ids
+    for method in explained.methods:
+        _score_method(evaluation, method, explained, scoring, names)
+        if keep_maps and method not in evaluation.failures:
+            evaluation.maps[method] = explained.maps[method][:keep_maps]
     return evaluation
 
 
-def _explainer(
-    name: str,
-    model: nn.Module,
-    layer: str | None,
-    options: Mapping[str, Mapping[str, object]],
-    reference: object,
-    images: Tensor,
-    evaluation: Evaluation,
-) -> Explainer:
-    """A registered method, fitted on ``reference`` (or on ``images``) if it needs a reference group."""
-    settings = dict(options.get(name, {}))
-    explainer = make_explainer(name, model, settings.pop("layer", layer), **settings)
-    if needs_reference(explainer):
-        if reference is None:
-            evaluation.notes.append(
-                f"{name}: no reference group given; fitted on the evaluated images "
-                "themselves (the question: what sets this image apart from the set)"
-            )
-        explainer.fit(images if reference is None else reference)
-    return explainer
+def _truth_of(truth: Truth, metric: str) -> Tensor | None:
+    return truth.get(metric) if isinstance(truth, Mapping) else truth
+
+
+def _runner(model, methods, options, layer, output, preprocess, reference, images, batch_size, skip_failures) -> Runner:
+    """The run loop of an evaluation: each method with its options, DiffCAM-like ones fitted on
+    ``reference`` (default: the evaluated images)."""
+    if methods is None:
+        methods = list(registered_methods())
+    if not isinstance(methods, Mapping):
+        methods = {name: dict((options or {}).get(name, {})) for name in methods}
+    return Runner(
+        model,
+        methods,
+        layer=layer,
+        output=output,
+        preprocess=preprocess,
+        reference=images if reference is None else reference,
+        batch_size=batch_size,
+        strict=not skip_failures,
+    )
+
+
+@dataclass
+class _Scoring:
+    """What scoring each method of an evaluation needs."""
+
+    model: nn.Module
+    images: Tensor
+    targets: Tensor
+    entries: Mapping[str, Metric]
+    truth: Truth
+    options: Mapping[str, Mapping[str, object]]
+    seed: int
+    skip_failures: bool
+
+
+def _score_method(evaluation: Evaluation, method: str, explained: ExplainResult, scoring: _Scoring, names) -> None:
+    """Score one method's maps into ``evaluation`` (or record why it has none)."""
+    failure = next((f.error for f in explained.failures if f.method == method), None)
+    if failure is not None:
+        evaluation.failures[method] = failure
+        return
+    images = scoring.images
+    maps, targets = explained.maps[method].to(images.device), scoring.targets.to(images.device)
+    try:
+        scored = score_maps(
+            scoring.model,
+            images,
+            maps,
+            targets,
+            scoring.entries,
+            scoring.truth,
+            options=scoring.options,
+            seed=scoring.seed,
+        )
+    except Exception as error:
+        if not scoring.skip_failures:
+            raise
+        evaluation.failures[method] = f"{type(error).__name__}: {error}"
+        return
+    seconds = float(explained.seconds[method].mean())
+    evaluation.higher_is_better.update(scored.higher_is_better)
+    for metric, curve in scored.curves.items():
+        evaluation.curves.setdefault(metric, {})[method] = curve
+    stride = explained.strides.get(method)
+    summary = {"method": method, "n": len(images), "time_s": seconds, "stride_px": stride, **scored.summary}
+    evaluation.summary.append(summary)
+    for i, name in enumerate(names):
+        row = {"image": name, "method": method, "target": int(targets[i]), "time_s": seconds}
+        row.update({metric: values[i].item() for metric, values in scored.per_image.items()})
+        evaluation.rows.append(row)

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .errors import UsageError
+
 LayerSpec = str | nn.Module | None
 
 _RESAMPLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample, nn.Identity, nn.Dropout)
 
 
-class LayerNotFoundError(ValueError):
+class LayerNotFoundError(UsageError):
     """A layer name that the model does not have."""
 
 
@@ -172,3 +174,31 @@ def to_spatial(activation: Tensor, model: nn.Module, input_hw: tuple[int, int]) 
         f"the layer's output has shape {tuple(activation.shape)}; whycam reads (B, K, h, w) maps and "
         "(B, N, D) tokens. Pass reshape=<callable returning (B, K, h, w)>"
     )
+
+
+def spatial_layers(model: nn.Module, images: Tensor) -> list[str]:
+    """The modules, in execution order, whose output on ``images[:1]`` is a map a CAM can read: a
+    (B, K, h, w) map with h*w > 1 (not a pure resampling) or ViT tokens that tile the input."""
+    outputs: dict[str, Tensor] = {}
+    handles = [
+        module.register_forward_hook(lambda m, i, o, name=name: outputs.setdefault(name, o))
+        for name, module in model.named_modules()
+        if name and not isinstance(module, _RESAMPLING)
+    ]
+    try:
+        with torch.no_grad():
+            model(images[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    height, width = images.shape[-2:]
+    return [
+        name
+        for name, out in outputs.items()
+        if isinstance(out, Tensor)
+        and out.shape[:1] == (1,)
+        and (
+            (out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1)
+            or (out.dim() == 3 and token_layout(model, out.shape[1], (height, width), strict=False) is not None)
+        )
+    ]

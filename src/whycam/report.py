@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,9 +18,9 @@ from . import __version__
 from .viz import png
 
 STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; }
+body { font-family: system-ui, sans-serif; max-width: min(96vw, 1800px); margin: 2em auto; padding: 0 1em; }
+body { color: #222; } h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; } figure.wide img { width: 100%; }
 figcaption { font-size: 0.85em; color: #555; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; } th { background: #f3f3f3; }
@@ -32,8 +33,6 @@ def png_uri(picture: Figure | np.ndarray | bytes) -> str:
     if isinstance(picture, Figure):
         data = png(picture)
     elif isinstance(picture, np.ndarray):
-        import io
-
         buffer = io.BytesIO()
         Image.fromarray(picture).save(buffer, format="PNG")
         data = buffer.getvalue()
@@ -62,10 +61,14 @@ class Report:
         self.parts.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
         return self
 
-    def figure(self, picture: Figure | np.ndarray | bytes, caption: str = "", alt: str = "") -> Report:
+    def figure(
+        self, picture: Figure | np.ndarray | bytes, caption: str = "", alt: str = "", *, wide: bool = False
+    ) -> Report:
+        """An embedded picture; ``wide`` ones (method grids) take the page's full width."""
         alt_text = html.escape(alt or caption or "figure", quote=True)
         caption_html = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self.parts.append(f'<figure><img src="{png_uri(picture)}" alt="{alt_text}">{caption_html}</figure>')
+        css = ' class="wide"' if wide else ""
+        self.parts.append(f'<figure{css}><img src="{png_uri(picture)}" alt="{alt_text}">{caption_html}</figure>')
         return self
 
     def table(self, rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = None) -> Report:

@@ -51,11 +51,6 @@ class Tap:
         self._handles.clear()
         return kind is _LayersReached
 
-    def reset(self) -> None:
-        self.activations = [None] * len(self.modules)
-        self.calls = [0] * len(self.modules)
-        self._graph_started = False
-
     def _capture(self, index: int, output) -> Tensor:
         if not isinstance(output, Tensor):
             raise TypeError(

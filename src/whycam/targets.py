@@ -80,16 +80,21 @@ def class_indices(target: int | Sequence[int] | Tensor, batch: int, device=None)
     return classes
 
 
+def callable_scores(target: Callable[[Tensor], Tensor], output: Tensor) -> Tensor:
+    """``target(output)``, refused unless it is one score per image, (B,)."""
+    scores = target(output)
+    if not isinstance(scores, Tensor) or scores.dim() != 1 or scores.shape[0] != output.shape[0]:
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(
+            f"a callable target must return one score per image, shape ({output.shape[0]},); it returned {shape}"
+        )
+    return scores
+
+
 def target_scores(output: Tensor, target: Target) -> tuple[Tensor, Tensor | None]:
     """The score explained for each image (B,), and the class indices when the target is a class."""
     if callable(target):
-        scores = target(output)
-        if not isinstance(scores, Tensor) or scores.dim() != 1 or scores.shape[0] != output.shape[0]:
-            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ValueError(
-                f"a callable target must return one score per image, shape ({output.shape[0]},); it returned {shape}"
-            )
-        return scores, None
+        return callable_scores(target, output), None
     classes = target_classes(output, target)
     return output.gather(1, classes[:, None]).squeeze(1), classes
 

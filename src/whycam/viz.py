@@ -2,12 +2,14 @@
 
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot, no display needed) and turned into
 PNG bytes by ``png``; ``overlay`` gives the blended image itself as an (H, W, 3) uint8 array.
+A signed map (``sign="both"``: values in [-1, 1], evidence against below 0) is drawn with the
+diverging colour map ``DIVERGING``: blue against, white nothing, red for.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from PIL import Image
 from torch import Tensor
 
 CMAP = "jet"
+DIVERGING = "RdBu_r"
 
 
 def _image_array(image: Tensor | np.ndarray) -> np.ndarray:
@@ -38,11 +41,19 @@ def _map_array(saliency: Tensor | np.ndarray) -> np.ndarray:
 
 
 def overlay(
-    image: Tensor | np.ndarray, saliency: Tensor | np.ndarray, alpha: float = 0.5, cmap: str = CMAP
+    image: Tensor | np.ndarray,
+    saliency: Tensor | np.ndarray,
+    alpha: float = 0.5,
+    cmap: str = CMAP,
+    signed: bool = False,
 ) -> np.ndarray:
-    """``(1 - alpha) * image + alpha * cmap(map)`` as an (H, W, 3) uint8 array; the map in [0, 1]."""
+    """``(1 - alpha) * image + alpha * cmap(map)`` as an (H, W, 3) uint8 array; the map in [0, 1],
+    or, ``signed``, in [-1, 1] drawn with ``DIVERGING``."""
     base = _image_array(image)
-    heat = colormaps[cmap](np.clip(_map_array(saliency), 0, 1))[..., :3]
+    if signed:
+        heat = colormaps[DIVERGING]((np.clip(_map_array(saliency), -1, 1) + 1) / 2)[..., :3]
+    else:
+        heat = colormaps[cmap](np.clip(_map_array(saliency), 0, 1))[..., :3]
     if heat.shape[:2] != base.shape[:2]:
         raise ValueError(f"the map is {heat.shape[1]}x{heat.shape[0]}, the image {base.shape[1]}x{base.shape[0]}")
     return ((1 - alpha) * base + alpha * heat).clip(0, 1).__mul__(255).round().astype(np.uint8)
@@ -67,13 +78,19 @@ def save_png(path: str | Path, picture: Figure | np.ndarray) -> Path:
 
 
 def overlay_figure(
-    image: Tensor | np.ndarray, saliency: Tensor | np.ndarray, title: str = "", alpha: float = 0.5
+    image: Tensor | np.ndarray,
+    saliency: Tensor | np.ndarray,
+    title: str = "",
+    alpha: float = 0.5,
+    signed: bool = False,
 ) -> Figure:
-    """The image with the map blended on top and a colour bar of the map's values."""
+    """The image with the map blended on top and a colour bar of the map's values (a signed map in
+    [-1, 1] with the diverging colour map)."""
     figure = Figure(figsize=(4.2, 3.6))
     axes = figure.add_subplot()
     axes.imshow(_image_array(image))
-    shown = axes.imshow(np.clip(_map_array(saliency), 0, 1), cmap=CMAP, alpha=alpha, vmin=0, vmax=1)
+    low, cmap = (-1, DIVERGING) if signed else (0, CMAP)
+    shown = axes.imshow(np.clip(_map_array(saliency), low, 1), cmap=cmap, alpha=alpha, vmin=low, vmax=1)
     axes.set_axis_off()
     if title:
         axes.set_title(title, fontsize=9)
@@ -89,10 +106,12 @@ def grid_figure(
     column_notes: Mapping[str, str] | None = None,
     alpha: float = 0.5,
     cell: float = 1.6,
+    signed: Collection[str] = (),
 ) -> Figure:
     """Images down, methods across: the first column the image, then one overlay per method.
 
-    ``maps``: method name -> (B, H, W) maps; ``column_notes``: text under a method's name (its time).
+    ``maps``: method name -> (B, H, W) maps; ``column_notes``: text under a method's name (its time,
+    its stride); ``signed``: the names whose maps are signed, in [-1, 1] (diverging colour map).
     """
     names = list(maps)
     rows, cols = len(images), len(names) + 1
@@ -103,7 +122,7 @@ def grid_figure(
         if row_titles is not None:
             axes[r, 0].set_title(row_titles[r], fontsize=7)
         for c, name in enumerate(names, start=1):
-            axes[r, c].imshow(overlay(images[r], maps[name][r], alpha))
+            axes[r, c].imshow(overlay(images[r], maps[name][r], alpha, signed=name in signed))
             if r == 0:
                 note = (column_notes or {}).get(name)
                 axes[r, c].set_title(name + (f"\n{note}" if note else ""), fontsize=7)

@@ -10,6 +10,17 @@ the method's own resolution instead. The model comes back exactly as it was (mod
 activation maps A_k: a subclass supplies only ``weights``. Given several layers, each layer's map is
 ReLU-ed, upsampled and min-max normalised, the maps are averaged, and the mean is min-max normalised
 again (the fusion rule of pytorch-grad-cam); ``per_layer`` returns the maps one by one.
+
+Evidence against (the counterfactual explanations of the Grad-CAM paper): a CAM method's ``sign``
+says which part of its signed map M is shown. ``"positive"`` (the default): ReLU(M), min-max to
+[0, 1]. ``"negative"``: ReLU(-M), min-max to [0, 1], the evidence against the target. ``"both"``: M
+upsampled and divided by max |M| per image, in [-1, 1] with 0 kept at 0.
+Methods whose weights are never negative (Grad-CAM++, LayerCAM, Score-CAM) on post-ReLU
+activations find no evidence against: their negative map is 0.
+
+After a call, ``stride_`` holds the map's resolution in input pixels per map cell, (rows, columns),
+of the coarsest layer explained ((1.0, 1.0) for maps computed at input resolution): details finer
+than that cannot be localised by the map.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from ..targets import OutputSelector, Target, select_output, target_scores
 
 _REGISTRY: dict[str, type[Explainer]] = {}
 T = TypeVar("T")
+SIGNS = ("positive", "negative", "both")
 
 
 def register(cls: type[Explainer]) -> type[Explainer]:
@@ -41,7 +53,7 @@ def register(cls: type[Explainer]) -> type[Explainer]:
 
 def methods() -> dict[str, type[Explainer]]:
     """Every registered explainer, by name (``"gradcam"``, ``"scorecam"``, ``"diffcam"``, ...)."""
-    from .. import methods as _families  # noqa: F401  (importing the families registers them)
+    from .. import methods as _families  # noqa: F401, PLC0415 (the families import this module; importing them registers them)
 
     return dict(sorted(_REGISTRY.items()))
 
@@ -70,12 +82,28 @@ def normalize_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return torch.where(span > 0, (maps - low) / span.clamp(min=torch.finfo(maps.dtype).tiny), 0.0)
 
 
-def fuse_maps(maps: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
+def normalize_signed(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear upsampling to ``size``, then division by max |M| per image: [-1, 1], 0 stays 0."""
+    maps = maps.float()
+    if tuple(maps.shape[-2:]) != tuple(size):
+        maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    scale = maps.flatten(1).abs().max(1).values[:, None, None]
+    return torch.where(scale > 0, maps / scale.clamp(min=torch.finfo(maps.dtype).tiny), 0.0)
+
+
+def normalize_sign(maps: Tensor, size: tuple[int, int], sign: str = "positive") -> Tensor:
+    """A raw signed map shown as ``sign`` says: its positive part, its negative part, or both."""
+    if sign == "both":
+        return normalize_signed(maps, size)
+    return normalize_maps(-maps if sign == "negative" else maps, size)
+
+
+def fuse_maps(maps: Sequence[Tensor], size: tuple[int, int], sign: str = "positive") -> Tensor:
     """Fuse per-layer raw maps: normalise each, average, normalise the mean."""
-    normalized = [normalize_maps(m, size) for m in maps]
+    normalized = [normalize_sign(m, size, sign) for m in maps]
     if len(normalized) == 1:
         return normalized[0]
-    return normalize_maps(torch.stack(normalized).mean(0), size)
+    return normalize_sign(torch.stack(normalized).mean(0), size, "both" if sign == "both" else "positive")
 
 
 def check_images(images: object, model: nn.Module) -> Tensor:
@@ -118,7 +146,14 @@ class Explainer:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    needs_target: ClassVar[bool] = True
+    # declared capabilities, read by the run loop, the CLI and the reports (never guessed from attributes)
+    needs_target: ClassVar[bool] = True  # explains a class score: the call's target is used
+    needs_layer: ClassVar[bool] = False  # reads a layer through hooks: takes ``layer=``, not TorchScript
+    uses_gradient: ClassVar[bool] = False  # back-propagates through the model
+    needs_reference: ClassVar[bool] = False  # answers against a reference group: ``fit`` it first
+    needs_attention: ClassVar[bool] = False  # reads attention probabilities: explains transformers only
+    sign: str = "positive"  # which part of a signed map is shown (CAM methods take ``sign=``)
+    stride_: tuple[float, float] | None = None  # input pixels per map cell, after a call
     channels_last: bool = True  # see ``in_layout``; False once a model has refused it
 
     def __init__(self, model: nn.Module, *, output: OutputSelector = None):
@@ -133,7 +168,7 @@ class Explainer:
             if len(maps) != 1:
                 raise ValueError("raw maps are per layer: use per_layer(images, target, raw=True)")
             return maps[0].detach().float()
-        return fuse_maps(maps, tuple(images.shape[-2:])).detach()
+        return fuse_maps(maps, tuple(images.shape[-2:]), self.sign).detach()
 
     def _attribute_checked(self, images: Tensor, target: Target) -> list[Tensor]:
         images = check_images(images, self.model)
@@ -144,10 +179,17 @@ class Explainer:
                 stacklevel=3,
             )
         with preserved(self.model):
-            return self.attribute(images, target)
+            maps = self.attribute(images, target)
+        height, width = images.shape[-2:]
+        self.stride_ = max(((height / m.shape[-2], width / m.shape[-1]) for m in maps), key=lambda s: s[0] * s[1])
+        return maps
 
     def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
         raise NotImplementedError
+
+    def used_layers(self) -> list[str]:
+        """The dotted names of the layers explained, once resolved (empty for pixel methods)."""
+        return []
 
     def forward(self, images: Tensor) -> Tensor:
         """The model's selected output for ``images`` (NaN and infinity refused)."""
@@ -174,16 +216,25 @@ class Explainer:
         return f"{type(self).__name__}({type(self.model).__name__})"
 
 
+class FunctionExplainer(Explainer):
+    """A plain function ``f(images, target) -> (B, H, W)`` as an explainer; its maps are taken as they are."""
+
+    def __init__(self, model: nn.Module, function: Callable[[Tensor, Target], Tensor]):
+        super().__init__(model)
+        self.function = function
+
+    def __call__(self, images: Tensor, target: Target = None, *, raw: bool = False) -> Tensor:
+        return self.function(images, target).detach()
+
+
 @dataclass
 class LayerPass:
     """What one forward pass through the tapped model gives a CAM method for one layer."""
 
     images: Tensor
-    output: Tensor
     scores: Tensor | None
     classes: Tensor | None
     target: Target
-    name: str
     module: nn.Module
 
 
@@ -192,10 +243,12 @@ class CAMExplainer(Explainer):
 
     ``layer``: a dotted name, a module, a list of them (fused), or None (chosen automatically).
     ``reshape``: a callable turning the layer's output into (B, K, h, w), for layouts whycam cannot
-    read itself (ViT tokens and (B, K, h, w) maps are read automatically).
+    read itself (ViT tokens and (B, K, h, w) maps are read automatically). ``sign``: ``"positive"``,
+    ``"negative"`` or ``"both"`` (see the module's docstring).
     """
 
     uses_gradient: ClassVar[bool] = True
+    needs_layer: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -204,10 +257,14 @@ class CAMExplainer(Explainer):
         *,
         output: OutputSelector = None,
         reshape: Callable[[Tensor], Tensor] | None = None,
+        sign: str = "positive",
     ):
         super().__init__(model, output=output)
+        if sign not in SIGNS:
+            raise ValueError(f"sign={sign!r}: choose 'positive' (evidence for), 'negative' (against) or 'both'")
         self.layer = layer
         self.reshape = reshape
+        self.sign = sign
         self._layers: list[tuple[str, nn.Module]] | None = None
 
     def layers(self, images: Tensor) -> list[tuple[str, nn.Module]]:
@@ -217,6 +274,9 @@ class CAMExplainer(Explainer):
                 self._layers = resolve_layers(self.model, self.layer, images)
         return self._layers
 
+    def used_layers(self) -> list[str]:
+        return [] if self._layers is None else [name for name, _ in self._layers]
+
     def spatial(self, activation: Tensor, images: Tensor) -> Tensor:
         """A layer's output as (B, K, h, w)."""
         if self.reshape is not None:
@@ -225,31 +285,29 @@ class CAMExplainer(Explainer):
 
     def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
         layers = self.layers(images)
-        output, scores, classes, activations, gradients = self.in_layout(
-            lambda x: self.tapped(x, layers, target), images
-        )
+        scores, classes, activations, gradients = self.in_layout(lambda x: self.tapped(x, layers, target), images)
         maps = []
-        for (name, module), act, grad in zip(layers, activations, gradients, strict=True):
+        for (_, module), act, grad in zip(layers, activations, gradients, strict=True):
             act = self.spatial(act.detach(), images)
             grad = None if grad is None else self.spatial(grad, images)
-            step = LayerPass(
-                images, output.detach(), None if scores is None else scores.detach(), classes, target, name, module
-            )
+            step = LayerPass(images, None if scores is None else scores.detach(), classes, target, module)
             maps.append(self.layer_map(act, grad, step))
         return maps
 
     def tapped(self, images: Tensor, layers: list[tuple[str, nn.Module]], target: Target) -> tuple:
-        """One forward pass: the output, target scores and classes, the layers' activations and
-        (for gradient methods) the scores' gradients with respect to them."""
+        """One forward pass: the target scores and classes, the layers' activations and (for
+        gradient methods) the scores' gradients with respect to them."""
         with Tap([module for _, module in layers], grad=self.uses_gradient) as tap, torch.no_grad():
             output = self.forward(images)
             with torch.set_grad_enabled(self.uses_gradient):
                 scores, classes = target_scores(output, target) if self.needs_target else (None, None)
             activations = tap.captured()
-            gradients = (
-                torch.autograd.grad(scores.sum(), activations) if self.uses_gradient else [None] * len(activations)
-            )
-        return output, scores, classes, activations, gradients
+            gradients = self.gradients(scores, activations) if self.uses_gradient else [None] * len(activations)
+        return scores, classes, activations, gradients
+
+    def gradients(self, scores: Tensor, activations: list[Tensor]) -> list[Tensor]:
+        """``dy_c/dA`` for each tapped layer's activations (in the layer's own layout)."""
+        return list(torch.autograd.grad(scores.sum(), activations))
 
     def layer_map(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
         """The signed map of one layer, (B, h, w): ``sum_k weights * A``."""
@@ -264,6 +322,6 @@ class CAMExplainer(Explainer):
         maps = self._attribute_checked(images, target)
         size = tuple(images.shape[-2:])
         return {
-            name: (m.detach().float() if raw else normalize_maps(m, size).detach())
+            name: (m.detach().float() if raw else normalize_sign(m, size, self.sign).detach())
             for (name, _), m in zip(self.layers(images), maps, strict=True)
         }

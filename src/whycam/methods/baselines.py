@@ -26,11 +26,12 @@ def default_sigma(images: Tensor) -> float:
 
 def blur(images: Tensor, sigma: float | None = None) -> Tensor:
     """Gaussian blur with standard deviation ``sigma`` pixels (kernel 2*ceil(3 sigma)+1, reflected
-    borders, the kernel clipped to fit the image)."""
+    borders, the kernel clipped to the largest odd size that fits the image); the one blur of
+    whycam (baselines, Meaningful Perturbation, the insertion metric)."""
     sigma = default_sigma(images) if sigma is None else float(sigma)
     if sigma <= 0:
         return images.clone()
-    size = min(2 * math.ceil(3 * sigma) + 1, 2 * (min(images.shape[-2:]) // 2) - 1)
+    size = min(2 * math.ceil(3 * sigma) + 1, 2 * ((min(images.shape[-2:]) - 1) // 2) + 1)
     if size < 3:
         return images.clone()
     return TF.gaussian_blur(images, [size, size], [sigma, sigma])

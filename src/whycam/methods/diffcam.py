@@ -14,16 +14,19 @@ the paper's questions are plain calls: ``why`` (reference: every other class), `
 
 from __future__ import annotations
 
-import copy
+import warnings
 from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import LayerSpec, resolve_layer, token_layout
+from ..params import Params
 from ..reference import (
     Label,
+    NotFittedError,
     ReferenceBank,
     ReferenceStats,
     Shrinkage,
@@ -39,10 +42,20 @@ from .base import CAMExplainer, check_images, register
 Embedding = str | Callable[[Tensor], Tensor]
 EMBEDDINGS = ("auto", "avg", "max", "cls")
 References = Tensor | ReferenceStats | ReferenceBank | Iterable
+#: The DiffCAM settings a statistics file records, checked when the file is fitted.
+SETTINGS = ("shrinkage", "k")
+
+
+class _Question(NamedTuple):
+    """What a bank question passes as the call's target: the reference group, and for ``contrast`` the
+    embedding that replaces every image's own."""
+
+    reference: ReferenceStats
+    compare: Tensor | None = None
 
 
 @register
-class DiffCAM(CAMExplainer):
+class DiffCAM(Params, CAMExplainer):
     """DiffCAM: ``w = S^-1 (z - mu)`` against a reference group; ``fit`` it, then call it.
 
     ``embedding``: how the layer's map becomes the vector z: ``"auto"`` (what the model itself pools
@@ -52,14 +65,22 @@ class DiffCAM(CAMExplainer):
     [0, 1] (default 0.5, chosen on the validation splits of docs/results.md; 1 = no whitening,
     w = z - mu up to scale), ``"ledoit-wolf"``, ``"oas"`` or ``("ridge", value)``. ``k``: use, for
     each image, only its k nearest references (keeps the reference embeddings, memory O(n K)).
-    The call's ``target`` is ignored: the reference group is the question (``why``, ``why_not``,
-    ``unusual``, ``contrast`` pick it from a bank).
+    ``sign``: ``"negative"`` shows the cells whose features lie on the reference group's side of
+    the Fisher direction (evidence for the reference), ``"both"`` the signed map (see
+    ``whycam.methods.base``). The call's ``target`` is ignored: the reference group is the question
+    (``why``, ``why_not``, ``unusual``, ``contrast`` pick it from a bank).
+
+    In scikit-learn's shape: the constructor's arguments are the parameters (``get_params``,
+    ``set_params``, ``clone``); ``fit`` sets ``bank_`` (the per-class ``ReferenceBank``, or None when
+    the references had no labels) and ``reference_`` (the reference group; with a bank, every class
+    together). Before ``fit`` they, and every call, raise ``NotFittedError``.
     """
 
     name = "diffcam"
     summary = "DiffCAM: the Fisher direction from a reference group to the image's embedding; no gradient."
     uses_gradient = False
     needs_target = False
+    needs_reference = True
 
     def __init__(
         self,
@@ -71,13 +92,14 @@ class DiffCAM(CAMExplainer):
         shrinkage: Shrinkage = 0.5,
         k: int | None = None,
         reshape: Callable[[Tensor], Tensor] | None = None,
+        sign: str = "positive",
     ):
         if layer is not None and not isinstance(layer, (str, nn.Module)):
             raise ValueError(
                 "DiffCAM explains one layer (its statistics belong to that layer); "
                 "pass one name or module, or fit one DiffCAM per layer"
             )
-        super().__init__(model, layer, reshape=reshape)
+        super().__init__(model, layer, reshape=reshape, sign=sign)
         if not callable(embedding) and embedding not in EMBEDDINGS:
             raise ValueError(
                 f"embedding={embedding!r} is not one of {', '.join(EMBEDDINGS)} or a callable (B, K, h, w) -> (B, K)"
@@ -89,43 +111,55 @@ class DiffCAM(CAMExplainer):
         self.normalize = normalize
         self.shrinkage = shrinkage
         self.k = k
-        self.bank: ReferenceBank | None = None
-        self.compare: Tensor | None = None
-        self._reference: ReferenceStats | None = None
+        # Caches of what the model and the parameters determine (reset by set_params, never shared by
+        # clone). The fitted state, bank_ and _group, is set by fit and absent until then.
         self._fingerprint: str | None = None
         self._pooling: str | None = None
         self._stop_early: bool | None = None
 
     # ----------------------------------------------------------------------------- the reference
     @property
-    def reference(self) -> ReferenceStats | None:
-        """The fitted reference statistics (with a bank: every class together)."""
-        if self._reference is None and self.bank is not None and self.bank.classes:
-            return self.bank.all()
-        return self._reference
+    def bank_(self) -> ReferenceBank | None:
+        """The fitted per-class statistics (None when the references had no labels)."""
+        self._require_fitted()
+        return self._bank
+
+    @property
+    def reference_(self) -> ReferenceStats:
+        """The fitted reference group (with a bank: every class together, merged once and cached)."""
+        self._require_fitted()
+        return self._group if self._bank is None else self._bank.all()
+
+    def _require_fitted(self) -> None:
+        if "_group" not in vars(self):
+            raise NotFittedError(
+                "DiffCAM has no reference group yet: call dc.fit(references) first (reference "
+                "images, a DataLoader, batches of (images, labels), ReferenceStats or a ReferenceBank)"
+            )
 
     def fit(self, references: References, *, batch_size: int = 64) -> DiffCAM:
         """Fit the reference group, replacing any previous one, and return ``self``.
 
         ``references``: images (N, C, H, W) (run in chunks of ``batch_size``), an iterable or
         DataLoader of image batches, an iterable of ``(images, labels)`` batches or one such pair
-        (builds a per-class ``bank``), ``ReferenceStats``, or a ``ReferenceBank``.
+        (builds a per-class ``bank_``), ``ReferenceStats``, or a ``ReferenceBank``. Statistics are
+        refused if they belong to another model, layer, embedding or normalisation, or lack the
+        embeddings that ``k`` needs; other ``shrinkage`` or ``k`` than they were saved with is warned of.
         """
-        self._reference, self.bank, self.compare, self._fingerprint = None, None, None, None
-        if isinstance(references, ReferenceStats):
-            self._adopt_layer(references.meta)
-            self._check(references.meta)
-            self._reference = references
-        elif isinstance(references, ReferenceBank):
-            if not references.classes:
+        for name in ("_group", "_bank"):
+            vars(self).pop(name, None)
+        if isinstance(references, (ReferenceStats, ReferenceBank)):
+            if isinstance(references, ReferenceBank) and not references.classes:
                 raise ValueError("the ReferenceBank is empty; fit it on labelled batches first")
             self._adopt_layer(references.meta)
             self._check(references.meta)
-            self.bank = references
+            self._check_settings(references)
+            bank = isinstance(references, ReferenceBank)
+            self._group, self._bank = (None, references) if bank else (references, None)
         else:
             for batch in _batches(references, batch_size):
                 self.partial_fit(batch)
-            if self.reference is None:
+            if "_group" not in vars(self):
                 raise ValueError("the references held no images; pass at least 2 reference images")
         return self
 
@@ -137,59 +171,74 @@ class DiffCAM(CAMExplainer):
         meta = {
             **self._identity(images),
             "input_size": f"{images.shape[-2]}x{images.shape[-1]}",
-            "shrinkage": str(self.shrinkage),
-            "k": str(self.k),
+            **{name: str(getattr(self, name)) for name in SETTINGS},
         }
         keep = self.k is not None
+        fitted = "_group" in vars(self)
         if labels is None:
-            if self.bank is not None:
+            if fitted and self._bank is not None:
                 raise ValueError(
                     "these references have labels and this batch has none; give every batch "
                     "as (images, labels), or none"
                 )
-            if self._reference is None:
-                self._reference = ReferenceStats(embeddings.shape[1], meta=meta, keep_embeddings=keep)
-            self._reference.update(embeddings)
+            if not fitted:
+                self._group, self._bank = ReferenceStats(embeddings.shape[1], meta=meta, keep_embeddings=keep), None
+            self._group.update(embeddings)
         else:
-            if self._reference is not None:
+            if fitted and self._group is not None:
                 raise ValueError(
                     "these references have no labels and this batch has some; give every "
                     "batch as (images, labels), or none"
                 )
-            self.bank = self.bank or ReferenceBank()
-            self.bank.update(embeddings, labels, meta=meta, keep_embeddings=keep)
+            if not fitted:
+                self._group, self._bank = None, ReferenceBank()
+            self._bank.update(embeddings, labels, meta=meta, keep_embeddings=keep)
         return self
 
-    def using(self, reference: ReferenceStats, *, compare: Tensor | None = None) -> DiffCAM:
-        """The same explainer against another reference group (a shallow copy; the model is shared).
+    def _check_settings(self, references: ReferenceStats | ReferenceBank) -> None:
+        """Saved statistics against this DiffCAM's ``k`` and ``shrinkage``: refuse statistics without
+        the embeddings ``k`` needs; warn where a setting differs from the one they were saved with."""
+        first = references if isinstance(references, ReferenceStats) else next(iter(references.classes.values()))
+        if self.k is not None and first.embeddings_ is None:
+            raise ValueError(
+                f"k={self.k} needs the reference embeddings, and these statistics keep none "
+                f"(saved with k={references.meta.get('k', 'None')}); fit again with k set (the embeddings are "
+                "then kept), or use k=None"
+            )
+        saved = {name: references.meta[name] for name in SETTINGS if name in references.meta}
+        differ = [name for name, value in saved.items() if value != str(getattr(self, name))]
+        if differ:
+            warnings.warn(
+                "the statistics were saved by a DiffCAM with "
+                + ", ".join(f"{name}={saved[name]}" for name in differ)
+                + "; this one uses "
+                + ", ".join(f"{name}={getattr(self, name)!r}" for name in differ)
+                + ". The statistics serve any setting, but the maps differ from those made with the saved one "
+                "(set_params to reproduce them)",
+                UserWarning,
+                stacklevel=3,
+            )
 
-        ``compare``: a (K,) embedding that replaces every image's own z (group-against-group).
-        """
-        self._check(reference.meta)
-        other = copy.copy(self)
-        other._reference, other.compare = reference, compare
-        return other
-
-    def _bank(self) -> ReferenceBank:
-        if self.bank is None:
+    def _questions_bank(self) -> ReferenceBank:
+        if self.bank_ is None:
             raise RuntimeError(
                 "the questions need per-class statistics: fit on batches of (images, labels), "
                 "or fit(ReferenceBank.load(path))"
             )
-        return self.bank
+        return self.bank_
 
     # ----------------------------------------------------------------------------- the questions
     def why(self, images: Tensor, label: Label, *, raw: bool = False) -> Tensor:
         """Why is this a ``label``? Reference: every other class."""
-        return self.using(self._bank().all_but(label))(images, raw=raw)
+        return self(images, _Question(self._questions_bank().all_but(label)), raw=raw)
 
     def why_not(self, images: Tensor, other: Label | Iterable[Label], *, raw: bool = False) -> Tensor:
         """Why is this not an ``other``? Reference: the class(es) ``other``."""
-        return self.using(self._bank().group(other))(images, raw=raw)
+        return self(images, _Question(self._questions_bank().group(other)), raw=raw)
 
     def unusual(self, images: Tensor, label: Label, *, raw: bool = False) -> Tensor:
         """What is unusual about this ``label``? Reference: the images of the same class."""
-        return self.using(self._bank().group(label))(images, raw=raw)
+        return self(images, _Question(self._questions_bank().group(label)), raw=raw)
 
     def contrast(
         self, images: Tensor, group: Label | Iterable[Label], reference: Label | Iterable[Label], *, raw: bool = False
@@ -199,37 +248,32 @@ class DiffCAM(CAMExplainer):
         w = S_B^-1 (mu_A - mu_B), with S_B the reference group's shrunk covariance (the same role S
         plays in every other question); one w for every image.
         """
-        bank = self._bank()
-        return self.using(bank.group(reference), compare=bank.group(group).mean)(images, raw=raw)
+        bank = self._questions_bank()
+        return self(images, _Question(bank.group(reference), bank.group(group).mean_), raw=raw)
 
     # ----------------------------------------------------------------------------- the map
     def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
-        reference = self.reference
-        if reference is None:
-            raise RuntimeError(
-                "DiffCAM has no reference group yet: call dc.fit(references) first (reference "
-                "images, a DataLoader, batches of (images, labels), or ReferenceStats)"
-            )
+        reference, compare = target if isinstance(target, _Question) else _Question(self.reference_)
         activation = self._activation(images)
         spatial = self.spatial(activation, images)
         z = self._pool(activation, spatial, images)
         self._check(reference.meta, images)
         if reference.dim != z.shape[1]:
             raise ValueError(f"the statistics have {reference.dim} channels, the layer {z.shape[1]}")
-        target_embedding = z if self.compare is None else self.compare.to(z).expand_as(z)
-        weights = self.direction(target_embedding.to(reference.sum.device), reference)
+        target_embedding = z if compare is None else compare.to(z).expand_as(z)
+        weights = self.direction(target_embedding.to(reference.sum_.device), reference)
         return [torch.einsum("bk,bkhw->bhw", weights.to(spatial), spatial)]
 
     def direction(self, z: Tensor, reference: ReferenceStats) -> Tensor:
-        """w* = S^-1 (z - mu) for each row of z (B, K), float64."""
+        """w* = S^-1 (z - mu) for each row of z (B, K), float64 (S^-1 cached per group and shrinkage)."""
         if self.k is None:
-            return reference.solve(z - reference.mean, self.shrinkage)
-        if reference.embeddings is None:
+            return reference.solve(z - reference.mean_, self.shrinkage)
+        if reference.embeddings_ is None:
             raise ValueError(
                 f"k={self.k} needs the reference embeddings, and these statistics keep none; "
                 "fit with k set (the embeddings are then kept)"
             )
-        return nearest_solve(reference.embeddings, z, self.k, self.shrinkage)
+        return nearest_solve(reference.embeddings_, z, self.k, self.shrinkage)
 
     def embed(self, images: Tensor) -> Tensor:
         """The embeddings z (B, K), float64, of ``images`` at the layer (one forward pass to the layer)."""
@@ -273,7 +317,7 @@ class DiffCAM(CAMExplainer):
                 )
             z = activation[:, 0]
         else:
-            z = spatial.amax((2, 3)) if kind == "max" else spatial.double().mean((2, 3))
+            z = spatial.amax((2, 3)) if kind == "max" else spatial.mean((2, 3), dtype=torch.float64)
         z = z.double()
         return F.normalize(z, dim=1) if self.normalize else z
 

@@ -1,5 +1,5 @@
 """Gradient attributions at input resolution: saliency, input x gradient, Integrated Gradients,
-guided backpropagation, Guided Grad-CAM, and SmoothGrad around any explainer.
+guided backpropagation, deconvnet, Guided Grad-CAM, and SmoothGrad around any explainer.
 
 Each pixel method first computes a per-channel attribution a (B, C, H, W) (``per_channel``), then
 reduces it over channels to the (B, H, W) map (``reduce``): ``"max_abs"`` (max_c |a_c|, Simonyan's
@@ -273,28 +273,35 @@ def _clamp_gradient(gradient: Tensor) -> Tensor:
     return gradient.clamp(min=0)
 
 
-@contextmanager
-def guided_relus(model: nn.Module) -> Iterator[None]:
-    """Guided backpropagation (Springenberg et al., ICLR workshop 2015) through every ``nn.ReLU``:
-    in the backward pass a ReLU passes ReLU(g) * 1[x > 0] instead of g * 1[x > 0].
+class _DeconvReLU(torch.autograd.Function):
+    """ReLU forward; backward ReLU(g), whatever the sign of the input (Zeiler & Fergus's rule)."""
 
-    A forward hook registers ``clamp(min=0)`` as a hook on each ReLU output tensor (in-place ReLUs
-    included): the modification lives on this forward pass's graph only, and the module hooks are
-    removed on exit, also on exceptions. ReLUs called as functions and other activations cannot be
-    guided: a warning names them (their gradients pass as in the plain gradient).
-    """
+    @staticmethod
+    def forward(ctx, inputs: Tensor) -> Tensor:
+        return inputs.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, gradient: Tensor) -> Tensor:
+        return gradient.clamp(min=0)
+
+
+@contextmanager
+def _relu_rule(model: nn.Module, rule: str, enter: Callable, leave: Callable) -> Iterator[None]:
+    """Run the block with ``enter`` as forward pre-hook and ``leave`` as forward hook of every
+    ``nn.ReLU``, removed on exit (also on exceptions). ReLUs called as functions and other
+    activations cannot follow the modified backward ``rule``: a warning names them."""
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     watch = _FunctionalReLUWatch()
 
-    def enter(module, inputs):
+    def pre(module, inputs):
         watch.inside_module += 1
+        return enter(module, inputs)
 
-    def leave(module, inputs, output):
+    def post(module, inputs, output):
         watch.inside_module -= 1
-        if isinstance(output, Tensor) and output.requires_grad:
-            output.register_hook(_clamp_gradient)
+        return leave(module, inputs, output)
 
-    handles = [h for m in relus for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    handles = [h for m in relus for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
     try:
         with watch:
             yield
@@ -307,19 +314,55 @@ def guided_relus(model: nn.Module) -> Iterator[None]:
         problems.append(
             f"{len(watch.calls)} ReLU call(s) made as functions, not nn.ReLU modules "
             f"({', '.join(places[:5])}{', ...' if len(places) > 5 else ''}); replace them "
-            "by nn.ReLU modules to guide them"
+            f"by nn.ReLU modules to apply {rule} to them"
         )
     others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _NOT_GUIDED)})
     if others:
-        problems.append(
-            f"activations other than ReLU ({', '.join(others)}), for which guided backpropagation is not defined"
-        )
+        problems.append(f"activations other than ReLU ({', '.join(others)}), for which {rule} is not defined")
     if not relus and not watch.calls:
         problems.append("no ReLU at all: the map is the plain gradient")
     if problems:
-        warnings.warn(
-            "guided backpropagation left gradients unguided through " + "; and through ".join(problems), stacklevel=4
-        )
+        warnings.warn(f"{rule} left gradients unmodified through " + "; and through ".join(problems), stacklevel=4)
+
+
+def guided_relus(model: nn.Module):
+    """Guided backpropagation (Springenberg et al., ICLR workshop 2015) through every ``nn.ReLU``:
+    in the backward pass a ReLU passes ReLU(g) * 1[x > 0] instead of g * 1[x > 0].
+
+    A forward hook registers ``clamp(min=0)`` as a hook on each ReLU output tensor (in-place ReLUs
+    included): the modification lives on this forward pass's graph only, and the module hooks are
+    removed on exit, also on exceptions. ReLUs called as functions and other activations cannot be
+    guided: a warning names them (their gradients pass as in the plain gradient).
+    """
+
+    def leave(module, inputs, output):
+        if isinstance(output, Tensor) and output.requires_grad:
+            output.register_hook(_clamp_gradient)
+
+    return _relu_rule(model, "guided backpropagation", lambda module, inputs: None, leave)
+
+
+def deconv_relus(model: nn.Module):
+    """The deconvnet's backward pass (Zeiler & Fergus, ECCV 2014) through every ``nn.ReLU``: a ReLU
+    passes ReLU(g), whatever the sign of its input (the gradient passes g * 1[x > 0]).
+
+    A forward pre-hook hands the ReLU a copy of its input (so that an in-place ReLU leaves the input
+    intact) and the forward hook returns ``_DeconvReLU`` of that input in place of the ReLU's output:
+    same values, the deconvnet's backward. Same warnings as ``guided_relus``.
+    """
+    inputs_seen: dict[int, Tensor] = {}
+
+    def enter(module, inputs):
+        if isinstance(inputs[0], Tensor) and inputs[0].requires_grad:
+            inputs_seen[id(module)] = inputs[0]
+            return (inputs[0].clone(), *inputs[1:])
+        return None
+
+    def leave(module, inputs, output):
+        source = inputs_seen.pop(id(module), None)
+        return None if source is None else _DeconvReLU.apply(source)
+
+    return _relu_rule(model, "the deconvnet rule", enter, leave)
 
 
 @register
@@ -337,6 +380,21 @@ class GuidedBackprop(PixelExplainer):
 
 
 @register
+class Deconvnet(PixelExplainer):
+    """Deconvnet attribution (Zeiler & Fergus, ECCV 2014; related to the gradient by Simonyan et al.,
+    2014, section 4): the input gradient with every ReLU's backward replaced by ReLU(g), the ReLU of
+    the incoming signal whatever the sign of the forward input (``deconv_relus``); map = max_c |a_c|."""
+
+    name = "deconvnet"
+    summary = "Deconvnet: the backward pass with each ReLU applied to the incoming signal."
+    default_reduce = "max_abs"
+
+    def attribute_pixels(self, images, target):
+        with deconv_relus(self.model):
+            return input_gradient(self, images, target)
+
+
+@register
 class GuidedGradCAM(PixelExplainer):
     """Guided Grad-CAM (Selvaraju et al., ICCV 2017): a_c = GB_c * up(ReLU(GradCAM)), the guided
     backpropagation per channel times the Grad-CAM map upsampled bilinearly to the input size (the
@@ -345,11 +403,15 @@ class GuidedGradCAM(PixelExplainer):
     name = "guidedgradcam"
     summary = "Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM."
     default_reduce = "max_abs"
+    needs_layer = True
 
     def __init__(self, model: nn.Module, layer: LayerSpec = None, *, reshape=None, **options):
         super().__init__(model, **options)
         self.gradcam = GradCAM(model, layer, output=self.output, reshape=reshape)
         self.guided = GuidedBackprop(model, output=self.output)
+
+    def used_layers(self) -> list[str]:
+        return self.gradcam.used_layers()
 
     def attribute_pixels(self, images, target):
         size = tuple(images.shape[-2:])
@@ -400,7 +462,23 @@ class SmoothGrad(PixelExplainer):
         self.explainer, self.noise, self.variant, self.seed = explainer, float(noise), variant, seed
         self.samples = positive_int(samples, "samples")
         self.batch_size = positive_int(batch_size, "batch_size")
+        # the capabilities are those of the explainer smoothed
         self.needs_target = explainer.needs_target
+        self.needs_layer = explainer.needs_layer
+        self.uses_gradient = explainer.uses_gradient
+        self.needs_reference = explainer.needs_reference
+        self.needs_attention = explainer.needs_attention
+        self.sign = explainer.sign
+
+    def fit(self, references, **options) -> SmoothGrad:
+        """Fit the smoothed explainer's reference group (DiffCAM); returns ``self``."""
+        if not self.needs_reference:
+            raise TypeError(f"{self.explainer!r} answers without a reference group; there is nothing to fit")
+        self.explainer.fit(references, **options)
+        return self
+
+    def used_layers(self) -> list[str]:
+        return self.explainer.used_layers()
 
     def attribute(self, images, target):
         if isinstance(self.explainer, PixelExplainer):
@@ -449,6 +527,7 @@ class SmoothGrad(PixelExplainer):
 
 __all__ = [
     "Completeness",
+    "Deconvnet",
     "GuidedBackprop",
     "GuidedGradCAM",
     "InputXGradient",
@@ -456,6 +535,7 @@ __all__ = [
     "PixelExplainer",
     "Saliency",
     "SmoothGrad",
+    "deconv_relus",
     "guided_relus",
     "input_gradient",
     "quadrature",

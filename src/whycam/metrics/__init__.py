@@ -2,7 +2,8 @@
 Confidence), localisation against boxes and masks, and sanity checks by model randomisation.
 
 Every metric returns a ``MetricResult``: per-image scores, a headline value with a bootstrap
-interval, and ``higher_is_better``.
+interval, and ``higher_is_better``. Every metric is registered with its kind, the ground truth it
+reads and its better direction (``whycam.metrics.registry``).
 """
 
 from .faithfulness import average_drop, deletion, increase_in_confidence, insertion, road
@@ -17,11 +18,16 @@ from .localisation import (
     relevance_rank_accuracy,
     topk_iou,
 )
+from .registry import Metric, get_metrics, ground_truth, metric
 from .result import MetricResult
-from .sanity import sanity_check, spearman, ssim
+from .sanity import method_factory, sanity_check, spearman, ssim
 
 __all__ = [
+    "Metric",
     "MetricResult",
+    "get_metrics",
+    "ground_truth",
+    "metric",
     "auprc",
     "average_drop",
     "box_accuracy",
@@ -35,6 +41,7 @@ __all__ = [
     "pointing_game",
     "relevance_rank_accuracy",
     "road",
+    "method_factory",
     "sanity_check",
     "spearman",
     "ssim",

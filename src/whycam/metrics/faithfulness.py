@@ -19,13 +19,14 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
-from torchvision.transforms.v2.functional import gaussian_blur
 
 from ..methods.base import check_images, positive_int
+from ..methods.baselines import blur
 from ..taps import preserved
-from ..targets import OutputSelector, Target, select_output, target_classes
+from ..targets import OutputSelector, Target, callable_scores, select_output, target_classes
 from .imputation import impute, noise_fields
 from .ranks import pixel_ranks
+from .registry import metric
 from .result import MetricResult
 
 Transform = Callable[[Tensor], Tensor]
@@ -61,10 +62,7 @@ class _Scorer:
 
     def _select(self, output: Tensor, index: Tensor) -> tuple[Tensor, Tensor | None]:
         if self.classes is None:
-            scores = self.target(output)  # type: ignore[operator]
-            if not isinstance(scores, Tensor) or scores.shape != (output.shape[0],):
-                raise ValueError(f"a callable target must return one score per image, shape ({output.shape[0]},)")
-            return scores.float(), None
+            return callable_scores(self.target, output).float(), None
         classes = self.classes[index]
         return output.gather(1, classes[:, None])[:, 0], (output.argmax(1) == classes).float()
 
@@ -111,6 +109,7 @@ def _run(
     return torch.cat(scores).view(count, steps), accuracy
 
 
+@metric("faithfulness")
 def road(
     model: nn.Module,
     images: Tensor,
@@ -227,6 +226,7 @@ def _reveal(
     )
 
 
+@metric("faithfulness", higher_is_better=False)
 def deletion(
     model: nn.Module,
     images: Tensor,
@@ -252,6 +252,7 @@ def deletion(
     return _reveal(model, images, maps, targets, images, end, "deletion", False, steps, score, batch_size, output, seed)
 
 
+@metric("faithfulness")
 def insertion(
     model: nn.Module,
     images: Tensor,
@@ -274,9 +275,7 @@ def insertion(
     images, maps = _inputs(model, images, maps)
     if blur_sigma <= 0:
         raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
-    size = 2 * math.ceil(3 * blur_sigma) + 1
-    size = min(size, 2 * ((min(images.shape[-2:]) - 1) // 2) + 1)
-    blurred = gaussian_blur(images, [size, size], [blur_sigma, blur_sigma])
+    blurred = blur(images, blur_sigma)
     return _reveal(
         model, images, maps, targets, blurred, images, "insertion", True, steps, score, batch_size, output, seed
     )
@@ -313,6 +312,7 @@ def _masked_scores(
     return scorer.original, explained[:, 0]
 
 
+@metric("faithfulness", higher_is_better=False)
 def average_drop(
     model: nn.Module,
     images: Tensor,
@@ -348,6 +348,7 @@ def average_drop(
     )
 
 
+@metric("faithfulness")
 def increase_in_confidence(
     model: nn.Module,
     images: Tensor,

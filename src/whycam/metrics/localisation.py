@@ -20,6 +20,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from .ranks import top_pixels
+from .registry import metric
 from .result import MetricResult
 
 
@@ -131,6 +132,7 @@ def _truth_boxes(truth: Tensor, maps: Tensor) -> Tensor:
     return boxes
 
 
+@metric("localisation", truth="boxes")
 def box_accuracy(maps: Tensor, truth: Tensor, tau: float = 0.2, iou_threshold: float = 0.5) -> MetricResult:
     """Box accuracy, the CAM protocol (Zhou et al., CVPR 2016): higher is better.
 
@@ -151,6 +153,7 @@ def box_accuracy(maps: Tensor, truth: Tensor, tau: float = 0.2, iou_threshold: f
     )
 
 
+@metric("localisation", truth="boxes")
 def max_box_accuracy(
     maps: Tensor,
     truth: Tensor,
@@ -207,6 +210,7 @@ def max_box_accuracy(
     )
 
 
+@metric("localisation", truth="mask")
 def mask_iou(maps: Tensor, truth: Tensor, tau: float = 0.5) -> MetricResult:
     """IoU of the map thresholded at ``tau * max`` with the ground-truth mask: higher is better."""
     maps = _uniform_if_zero(_maps(maps))
@@ -226,6 +230,7 @@ def _top_k(maps: Tensor, masks: Tensor, seed: int) -> Tensor:
     return top_pixels(maps, masks.flatten(1).sum(1), seed)
 
 
+@metric("localisation", truth="mask")
 def topk_iou(maps: Tensor, truth: Tensor, seed: int = 0) -> MetricResult:
     """IoU of the map's top-k pixels with the ground truth, k = its area: higher is better."""
     maps = _maps(maps)
@@ -233,6 +238,7 @@ def topk_iou(maps: Tensor, truth: Tensor, seed: int = 0) -> MetricResult:
     return MetricResult("topk_iou", _iou(_top_k(maps, masks, seed), masks), True, settings={"seed": seed})
 
 
+@metric("localisation", truth="mask")
 def relevance_rank_accuracy(maps: Tensor, truth: Tensor, seed: int = 0) -> MetricResult:
     """Relevance rank accuracy (Arras et al., "CLEVR-XAI", Information Fusion 2022): higher is better.
 
@@ -264,6 +270,7 @@ def average_precision(scores: Tensor, labels: Tensor) -> Tensor:
     return torch.where(positives > 0, ap, torch.nan)
 
 
+@metric("localisation", truth="mask")
 def auprc(maps: Tensor, truth: Tensor) -> MetricResult:
     """Area under the precision-recall curve of the map as a pixel classifier of the ground truth,
     as average precision: higher is better; chance is the ground truth's area fraction.
@@ -278,6 +285,7 @@ def auprc(maps: Tensor, truth: Tensor) -> MetricResult:
     return MetricResult("auprc", per_image.float(), True, settings={"pooled": pooled})
 
 
+@metric("localisation", truth="either")
 def pointing_game(maps: Tensor, truth: Tensor, tolerance: float = 15.0, seed: int = 0) -> MetricResult:
     """Pointing game (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016):
     higher is better.
@@ -302,6 +310,7 @@ def pointing_game(maps: Tensor, truth: Tensor, tolerance: float = 15.0, seed: in
     )
 
 
+@metric("localisation", truth="boxes")
 def energy_pointing_game(maps: Tensor, truth: Tensor) -> MetricResult:
     """Energy-based pointing game (Wang et al., Score-CAM, CVPRW 2020): higher is better.
 

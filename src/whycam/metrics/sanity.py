@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..methods.base import check_images
+from ..layers import LayerSpec
+from ..methods.base import Explainer, FunctionExplainer, check_images
+from ..runs import Runner
 from ..targets import Target, select_output
 from .ranks import average_ranks
 from .result import MetricResult
@@ -123,19 +125,27 @@ def _randomise(module: nn.Module, seed: int) -> None:
                 param.copy_(torch.randn_like(param) * (param.std() if param.numel() > 1 else 1.0))
 
 
+def method_factory(
+    name: str, options: Mapping[str, object] | None = None, *, layer: LayerSpec = None, reference: object = None
+) -> ExplainerFactory:
+    """A factory of the registered method ``name`` for the check: on each model copy it is built with
+    ``options`` at ``layer`` and, if it needs one (DiffCAM), fitted on ``reference`` again (the
+    statistics belong to the weights)."""
+
+    def build(model: nn.Module) -> Explainer:
+        return Runner(model, {name: dict(options or {})}, layer=layer, reference=reference).explainers[name]
+
+    return build
+
+
 def _explain(factory: ExplainerFactory, model: nn.Module, images: Tensor, targets: Target, batch_size: int) -> Tensor:
+    """The maps of ``factory(model)`` for every image, through the run loop (a plain function's maps
+    are taken as they are, an explainer's as it returns them)."""
     explainer = factory(model)
-    maps = [
-        explainer(chunk, _chunk_targets(targets, start, len(chunk)))
-        for start, chunk in zip(range(0, len(images), batch_size), images.split(batch_size), strict=True)
-    ]
-    return torch.cat(maps).detach().float()
-
-
-def _chunk_targets(targets: Target, start: int, length: int) -> Target:
-    if targets is None or isinstance(targets, int) or callable(targets):
-        return targets
-    return torch.as_tensor(targets).flatten()[start : start + length]
+    if not isinstance(explainer, Explainer):
+        explainer = FunctionExplainer(model, explainer)
+    runner = Runner(model, {"map": explainer}, batch_size=batch_size, strict=True)
+    return runner.explain(images, targets).maps["map"].to(images.device)
 
 
 def sanity_check(
@@ -152,10 +162,11 @@ def sanity_check(
 ) -> dict[str, MetricResult]:
     """Model parameter randomisation test (Adebayo et al. 2018), cascading and independent.
 
-    ``explainer``: an explainer class or any ``factory(model) -> f(images, target) -> (B, H, W) maps``,
-    called on deep copies only. ``layers``: module names randomised, top first (default: every
-    module owning parameters, last registered first). ``targets``: fixed classes, or None for the
-    class the original model predicts on each image (fixed through the randomisation).
+    ``explainer``: an explainer class, ``method_factory(name, ...)`` for a registered method, or any
+    ``factory(model) -> f(images, target) -> (B, H, W) maps``, called on deep copies only. ``layers``:
+    module names randomised, top first (default: every module owning parameters, last registered
+    first). ``targets``: fixed classes, or None for the class the original model predicts on each
+    image (fixed through the randomisation).
 
     Returns ``{"cascading": ..., "independent": ...}`` (the ``modes`` asked for); each result's
     per-image score is the Spearman rank correlation between the original map and the map of the
