@@ -1,11 +1,12 @@
 """Speed and peak memory of whycam's CAM methods against pytorch-grad-cam and torchcam.
 
-Same random-init torchvision ResNet-18 / ResNet-50, same seeded 224 px inputs, same layer (layer4)
-and target classes, CPU. Every call returns full-size maps (torchcam's feature-size maps are
-upsampled and normalised inside its timed call). The maps of each peer are checked against whycam's
-in the same run (max abs difference after min-max). Writes the table to docs/benchmarks.md.
+Same random-init torchvision ResNet-18 / ResNet-50, same seeded inputs (Score-CAM and Ablation-CAM
+at 112 and 224 px, the gradient methods at 224 px), same layer (layer4) and target classes, CPU.
+Every call returns full-size maps (torchcam's feature-size maps are upsampled and normalised inside
+its timed call). The maps of each peer are checked against whycam's in the same run (max abs
+difference after min-max). Writes the table to docs/benchmarks.md; about 5 minutes on 2 idle cores.
 
-    python benchmarks/cam_speed.py [--threads 2] [--repeats 3]
+    PYTHONPATH=src python benchmarks/cam_speed.py [--threads 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 import torchcam.methods as torchcam
 import torchvision
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
+from pytorch_grad_cam import AblationCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,7 +37,9 @@ METHODS = {
     "gradcam++": (whycam.GradCAMPlusPlus, GradCAMPlusPlus, torchcam.GradCAMpp),
     "layercam": (whycam.LayerCAM, LayerCAM, torchcam.LayerCAM),
     "scorecam": (whycam.ScoreCAM, ScoreCAM, torchcam.ScoreCAM),
+    "ablationcam": (whycam.AblationCAM, AblationCAM, None),  # torchcam has no Ablation-CAM
 }
+MANY_PASS = ("scorecam", "ablationcam")
 
 
 def minmax(maps: torch.Tensor) -> torch.Tensor:
@@ -53,6 +56,12 @@ def runners(method: str, model: torch.nn.Module, images: torch.Tensor, classes: 
     peer_model = copy.deepcopy(model)  # pytorch-grad-cam keeps hooks on its model
     grad_cam = grad_cam_class(model=peer_model, target_layers=[peer_model.layer4])
     targets = [ClassifierOutputTarget(c) for c in classes]
+    runs = {
+        "whycam": lambda: explainer(images, target=classes),
+        "pytorch-grad-cam": lambda: minmax(grad_cam(input_tensor=images, targets=targets)),
+    }
+    if torchcam_class is None:
+        return runs
     torchcam_model = copy.deepcopy(model)
     extractor = torchcam_class(torchcam_model, "layer4", input_shape=tuple(images.shape[1:]))
 
@@ -64,11 +73,7 @@ def runners(method: str, model: torch.nn.Module, images: torch.Tensor, classes: 
             F.interpolate(maps.detach()[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         )
 
-    return {
-        "whycam": lambda: explainer(images, target=classes),
-        "pytorch-grad-cam": lambda: minmax(grad_cam(input_tensor=images, targets=targets)),
-        "torchcam": run_torchcam,
-    }
+    return {**runs, "torchcam": run_torchcam}
 
 
 def measure(functions: dict, repeats: int) -> dict[str, tuple[float, float, torch.Tensor]]:
@@ -105,23 +110,28 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     rows: list[list[object]] = []
-    plan = [("resnet18", 1, "scorecam")]  # 512 forward passes per image: batch 1, one timed run
+    args.load_start = os.getloadavg()[0]
+    # Score-CAM / Ablation-CAM: 512 forward passes per image, batch 1; one timed run at 224 px
+    plan = [("resnet18", 1, method, size) for method in MANY_PASS for size in (112, 224)]
     plan += [
-        (arch, batch, method)
+        (arch, batch, method, 224)
         for arch in ("resnet18", "resnet50")
         for batch in (1, 8)
         for method in ("gradcam", "gradcam++", "layercam")
     ]
-    for arch, batch, method in plan:
+    for arch, batch, method, size in plan:
         torch.manual_seed(0)
         model = getattr(torchvision.models, arch)().eval()
-        images = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+        images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
         classes = [(7 * i + 3) % 1000 for i in range(batch)]
-        repeats = 0 if method == "scorecam" else args.repeats
+        repeats = (1 if size == 224 else args.repeats) if method in MANY_PASS else args.repeats
         results = measure(runners(method, model, images, classes), repeats)
         ours_time, ours_memory, ours_maps = results["whycam"]
-        cells = [arch, batch, method, f"{ours_time * 1000:.0f} ms", f"{ours_memory:.0f} MiB"]
+        cells = [arch, size, batch, method, f"{ours_time * 1000:.0f} ms", f"{ours_memory:.0f} MiB"]
         for peer in ("pytorch-grad-cam", "torchcam"):
+            if peer not in results:
+                cells += ["—"] * 4
+                continue
             seconds, memory, maps = results[peer]
             difference = (maps - ours_maps).abs().max().item()
             cells += [
@@ -151,9 +161,14 @@ def report(args: argparse.Namespace, rows: list[list[object]]) -> str:
         "torchcam's Score-CAM normalises each channel before upsampling with align_corners=False; "
         'whycam gives torchcam\'s map with `align_corners=False, normalize_at="feature"` '
         "(tests/test_cam_oracles.py) at the same cost.",
+        "whycam feeds the model channels-last images (`Explainer.in_layout`): oneDNN's NHWC convolutions "
+        "and pooling are faster on the CPU (ResNet's NCHW max pooling alone is over 10x slower). Score-CAM "
+        "cannot be faster than its 512 forward passes: its floor is the forward pass time of a batch "
+        "times the number of batches.",
     ]
     header = [
         "model",
+        "px",
         "batch",
         "method",
         "whycam",
@@ -170,14 +185,15 @@ def report(args: argparse.Namespace, rows: list[list[object]]) -> str:
     markdown = "\n".join(
         [
             f"`python benchmarks/cam_speed.py --threads {args.threads} --repeats {args.repeats}`: "
-            f"{machine()}. Random-init torchvision models, layer4, seeded 224 px inputs, CPU. "
+            f"{machine()} (torch.set_num_threads({args.threads})). Random-init torchvision models, layer4, "
+            "seeded inputs, CPU. "
             f"Times: median of {args.repeats} runs after a warm-up run, the libraries taking turns "
-            "(Score-CAM: one run, batch 1 only, 512 forward passes per image; Score-CAM on ResNet-50, "
-            "2048 passes per image, is not run: it takes tens of minutes on two cores). "
+            "(Score-CAM and Ablation-CAM: batch 1, 512 forward passes per image, one timed run at 224 px; "
+            "on ResNet-50, 2048 passes per image, they are not run: tens of minutes on two cores). "
             "Speed-up: the peer's time / whycam's. Peak: resident-memory increase during the warm-up "
             "call. Max diff: max abs difference of the min-max normalised maps with whycam's, in this "
-            f"run. 1-minute load average {os.getloadavg()[0]:.1f} on the machine's cores when this table was "
-            "written; ratios come from interleaved runs on the same inputs.",
+            f"run. 1-minute load average {args.load_start:.1f} at the start, {os.getloadavg()[0]:.1f} when this "
+            f"table was written, on {os.cpu_count()} cores; ratios come from interleaved runs on the same inputs.",
             "",
             table(header, rows),
             "",

@@ -163,6 +163,7 @@ def main() -> None:
         return measured
 
     rows = []
+    load_start = os.getloadavg()[0]
     for label, ours, peers in cases:
         for peer_label, peer in peers:
             (ours_time, ours_memory, ours_result), (peer_time, peer_memory, peer_result) = paired(ours, peer)
@@ -184,14 +185,20 @@ def main() -> None:
     markdown = "\n\n".join(
         [
             f"`benchmarks/gradient_speed.py`{' --quick' if args.quick else ''}: one {args.size} px image, random-init "
-            f"ResNet-18 (1000 classes), CPU ({machine()}, OMP_WAIT_POLICY=PASSIVE), medians of {repeats} runs "
+            f"ResNet-18 (1000 classes), CPU ({machine()}: torch.set_num_threads({args.threads}), "
+            "OMP_WAIT_POLICY=PASSIVE; "
+            f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on "
+            f"{os.cpu_count()} cores), medians of {repeats} runs "
             "after a warm-up, whycam and the peer alternating so that the load of the shared machine falls on "
             "both; peak memory is the resident-set increase during one call (glibc set to return large "
             "blocks on free, so cached memory does not hide it). "
             "Speed-up > 1 means whycam is faster. "
             '"max rel. diff" is max |whycam - peer| / max |peer| of the raw attributions (SmoothGrad: the same '
             "seed is not the same noise for Captum, which draws from the global generator, so the maps differ "
-            "by the Monte Carlo noise; the oracle tests feed both the same noise and agree to 1e-7).",
+            "by the Monte Carlo noise; the oracle tests feed both the same noise and agree to 1e-7). "
+            "Both libraries batch the interpolation steps (or samples) of all images into passes of 32 "
+            "rows and take gradients with respect to the input only; whycam feeds the model channels-last "
+            "images (`Explainer.in_layout`), the one difference in the work done.",
             table(
                 ["method", "peer", "whycam s", "peer s", "speed-up", "whycam MiB", "peer MiB", "max rel. diff"], rows
             ),

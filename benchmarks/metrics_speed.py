@@ -75,14 +75,6 @@ def bench_road() -> tuple[str, list[list[object]]]:
     )
     print(f"ROAD timed: {ours_time:.1f} s vs {peer_time:.1f} s", flush=True)
 
-    removed = pixel_ranks(maps, True) < round(0.5 * maps[0].numel())
-    imputer = NoisyLinearImputer(noise=0.0)
-    ours_imp = median_time(lambda: metrics.noisy_linear_impute(images, removed, noise=0.0), repeats=3)
-    peer_imp = median_time(lambda: [imputer(images[i], (~removed[i]).float()) for i in range(len(images))], repeats=3)
-    filled = metrics.noisy_linear_impute(images, removed, noise=0.0)
-    reference = torch.stack([imputer(images[i], (~removed[i]).float()) for i in range(len(images))])
-    imp_gap = float((filled - reference).abs().max())
-
     count = len(images)
     rows = [
         [
@@ -91,15 +83,31 @@ def bench_road() -> tuple[str, list[list[object]]]:
             f"{peer_time:.2f} s",
             f"{peer_time / ours_time:.1f}x",
             f"curves {gap:.1e}, combined {combined_gap:.1e}",
-        ],
-        [
-            f"imputation alone, {count} image x 3 channels, 50% removed",
-            f"{ours_imp:.2f} s",
-            f"{peer_imp:.2f} s",
-            f"{peer_imp / ours_imp:.1f}x",
-            f"{imp_gap:.1e}",
-        ],
+        ]
     ]
+    imputer = NoisyLinearImputer(noise=0.0)
+    for fraction in (0.3, 0.6, 0.9):
+        for most_relevant in (True, False):
+            removed = pixel_ranks(maps, most_relevant) < round(fraction * maps[0].numel())
+            ours_imp = median_time(
+                lambda removed=removed: metrics.noisy_linear_impute(images, removed, noise=0.0), repeats=3
+            )
+            peer_imp = median_time(
+                lambda removed=removed: [imputer(images[i], (~removed[i]).float()) for i in range(count)], repeats=3
+            )
+            filled = metrics.noisy_linear_impute(images, removed, noise=0.0)
+            reference = torch.stack([imputer(images[i], (~removed[i]).float()) for i in range(count)])
+            rows.append(
+                [
+                    f"imputation alone, {count} image x 3 channels, {fraction:.0%} removed "
+                    f"({'most' if most_relevant else 'least'} relevant)",
+                    f"{ours_imp:.3f} s",
+                    f"{peer_imp:.3f} s",
+                    f"{peer_imp / ours_imp:.1f}x",
+                    f"{float((filled - reference).abs().max()):.1e}",
+                ]
+            )
+            print(" | ".join(rows[-1]), flush=True)
     return "pytorch-grad-cam 1.5.7", rows
 
 
@@ -158,8 +166,9 @@ def main() -> None:
     header = ["task", "whycam", "peer", "speed-up", "max abs difference"]
     text = "\n\n".join(
         [
-            f"Machine: {machine()}, shared with other jobs (1-minute load average {load}, on 2 cores; "
-            "absolute times are inflated, the ratios come from the same run). Medians of 3 runs "
+            f"Machine: {machine()} (torch.set_num_threads(2)), 1-minute load average {load}, on "
+            f"{os.cpu_count()} cores (with a load above the core count, absolute times are inflated; "
+            "the ratios come from the same run). Medians of 3 runs "
             "(ROAD, imputation; the first run included, after an untimed agreement run) or 5 runs "
             "(localisation).",
             f"ROAD and noisy linear imputation against {peer} (ResNet-18 random init, 224x224, "

@@ -38,9 +38,14 @@ def test_registry_offers_every_cam_method_by_name():
         assert registry[name].summary
 
 
-# The contract does not depend on how many masks or steps a method takes: light settings keep this fast.
+# The contract does not depend on how many masks or steps a method takes, nor on the layer: light
+# settings keep this fast (Score-CAM and Ablation-CAM run one pass per channel: layer1 has 64, layer4 512;
+# occlusion one per window position: 49 with these, 225 by default).
 LIGHT = {
-    "rise": {"masks": 64},
+    "scorecam": {"layer": "layer1"},
+    "ablationcam": {"layer": "layer1"},
+    "occlusion": {"window": 16, "stride": 8},
+    "rise": {"masks": 32},
     "meaningfulperturbation": {"steps": 5},
     "integratedgradients": {"steps": 8},
     "smoothgrad": {"samples": 4},

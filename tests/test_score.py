@@ -172,3 +172,35 @@ def test_batch_size_must_be_a_positive_int(method, bad):
 def test_scorecam_refuses_unknown_normalisation():
     with pytest.raises(ValueError, match="normalize_at"):
         whycam.ScoreCAM(TinyCNN(), normalize_at="output")
+
+
+class FlatHead(nn.Module):
+    """A conv whose output is flattened with ``view``: it cannot take channels-last input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        features = self.conv(x)
+        return self.fc(features.view(features.shape[0], -1))
+
+
+def test_channels_last_falls_back_for_a_model_that_cannot_take_it():
+    torch.manual_seed(0)
+    model, x = FlatHead().eval(), images()
+    with pytest.raises(RuntimeError):  # the premise: this model refuses channels-last input
+        model(x.contiguous(memory_format=torch.channels_last))
+    explainer = whycam.ScoreCAM(model, "conv.1")
+    fallback = explainer(x, target=[1, 3], raw=True)
+    assert explainer.channels_last is False
+    assert torch.allclose(fallback, brute_force_scorecam(model, "conv.1", x, [1, 3]), atol=1e-5)
+
+
+def test_channels_last_passes_give_the_contiguous_map():
+    torch.manual_seed(0)
+    model, x = TinyCNN(dead=1).eval(), images()
+    fast = whycam.ScoreCAM(model, "body.3")(x, target=[2, 0], raw=True)
+    plain = whycam.ScoreCAM(model, "body.3", channels_last=False)(x, target=[2, 0], raw=True)
+    assert torch.allclose(fast, plain, atol=1e-6)

@@ -30,7 +30,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ from ..taps import Tap, preserved
 from ..targets import OutputSelector, Target, select_output, target_scores
 
 _REGISTRY: dict[str, type[Explainer]] = {}
+T = TypeVar("T")
 SIGNS = ("positive", "negative", "both")
 
 
@@ -173,6 +174,7 @@ class Explainer:
     needs_attention: ClassVar[bool] = False  # reads attention probabilities: explains transformers only
     sign: str = "positive"  # which part of a signed map is shown (CAM methods take ``sign=``)
     stride_: tuple[float, ...] | None = None  # input pixels per map cell (per grid axis), after a call
+    channels_last: bool = True  # see ``in_layout``; False once a model has refused it
 
     @classmethod
     def applies(cls, model: nn.Module) -> bool:
@@ -224,6 +226,23 @@ class Explainer:
     def forward(self, images: Tensor) -> Tensor:
         """The model's selected output for ``images`` (NaN and infinity refused)."""
         return select_output(self.model(images), self.output)
+
+    def in_layout(self, run: Callable[[Tensor], T], images: Tensor) -> T:
+        """``run(images)`` with the images channels-last (NHWC), the layout in which oneDNN's CPU
+        convolutions and pooling are fastest (ResNet's max pooling: over 10x); the model is not
+        converted. A model that cannot take it (a ``view`` of a convolution's output, say) raises
+        PyTorch's error about strides or contiguity, and ``run`` is repeated with the images as given,
+        for this call and every later one (``explainer.channels_last = False`` skips the attempt);
+        any other error propagates. No operation's result depends on the layout; only a
+        convolution's float rounding order does."""
+        if self.channels_last and images.dim() == 4:
+            try:
+                return run(images.contiguous(memory_format=torch.channels_last))
+            except RuntimeError as error:
+                if not any(word in str(error) for word in ("stride", "contiguous")):
+                    raise
+                self.channels_last = False
+        return run(images)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__})"
@@ -314,16 +333,9 @@ class CAMExplainer(Explainer):
 
     def attribute(self, images: Tensor, target: Target) -> list[Tensor]:
         layers = self.layers(images)
-        with Tap([module for _, module in layers], grad=self.uses_gradient) as tap, torch.no_grad():
-            if self.needs_target:
-                output = self.forward(images)
-                with torch.set_grad_enabled(self.uses_gradient):
-                    scores, classes = target_scores(output, target)
-            else:  # a label-free method never reads the output: any model, with or without a head
-                output, scores, classes = None, None, None
-                self.model(images)
-            activations = tap.captured()
-            gradients = self.gradients(scores, activations) if self.uses_gradient else [None] * len(activations)
+        output, scores, classes, activations, gradients = self.in_layout(
+            lambda x: self.tapped(x, layers, target), images
+        )
         for (name, _), gradient in zip(layers, gradients, strict=True):
             if self.uses_gradient and gradient is None:
                 raise ValueError(
@@ -345,6 +357,22 @@ class CAMExplainer(Explainer):
             )
             maps.append(self.layer_map(act, grad, step))
         return maps
+
+    def tapped(self, images: Tensor, layers: list[tuple[str, nn.Module]], target: Target) -> tuple:
+        """One forward pass: the selected output, the target scores and classes, the layers'
+        activations and (for gradient methods) the scores' gradients with respect to them. A
+        label-free method never reads the output: any model, with or without a head."""
+        with Tap([module for _, module in layers], grad=self.uses_gradient) as tap, torch.no_grad():
+            if self.needs_target:
+                output = self.forward(images)
+                with torch.set_grad_enabled(self.uses_gradient):
+                    scores, classes = target_scores(output, target)
+            else:
+                output, scores, classes = None, None, None
+                self.model(images)
+            activations = tap.captured()
+            gradients = self.gradients(scores, activations) if self.uses_gradient else [None] * len(activations)
+        return output, scores, classes, activations, gradients
 
     def gradients(self, scores: Tensor, activations: list[Tensor]) -> list[Tensor]:
         """``dy_c/dA`` for each tapped layer's activations (in the layer's own layout)."""

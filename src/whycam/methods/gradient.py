@@ -47,17 +47,20 @@ def input_gradient(explainer: Explainer, inputs: Tensor, target: Target) -> Tens
     Images are independent (the model is in eval mode), so the gradient of the summed scores is
     each image's own gradient.
     """
-    with torch.enable_grad():
-        x = inputs.detach().requires_grad_(True)  # a new leaf on the same storage: no copy
-        scores, _ = target_scores(explainer.forward(x), target)
-        (gradient,) = torch.autograd.grad(scores.sum(), x)
-    return gradient
+
+    def gradient(x: Tensor) -> Tensor:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)  # a new leaf on the same storage: no copy
+            scores, _ = target_scores(explainer.forward(x), target)
+            return torch.autograd.grad(scores.sum(), x)[0]
+
+    return explainer.in_layout(gradient, inputs).contiguous()
 
 
 def unaltered_output(explainer: Explainer, images: Tensor) -> Tensor:
     """The model's output for the images, without a graph (to pin a target of ``None``)."""
     with torch.no_grad():
-        return explainer.forward(images)
+        return explainer.in_layout(explainer.forward, images)
 
 
 class PixelExplainer(Explainer):

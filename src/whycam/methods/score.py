@@ -1,9 +1,10 @@
 """CAM methods that weigh channels by forward passes instead of gradients: Score-CAM and Ablation-CAM.
 
-Both run one forward pass per (image, channel) row, ``batch_size`` rows at a time, under
-``torch.no_grad()``; the perturbed inputs (or activations) of a chunk are built just before its pass
-and never all at once. Scores are read row by row: a class target takes the row's class logit, a
-callable target is applied to the chunk's output and must score each row on its own.
+Both run one forward pass per (image, channel) row, ``batch_size`` rows at a time (the caller's
+memory budget: no pass sees more rows), under ``torch.inference_mode()``; the perturbed inputs (or
+activations) of a chunk are built just before its pass and never all at once. Scores are read row by
+row: a class target takes the row's class logit, a callable target is applied to the chunk's output
+and must score each row on its own.
 """
 
 from __future__ import annotations
@@ -22,9 +23,16 @@ class ForwardScoreCAM(CAMExplainer):
 
     uses_gradient = False
 
-    def __init__(self, model: nn.Module, layer=None, *, batch_size: int = 32, **options):
+    def __init__(self, model: nn.Module, layer=None, *, batch_size: int = 32, channels_last: bool = True, **options):
         super().__init__(model, layer, **options)
         self.batch_size = positive_int(batch_size, "batch_size (rows per forward pass)")
+        self.channels_last = channels_last
+
+    def forward_rows(self, inputs: Tensor) -> Tensor:
+        """The selected output of a chunk of perturbed images, without autograd, channels-last
+        where the model takes it (``in_layout``)."""
+        with torch.inference_mode():
+            return self.in_layout(self.forward, inputs)
 
     def row_scores(self, output: Tensor, classes: Tensor | None, step: LayerPass) -> Tensor:
         """The explained score of every row of a chunk's selected output (classes: each row's class)."""
@@ -88,18 +96,17 @@ class ScoreCAM(ForwardScoreCAM):
         constant = flat.amax(2) == flat.amin(2)  # all-zero mask: x * 0 = 0
         scores = activation.new_empty(batch, channels)
         rows = (~constant).flatten().nonzero().flatten()  # (b * K + k) of the other rows
-        with torch.no_grad():
-            if constant.any():
-                zero = self.forward(torch.zeros_like(images[:1]))
-                b = constant.nonzero()[:, 0]
-                classes = None if step.classes is None else step.classes[b]
-                zero_rows = zero.expand(b.shape[0], *zero.shape[1:])
-                scores[constant] = self.row_scores(zero_rows, classes, step).to(scores.dtype)
-            for chunk in self.chunks(rows):
-                b, k = chunk // channels, chunk % channels
-                masked = images[b] * self.masks(activation[b, k], size)[:, None]
-                classes = None if step.classes is None else step.classes[b]
-                scores.view(-1)[chunk] = self.row_scores(self.forward(masked), classes, step).to(scores.dtype)
+        if constant.any():
+            zero = self.forward_rows(torch.zeros_like(images[:1]))
+            b = constant.nonzero()[:, 0]
+            classes = None if step.classes is None else step.classes[b]
+            zero_rows = zero.expand(b.shape[0], *zero.shape[1:])
+            scores[constant] = self.row_scores(zero_rows, classes, step).to(scores.dtype)
+        for chunk in self.chunks(rows):
+            b, k = chunk // channels, chunk % channels
+            masked = images[b] * self.masks(activation[b, k], size)[:, None]
+            classes = None if step.classes is None else step.classes[b]
+            scores.view(-1)[chunk] = self.row_scores(self.forward_rows(masked), classes, step).to(scores.dtype)
         weights = torch.softmax(scores, dim=1)
         return torch.einsum("bk,bk...->b...", weights, activation)
 
@@ -132,8 +139,7 @@ class AblationCAM(ForwardScoreCAM):
 
         handle = module.register_forward_hook(ablate)
         try:
-            with torch.no_grad():
-                return self.forward(inputs)
+            return self.forward_rows(inputs)
         finally:
             handle.remove()
 
