@@ -47,7 +47,7 @@ FAST_OPTIONS = {  # a few forward passes per method: the table is about running 
     "meaningfulperturbation": {"steps": 3},
 }
 ONE_IMAGE = ("scorecam", "ablationcam")  # one forward pass per channel: one image keeps the table fast
-ATTENTION = ("rollout", "chefer")
+ATTENTION = ("rollout", "chefer", "legrad")
 PERTURBATION = ("occlusion", "rise", "meaningfulperturbation")
 
 
@@ -286,8 +286,12 @@ def _flat(output) -> torch.Tensor:
 
 
 def _applies(arch: Arch, method: str, cls) -> bool:
+    if method == "legrad":  # each block's prediction goes through the model's classifier head
+        return arch.attention and arch.task == "class"
     if method in ATTENTION:
         return arch.attention
+    if method == "finercam":  # compares the class with its most similar classes: needs class logits
+        return arch.task == "class"
     if method == "cam":
         return arch.cam
     if method in PERTURBATION and len(arch.shape) == 4:

@@ -14,6 +14,7 @@ import captum.attr as ca
 import pytest
 import torch
 import torchvision
+from tiny_model import small_cnn
 from torch import nn
 
 import whycam
@@ -29,20 +30,6 @@ def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     scale = float(theirs.abs().max())
     assert scale > 0, "the oracle returned an all-zero attribution: the comparison would be empty"
     return float((ours - theirs).abs().max()) / scale
-
-
-def small_cnn() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 10),
-    ).eval()
 
 
 @pytest.fixture(params=["resnet18", "small_cnn"])

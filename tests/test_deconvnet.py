@@ -10,6 +10,7 @@ import captum.attr as ca
 import pytest
 import torch
 import torchvision
+from tiny_model import small_cnn
 from torch import nn
 
 import whycam
@@ -31,20 +32,6 @@ def test_deconvnet_passes_the_relu_of_the_incoming_signal_by_hand():
     hidden = model[1](x.flatten(1))
     assert (hidden <= 0).any(), "the check needs a dead unit, where deconvnet and guided backprop differ"
     assert not torch.allclose(ours, whycam.GuidedBackprop(model).per_channel(x, 1), atol=1e-6)
-
-
-def small_cnn() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 10),
-    ).eval()
 
 
 @pytest.mark.parametrize("name", ["resnet18", "small_cnn"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_gradient import assert_same_state, model_state
+from tiny_model import small_cnn
 from torch import nn
 
 import whycam
@@ -47,20 +48,6 @@ def checkerboard_in_top_left(size: int = 64) -> torch.Tensor:
     image = torch.zeros(1, 3, size, size)
     image[..., : size // 2, : size // 2] = 0.5 * ((rows + cols) % 2 * 2 - 1)[: size // 2, : size // 2].float()
     return image + 0.05 * torch.randn(image.shape, generator=torch.Generator().manual_seed(0))
-
-
-def small_cnn() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 10),
-    ).eval()
 
 
 @pytest.fixture

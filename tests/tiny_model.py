@@ -1,4 +1,5 @@
-"""A tiny seeded CNN for the CLI tests, loaded by the spec ``tests/tiny_model.py:make``."""
+"""Tiny seeded CNNs: ``make`` for the CLI tests (the spec ``tests/tiny_model.py:make``), ``small_cnn``
+for the oracle tests (an in-place ReLU, max pooling, GAP and a linear head)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,18 @@ def no_gap() -> LoadedModel:
     loaded.model = nn.Sequential(loaded.model.features, head).eval()
     loaded.layer = "0"
     return loaded
+
+
+def small_cnn() -> nn.Module:
+    """A seeded (3 -> 8 -> 16 channels) CNN with an in-place ReLU, max pooling and a 10-class head."""
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()

@@ -438,8 +438,12 @@ def spatial_layers(model: nn.Module, images: Tensor) -> list[str]:
     row per image, a layout whycam reads (channels-first, channels-last or tokens) and a grid of
     more than one cell, not a pure resampling."""
     outputs: dict[str, tuple[nn.Module, Tensor]] = {}
+
+    def record(name: str, module: nn.Module, output: object) -> None:  # returns None: the output is kept
+        outputs.setdefault(name, (module, output))
+
     handles = [
-        module.register_forward_hook(lambda m, i, o, name=name: outputs.setdefault(name, (m, o)))
+        module.register_forward_hook(lambda m, i, o, name=name: record(name, m, o))
         for name, module in model.named_modules()
         if name and not isinstance(module, _RESAMPLING)
     ]

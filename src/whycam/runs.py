@@ -39,7 +39,7 @@ from .methods.factory import create, option_names
 from .models import LoadedModel, Preprocess
 from .reference import ReferenceBank, ReferenceStats
 from .taps import preserved
-from .targets import OutputSelector, Target, select_output
+from .targets import OutputSelector, Target, describe_target, select_output
 
 log = logging.getLogger("whycam")
 
@@ -67,6 +67,7 @@ class Explained:
     predictions: Tensor | None = None
     probabilities: Tensor | None = None
     targets: Tensor | None = None
+    target_text: str | None = None
     layers: dict[str, list[str]] = field(default_factory=dict)
     strides: dict[str, tuple[float, float]] = field(default_factory=dict)
     asked: dict[str, list[object]] = field(default_factory=dict)
@@ -312,6 +313,7 @@ class Runner:
             result.probabilities = probabilities.gather(1, result.predictions[:, None].to(self.device))[:, 0].cpu()
         explained = self._targets(targets, result.predictions, len(images))
         result.targets = explained.cpu() if isinstance(explained, Tensor) else None
+        result.target_text = None if isinstance(explained, Tensor) else describe_target(explained)
         for name, explainer in self.explainers.items():
             try:
                 self._run(name, explainer, images, explained, result)
@@ -397,6 +399,7 @@ class Runner:
             name=self.name,
             layers=self.layers,
             strides={k: v for b in batches for k, v in b.strides.items()},
+            target_text=batches[0].target_text,
         )
         for key in ("predictions", "probabilities", "targets"):
             parts = [getattr(batch, key) for batch in batches]

@@ -135,12 +135,20 @@ class Class:
     def __init__(self, index: int | Sequence[int]):
         self.index = index
 
+    def __str__(self) -> str:
+        return f"class:{self.index}"
+
     def __call__(self, output: Tensor) -> Tensor:
         if output.dim() != 2:
             raise ValueError(f"a class target needs a (B, classes) output, the model gives {tuple(output.shape)}")
         classes = torch.as_tensor(self.index, device=output.device).long().flatten()
         classes = classes.expand(output.shape[0]) if classes.numel() == 1 else classes
         return output.gather(1, classes[:, None]).squeeze(1)
+
+
+def describe_target(target: Target) -> str:
+    """A callable target as text: a named target as its command-line spec, anything else "callable"."""
+    return str(target) if isinstance(target, (Class, Labels, Output, Region, Similarity, Detection)) else "callable"
 
 
 class Labels:
@@ -150,6 +158,9 @@ class Labels:
         if not labels:
             raise ValueError("Labels needs at least one label index")
         self.labels = list(labels)
+
+    def __str__(self) -> str:
+        return "labels:" + ",".join(map(str, self.labels))
 
     def __call__(self, output: Tensor) -> Tensor:
         if output.dim() != 2 or max(self.labels) >= output.shape[1]:
@@ -162,6 +173,9 @@ class Output:
 
     def __init__(self, index: int = 0):
         self.index = index
+
+    def __str__(self) -> str:
+        return f"output:{self.index}"
 
     def __call__(self, output: Tensor) -> Tensor:
         if output.dim() == 1:
@@ -181,6 +195,9 @@ class Region:
     def __init__(self, label: int, mask: Tensor | None = None):
         self.label = label
         self.mask = mask
+
+    def __str__(self) -> str:
+        return f"region:{self.label}" + ("" if self.mask is None else "@mask")
 
     def __call__(self, output: Tensor) -> Tensor:
         if output.dim() != 4 or self.label >= output.shape[1]:
@@ -206,6 +223,9 @@ class Similarity:
     def __init__(self, reference: Tensor):
         self.reference = torch.as_tensor(reference).float()
 
+    def __str__(self) -> str:
+        return f"similarity:({self.reference.shape[-1]}-d embedding)"
+
     def __call__(self, output: Tensor) -> Tensor:
         if output.dim() != 2 or output.shape[1] != self.reference.shape[-1]:
             raise ValueError(
@@ -226,6 +246,10 @@ class Detection:
         if self.box.numel() != 4:
             raise ValueError(f"a detection target's box is x1, y1, x2, y2; got {box!r}")
         self.label = label
+
+    def __str__(self) -> str:
+        box = ",".join(f"{v:g}" for v in self.box.tolist())
+        return f"box:{box}" + ("" if self.label is None else f"@{self.label}")
 
     def __call__(self, output: Tensor) -> Tensor:
         if output.dim() != 3 or output.shape[2] != 6:

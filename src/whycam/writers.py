@@ -46,10 +46,11 @@ def entry(result: ExplainResult, index: int, method: str) -> dict[str, object]:
     layers = result.layers.get(method, [])
     explained = result.needs_target.get(method) and result.targets is not None
     target = int(result.targets[index]) if explained else None
+    named = result.target_text if result.needs_target.get(method) and result.targets is None else None
     return {
         "method": method,
         "layer": (layers[0] if len(layers) == 1 else layers) or None,
-        "target": target,
+        "target": target if named is None else named,
         "target_name": None if target is None else result.class_name(target),
         "reference": result.references.get(method),
         "question": [result.question, result.asked[method][index]] if method in result.asked else None,

@@ -233,8 +233,9 @@ class LeGrad(Explainer):
         heads and queries."""
         if len(found) != 1:
             raise ValueError(
-                f"block {name!r} computed {len(found)} attention maps; LeGrad reads one per block, "
-                "from F.scaled_dot_product_attention or nn.MultiheadAttention"
+                f"block {name!r} computed {len(found)} attention maps; LeGrad reads one global attention per "
+                "block, from F.scaled_dot_product_attention or nn.MultiheadAttention (windowed attention, as "
+                "Swin's, is not one); use a CAM method such as gradcam for this model"
             )
         if tokens is None or tokens.dim() != 3:
             raise ValueError(f"block {name!r} did not return tokens (B, N, D)")
