@@ -114,3 +114,14 @@ def test_pixel_localisation_metrics_read_volumes():
     with pytest.raises(ValueError, match="volumes use a mask metric"):
         whycam.metrics.localisation.box_accuracy(maps, torch.zeros(2, 4))
     assert F.relu(maps).shape == maps.shape
+
+
+def test_kpcacam_reads_a_volume_as_its_cells():
+    """KPCA-CAM's kernel PCA runs over the grid's cells whatever their geometry: on a (B, K, d, h, w)
+    activation it equals the map of the same cells laid out as a (B, K, d*h, w) image."""
+    activation = torch.randn(2, 6, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    kpca = whycam.KPCACAM(torch.nn.Conv3d(1, 6, 1))
+    volume = kpca.layer_map(activation, None, None)
+    flat = kpca.layer_map(activation.reshape(2, 6, 12, 5), None, None)
+    assert volume.shape == (2, 3, 4, 5)
+    assert torch.allclose(volume, flat.reshape(2, 3, 4, 5), atol=1e-6)

@@ -57,8 +57,8 @@ class KPCACAM(CAMExplainer):
         self.kernel, self.gamma = kernel, gamma
 
     def layer_map(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
-        batch, channels, height, width = activation.shape
-        x = activation.double().flatten(2).transpose(1, 2)  # (B, hw, K)
+        batch, channels, *grid = activation.shape  # (B, K, h, w), or (B, K, d, h, w) for volumes
+        x = activation.double().flatten(2).transpose(1, 2)  # (B, cells, K)
         x = x - x.mean(1, keepdim=True)
         gram = kernel_matrix(x, self.kernel, 1.0 / channels if self.gamma is None else self.gamma)
         gram = gram - gram.mean(1, keepdim=True) - gram.mean(2, keepdim=True) + gram.mean((1, 2), keepdim=True)
@@ -68,4 +68,4 @@ class KPCACAM(CAMExplainer):
         mean_map = mean_map - mean_map.mean(1, keepdim=True)
         sign = torch.sign((projection * mean_map).sum(1, keepdim=True))
         projection = projection * torch.where(sign == 0, 1.0, sign)
-        return projection.reshape(batch, height, width).to(activation.dtype)
+        return projection.reshape(batch, *grid).to(activation.dtype)

@@ -35,10 +35,24 @@ class ShapleyCAM(GradCAM):
         corrected = []
         for gradient, activation in zip(gradients, activations, strict=True):
             if gradient.requires_grad:
-                (hvp,) = torch.autograd.grad(
-                    gradient, activation, grad_outputs=activation.detach(), retain_graph=True, allow_unused=True
-                )
+                hvp = _hessian_product(gradient, activation)
             else:  # the score is linear in the layer's output: H = 0
                 hvp = None
             corrected.append(gradient.detach() if hvp is None else (gradient - 0.5 * hvp).detach())
         return corrected
+
+
+def _hessian_product(gradient: Tensor, activation: Tensor) -> Tensor | None:
+    """H A: the gradient's own gradient along the activation (a second backward pass)."""
+    try:
+        (hvp,) = torch.autograd.grad(
+            gradient, activation, grad_outputs=activation.detach(), retain_graph=True, allow_unused=True
+        )
+    except RuntimeError as error:
+        if "double backward" not in str(error):
+            raise
+        raise ValueError(
+            f"ShapleyCAM needs second derivatives, which an operation of this model lacks ({error}); "
+            "use gradcam or xgradcam instead"
+        ) from None
+    return hvp
