@@ -4,7 +4,7 @@ Same random-init torchvision ResNet-18 / ResNet-50, same seeded inputs (Score-CA
 at 112 and 224 px, the gradient methods at 224 px), same layer (layer4) and target classes, CPU.
 Every call returns full-size maps (torchcam's feature-size maps are upsampled and normalised inside
 its timed call). The maps of each peer are checked against whycam's in the same run (max abs
-difference after min-max). Writes the table to docs/benchmarks.md; about 5 minutes on 2 idle cores.
+difference after min-max). Writes the table to docs/benchmarks.md; about 6 minutes on 2 idle cores.
 
     PYTHONPATH=src python benchmarks/cam_speed.py [--threads 2] [--repeats 3]
 """

@@ -1,11 +1,12 @@
 """Speed of whycam.metrics against the peers, on the same inputs, with agreement checks.
 
 ROAD on 224x224 images (random-init ResNet-18, Grad-CAM maps, percentages 10..90) against
-pytorch-grad-cam's ROADCombined; the imputer alone against pytorch-grad-cam's NoisyLinearImputer;
-the localisation metrics against Quantus. Medians of several runs, torch.set_num_threads(2).
-Writes the "metrics_speed" section of docs/benchmarks.md.
+pytorch-grad-cam's ROADCombined; the imputer alone against pytorch-grad-cam's NoisyLinearImputer at
+30/60/90% removed (most and least relevant first), with where its time goes; the localisation metrics
+against Quantus. Medians of interleaved rounds, torch.set_num_threads(2). Writes the "metrics_speed"
+section of docs/benchmarks.md; about 3 minutes on 2 idle cores.
 
-    PYTHONPATH=src python benchmarks/metrics_speed.py
+    PYTHONPATH=src python benchmarks/metrics_speed.py [--repeats 5]
 """
 
 from __future__ import annotations
