@@ -46,3 +46,11 @@ def dataset_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("images")
     write_images(root, 200)
     return root
+
+
+@pytest.fixture(scope="session")
+def small_dataset_folder(tmp_path_factory):
+    """60 generated PNGs (30 per class) plus one corrupt file, for the engines' slower comparisons; read only."""
+    root = tmp_path_factory.mktemp("few_images")
+    write_images(root, 60)
+    return root

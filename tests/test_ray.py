@@ -29,15 +29,14 @@ def cluster():
         ray.shutdown()
 
 
-def test_ray_run_equals_the_local_run(cluster, dataset_folder, tiny_loaded, tmp_path):
-    options = dict(metrics=["deletion", "average_drop"], shard_size=64, batch_size=8, progress=False)
-    local = whycam.load_run(
-        whycam.run_dataset(tiny_loaded, dataset_folder, "gradcam,saliency", tmp_path / "local", **options)
-    )
-    out = whycam.run_on_ray(tiny_loaded, dataset_folder, "gradcam,saliency", tmp_path / "ray", num_actors=2, **options)
+def test_ray_run_equals_the_local_run(cluster, small_dataset_folder, tiny_loaded, tmp_path):
+    folder = small_dataset_folder  # 61 files in 4 blocks of at most 16
+    options = dict(metrics=["deletion", "average_drop"], shard_size=16, batch_size=8, progress=False)
+    local = whycam.load_run(whycam.run_dataset(tiny_loaded, folder, "gradcam,saliency", tmp_path / "local", **options))
+    out = whycam.run_on_ray(tiny_loaded, folder, "gradcam,saliency", tmp_path / "ray", num_actors=2, **options)
     remote = whycam.load_run(out)
     assert whycam.shards.read_manifest(out)["complete"] and whycam.shards.read_manifest(out)["engine"] == "ray"
-    assert len(remote) == 402 and not remote.duplicated(["id", "method"]).any()
+    assert len(remote) == 122 and not remote.duplicated(["id", "method"]).any()
     columns = ["id", "method", "prediction", "target", "layer"]
     assert remote[columns].equals(local[columns])
     failed = remote[remote["failure"].notna()]
@@ -55,16 +54,17 @@ def test_ray_run_equals_the_local_run(cluster, dataset_folder, tiny_loaded, tmp_
         np.testing.assert_allclose(a["average_drop"], b["average_drop"], atol=1e-6, rtol=0)
 
 
-def test_ray_reference_statistics_equal_the_local_ones(cluster, dataset_folder, tiny_loaded):
-    local, _ = whycam.build_reference(tiny_loaded, [dataset_folder], per_class=True, workers=0, progress=False)
+def test_ray_reference_statistics_equal_the_local_ones(cluster, small_dataset_folder, tiny_loaded):
+    folder = small_dataset_folder
+    local, _ = whycam.build_reference(tiny_loaded, [folder], per_class=True, workers=0, progress=False)
     remote, failures = whycam.build_reference(
-        tiny_loaded, [dataset_folder], per_class=True, engine="ray", num_actors=2, shard_size=48, progress=False
+        tiny_loaded, [folder], per_class=True, engine="ray", num_actors=2, shard_size=16, progress=False
     )
-    assert [path for path, _ in failures] == [str(dataset_folder / "0" / "corrupt.png")]
+    assert [path for path, _ in failures] == [str(folder / "0" / "corrupt.png")]
     assert remote.labels == local.labels == ["0", "1"]
     for label in local.labels:
         got, expected = remote.classes[label], local.classes[label]
-        assert got.count_ == expected.count_ == 100 and got.meta == expected.meta
+        assert got.count_ == expected.count_ == 30 and got.meta == expected.meta
         for name in ("sum_", "outer_", "moment3_", "moment4_"):  # per-block sums merged: equal to float64 rounding
             torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=1e-12, atol=1e-12)
 
