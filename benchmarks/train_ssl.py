@@ -91,7 +91,7 @@ class Recipe:
 
 RECIPES = {
     "dino-vit": Recipe(
-        "dino-vit", "dino", "vit", "objects", train=6000, epochs=3, batch=32, lr=1e-3, prototypes=256, ema=0.99
+        "dino-vit", "dino", "vit", "objects", train=6000, epochs=15, batch=32, lr=1e-3, prototypes=256, ema=0.99
     ),
     "simclr-cnn": Recipe("simclr-cnn", "simclr", "cnn", "objects", train=6000, epochs=5, batch=128, lr=2e-3),
     "simclr-retina": Recipe(
