@@ -143,3 +143,8 @@ def test_kpcacam_reads_a_volume_as_its_cells():
     flat = kpca.layer_map(activation.reshape(2, 6, 12, 5), None, None)
     assert volume.shape == (2, 3, 4, 5)
     assert torch.allclose(volume, flat.reshape(2, 3, 4, 5), atol=1e-6)
+    too_fine = whycam.KPCACAM(
+        torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1)).eval(), "0"
+    )  # 16x16x32 = 8192 cells: a 0.5 GiB kernel matrix per image
+    with pytest.raises(ValueError, match=r"8192 cells \(16x16x32\).*choose a coarser layer"):
+        too_fine(torch.rand(1, 1, 16, 16, 32))

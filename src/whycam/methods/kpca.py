@@ -18,6 +18,7 @@ from torch import Tensor
 from .base import CAMExplainer, LayerPass, register
 
 KERNELS = ("sigmoid", "rbf", "poly", "linear", "cosine")
+MAX_CELLS = 4096  # a 64x64 grid: a 128 MiB kernel matrix per image, its eigendecomposition seconds
 
 
 def kernel_matrix(x: Tensor, kernel: str, gamma: float) -> Tensor:
@@ -58,6 +59,13 @@ class KPCACAM(CAMExplainer):
 
     def layer_map(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
         batch, channels, *grid = activation.shape  # (B, K, h, w), or (B, K, d, h, w) for volumes
+        cells = activation[0, 0].numel()
+        if cells > MAX_CELLS:
+            raise ValueError(
+                f"KPCA-CAM's kernel PCA over the layer's {cells} cells ({'x'.join(map(str, grid))}) needs a "
+                f"{cells}x{cells} kernel matrix per image ({cells**2 * 8 / 2**30:.1f} GiB) and O(cells^3) time; "
+                f"choose a coarser layer (layer='<dotted name>', at most {MAX_CELLS} cells), or use eigencam"
+            )
         x = activation.double().flatten(2).transpose(1, 2)  # (B, cells, K)
         x = x - x.mean(1, keepdim=True)
         gram = kernel_matrix(x, self.kernel, 1.0 / channels if self.gamma is None else self.gamma)
