@@ -7,7 +7,8 @@ is the first kernel principal score M = sqrt(lambda) v (scikit-learn's ``KernelP
 Kernels and defaults are scikit-learn's, the default kernel pytorch-grad-cam's: ``"sigmoid"``
 tanh(gamma x.y + 1), ``"rbf"`` exp(-gamma |x - y|^2), ``"poly"`` (gamma x.y + 1)^3, ``"linear"``
 x.y (Eigen-CAM), ``"cosine"``; gamma = 1/K by default. The sign, which an eigenvector does not
-fix, is chosen as in ``EigenCAM``: M correlates positively with the channel-mean activation.
+fix, is chosen as in ``EigenCAM`` (``cam.orient``): M correlates positively with the channel-mean
+activation, or, where that mean carries no signal, its largest entry is positive.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .base import CAMExplainer, LayerPass, register
+from .cam import orient
 
 KERNELS = ("sigmoid", "rbf", "poly", "linear", "cosine")
 MAX_CELLS = 4096  # a 64x64 grid: a 128 MiB kernel matrix per image, its eigendecomposition seconds
@@ -72,8 +74,4 @@ class KPCACAM(CAMExplainer):
         gram = gram - gram.mean(1, keepdim=True) - gram.mean(2, keepdim=True) + gram.mean((1, 2), keepdim=True)
         values, vectors = torch.linalg.eigh(gram)
         projection = vectors[:, :, -1] * values[:, -1:].clamp(min=0).sqrt()  # (B, hw)
-        mean_map = activation.double().mean(1).flatten(1)
-        mean_map = mean_map - mean_map.mean(1, keepdim=True)
-        sign = torch.sign((projection * mean_map).sum(1, keepdim=True))
-        projection = projection * torch.where(sign == 0, 1.0, sign)
-        return projection.reshape(batch, *grid).to(activation.dtype)
+        return orient(projection, activation).reshape(batch, *grid).to(activation.dtype)
