@@ -296,6 +296,14 @@ def figure(data: tasks.TaskData, rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
+def training_time(record: dict) -> str:
+    """Wall time, and where recorded the process CPU time (all threads) and the load average at the end."""
+    threads = f"{record['threads']} thread{'s' * (record['threads'] != 1)}"
+    if "cpu_seconds" not in record:
+        return f"{record['seconds']:.0f} s ({threads})"
+    return f"{record['seconds']:.0f} s wall at load {record['load']:.1f}, {record['cpu_seconds']:.0f} s CPU ({threads})"
+
+
 def models_table(records: dict[str, dict]) -> str:
     """The backbones: how trained, on what, how long, and their probe accuracies."""
     body = []
@@ -312,7 +320,7 @@ def models_table(records: dict[str, dict]) -> str:
                 f"{probe['knn']:.3f} / {probe['linear']:.3f}" if probe else "-",
                 f"{random_init['knn']:.3f} / {random_init['linear']:.3f}" if random_init else "-",
                 f"{record['test_accuracy']:.3f}" if "test_accuracy" in record else "-",
-                f"{record['seconds']:.0f} s ({record['threads']} thread{'s' * (record['threads'] != 1)})",
+                training_time(record),
             ]
         )
     header = [

@@ -3,6 +3,7 @@
     python benchmarks/train_ssl.py                  # every model, reusing cached weights
     python benchmarks/train_ssl.py --retrain        # reproduce them from scratch
     python benchmarks/train_ssl.py --models dino-vit
+    python benchmarks/train_ssl.py --check /tmp/again   # retrain into /tmp/again, compare with the cache
 
 - ``dino-vit``: ``ssl_models.SmallViT`` trained by DINO self-distillation (Caron et al., ICCV 2021)
   on the objects task's training scenes, labels unused: a student and a teacher (the student's
@@ -30,6 +31,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -88,7 +90,9 @@ class Recipe:
 
 
 RECIPES = {
-    "dino-vit": Recipe("dino-vit", "dino", "vit", "objects", train=6000, epochs=3, batch=64, lr=1e-3),
+    "dino-vit": Recipe(
+        "dino-vit", "dino", "vit", "objects", train=6000, epochs=3, batch=32, lr=1e-3, prototypes=256, ema=0.99
+    ),
     "simclr-cnn": Recipe("simclr-cnn", "simclr", "cnn", "objects", train=6000, epochs=5, batch=128, lr=2e-3),
     "simclr-retina": Recipe(
         "simclr-retina",
@@ -243,7 +247,7 @@ def cosine(step: int, steps: int, start: float, end: float, warmup: int = 0) -> 
 
 def train(recipe: Recipe, seed: int = 0, source: str | None = None, log=print) -> tuple[nn.Module, dict]:
     """Train one model from scratch; returns the eval-mode backbone (DINO: the teacher) and its record."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     torch.manual_seed(seed)
     backbone = build(recipe)
     initial = copy.deepcopy(backbone).eval()
@@ -282,7 +286,7 @@ def train(recipe: Recipe, seed: int = 0, source: str | None = None, log=print) -
             f"({time.perf_counter() - start:.0f} s)"
         )
     trained = (teacher if teacher is not None else student)[0].eval()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     record = {
         "recipe": json.loads(json.dumps(asdict(recipe))),
         "seed": seed,
@@ -290,6 +294,8 @@ def train(recipe: Recipe, seed: int = 0, source: str | None = None, log=print) -
         "steps": steps,
         "losses": [round(x, 5) for x in losses],
         "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
+        "load": round(os.getloadavg()[0], 1),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         **quality(trained, initial, recipe, seed, source),
@@ -402,16 +408,37 @@ def load_or_train(
     return backbone, record
 
 
+def compare(model: str, seed: int, cache: Path, other: Path) -> dict:
+    """Two trainings of one model (cached in ``cache`` and ``other``): are the weights bit-identical,
+    their largest absolute difference, and both records' probe accuracies."""
+    weights, probe = [], []
+    for folder in (cache, other):
+        path = cache_path(model, seed, folder)
+        weights.append(load_file(path))
+        with safe_open(path, "pt") as f:
+            probe.append(json.loads(f.metadata()["record"])["probe"])
+    difference = max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0])
+    return {"model": model, "identical": difference == 0.0, "max_abs_difference": difference, "probes": probe}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--retrain", action="store_true", help="train even where cached weights exist")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=CACHE, help="where the weights are read and written")
+    parser.add_argument(
+        "--check", type=Path, metavar="CACHE", help="compare the weights in --cache with those retrained into CACHE"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for model in args.models:
-        record = load_or_train(model, args.seed, retrain=args.retrain)[1]
+        if args.check:
+            load_or_train(model, args.seed, cache=args.check)
+            print(json.dumps(compare(model, args.seed, args.cache, args.check)), flush=True)
+            continue
+        record = load_or_train(model, args.seed, retrain=args.retrain, cache=args.cache)[1]
         print(json.dumps({"model": model, **{k: v for k, v in record.items() if k != "recipe"}}), flush=True)
 
 

@@ -43,6 +43,11 @@ def test_training_is_reproducible_from_the_seed(tmp_path):
     again, _ = train_ssl.load_or_train("dino-vit", seed=1, cache=tmp_path / "b", log=lambda _: None, **settings)
     for name, value in first.state_dict().items():
         assert torch.equal(value, again.state_dict()[name]), name
+    same = train_ssl.compare("dino-vit", 1, tmp_path / "a", tmp_path / "b")
+    assert same["identical"] and same["max_abs_difference"] == 0.0 and same["probes"][0] == same["probes"][1]
+    train_ssl.load_or_train("dino-vit", seed=1, cache=tmp_path / "c", log=lambda _: None, **{**settings, "lr": 0.01})
+    other = train_ssl.compare("dino-vit", 1, tmp_path / "a", tmp_path / "c")
+    assert not other["identical"] and other["max_abs_difference"] > 0
 
 
 def test_dino_loss_is_the_cross_entropy_of_centred_sharpened_teacher_and_student():

@@ -1,6 +1,7 @@
-"""The ``whycam`` command end to end on a tiny model and a few small images: the main paths in a
-subprocess (``whycam_cli``), the others in-process through click's runner (``invoke``), which runs
-the same code and exit codes without paying for a fresh interpreter each time."""
+"""The ``whycam`` command end to end on a tiny model and a few small images, in-process through click's
+runner (``invoke``), which runs the same code and exit codes without paying for a fresh interpreter
+each time; one test runs the installed console script in a subprocess (``whycam_cli``) for its exit
+code and stderr."""
 
 from __future__ import annotations
 
@@ -35,21 +36,16 @@ COMMANDS = [
 ]
 
 
-def whycam_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def whycam_cli(*args: str) -> subprocess.CompletedProcess:
+    """The installed ``whycam`` console script (next to this interpreter) in a fresh process."""
     env = {
         **os.environ,
         "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
         "OMP_NUM_THREADS": "1",
         "TQDM_DISABLE": "1",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "whycam.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
-    )
+    script = Path(sys.executable).with_name("whycam")
+    return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
 
 
 def _read(paths, preprocess) -> tuple[list[str], list[torch.Tensor]]:
@@ -108,7 +104,7 @@ def test_methods_lists_the_registry():
 
 def test_explain_writes_maps_overlays_summary_and_report(photos, tmp_path):
     out = tmp_path / "out"
-    result = whycam_cli("explain", photos, "--model", TINY, "--method", "gradcam,eigencam", "--out", out, "--report")
+    result = invoke("explain", photos, "--model", TINY, "--method", "gradcam,eigencam", "--out", out, "--report")
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"model", "layer", "layers", "methods", "images", "failures"}
@@ -143,6 +139,7 @@ def test_explain_target_by_name(photos, tmp_path):
 
 
 def test_bad_inputs_are_named_skipped_and_the_rest_kept(photos, bad_inputs, tmp_path):
+    """Through the installed console script: exit code 1 and the failures on stderr from a real process."""
     out = tmp_path / "out"
     result = whycam_cli("explain", photos, *bad_inputs, "--model", TINY, "--out", out)
     assert result.returncode == 1
@@ -159,7 +156,7 @@ def test_bad_inputs_are_named_skipped_and_the_rest_kept(photos, bad_inputs, tmp_
 
 
 def test_nothing_readable_is_a_usage_error(bad_inputs, tmp_path):
-    result = whycam_cli("explain", *bad_inputs, "--model", TINY, "--out", tmp_path / "out")
+    result = invoke("explain", *bad_inputs, "--model", TINY, "--out", tmp_path / "out")
     assert result.returncode == 2 and "no readable image" in result.stderr
 
 
@@ -278,7 +275,7 @@ def test_evaluate_writes_tables_curves_and_report(tmp_path):
     (dataset / "images" / "s9.png").write_text("not an image")
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(dataset / "masks" / "s9.png")
     out = tmp_path / "eval"
-    result = whycam_cli(
+    result = invoke(
         "evaluate",
         dataset,
         "--model",

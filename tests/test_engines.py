@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_model import make
 
 import whycam
 from whycam import Runner
@@ -19,38 +18,16 @@ from whycam.engines.work import ShardWriter
 from whycam.evaluate import evaluate
 
 
-def write_images(root, count: int, seed: int = 0) -> None:
-    """``count`` random 32 px RGB PNGs in two class folders 0/ and 1/, and one corrupt file in 0/."""
-    rng = np.random.default_rng(seed)
-    for label in ("0", "1"):
-        (root / label).mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / str(i % 2) / f"im{i:04d}.png")
-    (root / "0" / "corrupt.png").write_bytes(b"these bytes are not a PNG")
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    write_images(root, 200)
-    return root
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    return make()
-
-
 def _readable(table):
     return table[table["failure"].isna()]
 
 
-def test_streamed_run_equals_the_in_memory_loop_and_lists_the_corrupt_file(folder, loaded, tmp_path):
+def test_streamed_run_equals_the_in_memory_loop_and_lists_the_corrupt_file(dataset_folder, tiny_loaded, tmp_path):
     out = whycam.run_dataset(
-        loaded, folder, "gradcam,saliency", tmp_path / "run", workers=2, shard_size=64, progress=False
+        tiny_loaded, dataset_folder, "gradcam,saliency", tmp_path / "run", workers=2, shard_size=64, progress=False
     )
     table = whycam.load_run(out)
-    expected = Runner(loaded, "gradcam,saliency", batch_size=8).explain([folder])
+    expected = Runner(tiny_loaded, "gradcam,saliency", batch_size=8).explain([dataset_folder])
     assert len(table) == 2 * 201 and not table.duplicated(["id", "method"]).any()
     failed = table[table["failure"].notna()]
     assert set(failed["id"]) == {"corrupt"} and set(failed["method"]) == {"gradcam", "saliency"}
@@ -71,7 +48,9 @@ def test_streamed_run_equals_the_in_memory_loop_and_lists_the_corrupt_file(folde
     assert not list(out.glob("overlays"))  # overlays are off by default
 
 
-def test_an_interrupted_run_resumes_without_computing_any_image_twice(folder, loaded, tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_without_computing_any_image_twice(
+    dataset_folder, tiny_loaded, tmp_path, monkeypatch
+):
     computed: list[str] = []
     explain_batch = Runner.explain_batch
 
@@ -91,17 +70,21 @@ def test_an_interrupted_run_resumes_without_computing_any_image_twice(folder, lo
     monkeypatch.setattr(ShardWriter, "write", interrupted)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        whycam.run_dataset(loaded, folder, "gradcam", out, workers=2, shard_size=48, batch_size=8, progress=False)
+        whycam.run_dataset(
+            tiny_loaded, dataset_folder, "gradcam", out, workers=2, shard_size=48, batch_size=8, progress=False
+        )
     assert not whycam.shards.read_manifest(out)["complete"] and len(written) == 2
     finished = len(whycam.load_run(out))
     assert finished == 96 and len(computed) > finished  # the third shard was lost with the interruption
     with pytest.raises(whycam.UsageError, match="already holds a run; pass --resume"):
-        whycam.run_dataset(loaded, folder, "gradcam", out, workers=0, progress=False)
+        whycam.run_dataset(tiny_loaded, dataset_folder, "gradcam", out, workers=0, progress=False)
     with pytest.raises(whycam.UsageError, match="cannot resume .* methods"):
-        whycam.run_dataset(loaded, folder, "saliency", out, workers=0, resume=True, progress=False)
+        whycam.run_dataset(tiny_loaded, dataset_folder, "saliency", out, workers=0, resume=True, progress=False)
     before = list(computed)
     monkeypatch.setattr(ShardWriter, "write", write)
-    whycam.run_dataset(loaded, folder, "gradcam", out, workers=2, shard_size=48, resume=True, progress=False)
+    whycam.run_dataset(
+        tiny_loaded, dataset_folder, "gradcam", out, workers=2, shard_size=48, resume=True, progress=False
+    )
     resumed = computed[len(before) :]
     table = whycam.load_run(out)
     assert not set(resumed) & set(_readable(table)["id"][:95])  # no finished image computed again
@@ -126,19 +109,19 @@ def masks_dataset(tmp_path_factory):
     return root
 
 
-def test_streamed_evaluation_equals_the_in_memory_evaluation(masks_dataset, loaded, tmp_path):
+def test_streamed_evaluation_equals_the_in_memory_evaluation(masks_dataset, tiny_loaded, tmp_path):
     dataset = load_dataset(masks_dataset)
     metrics = ["auprc", "deletion", "average_drop"]
     items = sample_items(dataset.samples, [None] * len(dataset))
     out = whycam.run_dataset(
-        loaded, items, "gradcam", tmp_path / "eval", metrics=metrics, workers=2, shard_size=16, progress=False
+        tiny_loaded, items, "gradcam", tmp_path / "eval", metrics=metrics, workers=2, shard_size=16, progress=False
     )
     streamed = evaluation_of_run(out)
-    images = torch.stack([loaded.preprocess(whycam.load_images(s.path)[0]) for s in dataset])
-    geometry = loaded.preprocess.geometry
+    images = torch.stack([tiny_loaded.preprocess(whycam.load_images(s.path)[0]) for s in dataset])
+    geometry = tiny_loaded.preprocess.geometry
     masks = torch.stack([geometry(s.mask((32, 32))[None].float(), "nearest")[0] > 0.5 for s in dataset])
     single = evaluate(
-        loaded.model, images, methods=["gradcam"], metrics=metrics, truth=masks, layer="features", progress=False
+        tiny_loaded.model, images, methods=["gradcam"], metrics=metrics, truth=masks, layer="features", progress=False
     )
     assert [row["image"] for row in streamed.rows] == [s.path.stem for s in dataset]
     # deletion breaks ties between equal map values (Grad-CAM's zeros) in a seeded random order drawn per
@@ -152,18 +135,22 @@ def test_streamed_evaluation_equals_the_in_memory_evaluation(masks_dataset, load
     assert streamed.markdown().splitlines()[0] == single.markdown().splitlines()[0]
 
 
-def test_box_metrics_are_refused_image_by_image(folder, loaded, tmp_path):
+def test_box_metrics_are_refused_image_by_image(dataset_folder, tiny_loaded, tmp_path):
     with pytest.raises(whycam.UsageError, match="max_box_accuracy compare boxes"):
-        whycam.run_dataset(loaded, folder, "gradcam", tmp_path / "x", metrics=["max_box_accuracy"], progress=False)
+        whycam.run_dataset(
+            tiny_loaded, dataset_folder, "gradcam", tmp_path / "x", metrics=["max_box_accuracy"], progress=False
+        )
 
 
-def test_streamed_reference_statistics_equal_a_fit_in_memory(folder, loaded):
-    bank, failures = whycam.build_reference(loaded, [folder], per_class=True, workers=2, batch_size=16, progress=False)
-    assert [path for path, _ in failures] == [str(folder / "0" / "corrupt.png")]
-    explainer = whycam.create("diffcam", loaded.model, layer="features")
+def test_streamed_reference_statistics_equal_a_fit_in_memory(dataset_folder, tiny_loaded):
+    bank, failures = whycam.build_reference(
+        tiny_loaded, [dataset_folder], per_class=True, workers=2, batch_size=16, progress=False
+    )
+    assert [path for path, _ in failures] == [str(dataset_folder / "0" / "corrupt.png")]
+    explainer = whycam.create("diffcam", tiny_loaded.model, layer="features")
     for label in ("0", "1"):
-        readable = [item for item in list_items([folder / label]) if item.id != "corrupt"]
-        images = torch.stack([loaded.preprocess(whycam.load_images(item.path)[0]) for item in readable])
+        readable = [item for item in list_items([dataset_folder / label]) if item.id != "corrupt"]
+        images = torch.stack([tiny_loaded.preprocess(whycam.load_images(item.path)[0]) for item in readable])
         explainer.fit(images, batch_size=7)
         expected, got = explainer.reference_, bank.classes[label]
         assert got.count_ == expected.count_ == 100 and got.meta == expected.meta
@@ -171,7 +158,7 @@ def test_streamed_reference_statistics_equal_a_fit_in_memory(folder, loaded):
             torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=1e-12, atol=1e-12)
 
 
-def test_the_commands_stream_with_engine_local_and_resume(folder, masks_dataset, tmp_path):
+def test_the_commands_stream_with_engine_local_and_resume(dataset_folder, masks_dataset, tmp_path):
     from click.testing import CliRunner
     from test_cli import TINY
 
@@ -181,15 +168,15 @@ def test_the_commands_stream_with_engine_local_and_resume(folder, masks_dataset,
         return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     out = tmp_path / "explain"
-    command = ["explain", folder, "--model", TINY, "--method", "gradcam", "--engine", "local", "--workers", "1"]
+    command = ["explain", dataset_folder, "--model", TINY, "--method", "gradcam", "--engine", "local", "--workers", "1"]
     result = invoke(*command, "--shard-size", "100", "--out", out)
     assert result.exit_code == 1 and "gradcam failed on" in result.output and "corrupt.png" in result.output
     table = whycam.load_run(out)
     assert len(table) == 201 and table["failure"].notna().sum() == 1 and not list(out.glob("*.png"))
-    assert invoke(*command, "--out", out).exit_code == 2  # the folder holds a run: --resume or another --out
+    assert invoke(*command, "--out", out).exit_code == 2  # the dataset_folder holds a run: --resume or another --out
     assert invoke(*command, "--resume", "--out", out).exit_code == 1  # nothing left to do but the corrupt file
     assert len(whycam.load_run(out)) == 201
-    assert invoke("explain", folder, "--model", TINY, "--resume", "--out", tmp_path / "memory").exit_code == 2
+    assert invoke("explain", dataset_folder, "--model", TINY, "--resume", "--out", tmp_path / "memory").exit_code == 2
 
     result = invoke(
         "evaluate", masks_dataset, "--model", TINY, "--method", "gradcam", "--metrics", "auprc,average_drop",
@@ -199,7 +186,9 @@ def test_the_commands_stream_with_engine_local_and_resume(folder, masks_dataset,
     assert "| gradcam | 40 |" in (tmp_path / "evaluate" / "summary.md").read_text()
 
     bank = tmp_path / "bank.safetensors"
-    result = invoke("reference", "build", folder, "--per-class", "--model", TINY, "--workers", "1", "--out", bank)
+    result = invoke(
+        "reference", "build", dataset_folder, "--per-class", "--model", TINY, "--workers", "1", "--out", bank
+    )
     assert result.exit_code == 1 and "corrupt.png" in result.output
     assert {label: stats.count_ for label, stats in whycam.ReferenceBank.load(bank).classes.items()} == {
         "0": 100,

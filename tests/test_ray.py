@@ -10,15 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import torch
-from test_engines import write_images
-from tiny_model import make
 
 import whycam
 from whycam import Runner
 from whycam.engines.work import ShardWriter
-
-ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="session")
@@ -32,25 +29,14 @@ def cluster():
         ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    write_images(root, 200)
-    return root
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    return make()
-
-
-def test_ray_run_equals_the_local_run(cluster, folder, loaded, tmp_path):
-    options = dict(metrics=["deletion", "average_drop"], shard_size=64, batch_size=8, progress=False)
-    local = whycam.load_run(whycam.run_dataset(loaded, folder, "gradcam,saliency", tmp_path / "local", **options))
-    out = whycam.run_on_ray(loaded, folder, "gradcam,saliency", tmp_path / "ray", num_actors=2, **options)
+def test_ray_run_equals_the_local_run(cluster, small_dataset_folder, tiny_loaded, tmp_path):
+    folder = small_dataset_folder  # 61 files in 4 blocks of at most 16
+    options = dict(metrics=["deletion", "average_drop"], shard_size=16, batch_size=8, progress=False)
+    local = whycam.load_run(whycam.run_dataset(tiny_loaded, folder, "gradcam,saliency", tmp_path / "local", **options))
+    out = whycam.run_on_ray(tiny_loaded, folder, "gradcam,saliency", tmp_path / "ray", num_actors=2, **options)
     remote = whycam.load_run(out)
     assert whycam.shards.read_manifest(out)["complete"] and whycam.shards.read_manifest(out)["engine"] == "ray"
-    assert len(remote) == 402 and not remote.duplicated(["id", "method"]).any()
+    assert len(remote) == 122 and not remote.duplicated(["id", "method"]).any()
     columns = ["id", "method", "prediction", "target", "layer"]
     assert remote[columns].equals(local[columns])
     failed = remote[remote["failure"].notna()]
@@ -68,16 +54,17 @@ def test_ray_run_equals_the_local_run(cluster, folder, loaded, tmp_path):
         np.testing.assert_allclose(a["average_drop"], b["average_drop"], atol=1e-6, rtol=0)
 
 
-def test_ray_reference_statistics_equal_the_local_ones(cluster, folder, loaded):
-    local, _ = whycam.build_reference(loaded, [folder], per_class=True, workers=0, progress=False)
+def test_ray_reference_statistics_equal_the_local_ones(cluster, small_dataset_folder, tiny_loaded):
+    folder = small_dataset_folder
+    local, _ = whycam.build_reference(tiny_loaded, [folder], per_class=True, workers=0, progress=False)
     remote, failures = whycam.build_reference(
-        loaded, [folder], per_class=True, engine="ray", num_actors=2, shard_size=48, progress=False
+        tiny_loaded, [folder], per_class=True, engine="ray", num_actors=2, shard_size=16, progress=False
     )
     assert [path for path, _ in failures] == [str(folder / "0" / "corrupt.png")]
     assert remote.labels == local.labels == ["0", "1"]
     for label in local.labels:
         got, expected = remote.classes[label], local.classes[label]
-        assert got.count_ == expected.count_ == 100 and got.meta == expected.meta
+        assert got.count_ == expected.count_ == 30 and got.meta == expected.meta
         for name in ("sum_", "outer_", "moment3_", "moment4_"):  # per-block sums merged: equal to float64 rounding
             torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=1e-12, atol=1e-12)
 
@@ -101,7 +88,7 @@ class Logged(Runner):
 
 @pytest.mark.slow
 def test_an_interrupted_run_resumed_on_ray_with_a_killed_actor_is_complete_and_duplicate_free(
-    cluster, folder, loaded, tmp_path, monkeypatch
+    cluster, dataset_folder, tiny_loaded, tmp_path, monkeypatch
 ):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     log, marker, out = tmp_path / "computed.txt", tmp_path / "died", tmp_path / "run"
@@ -115,13 +102,15 @@ def test_an_interrupted_run_resumed_on_ray_with_a_killed_actor_is_complete_and_d
 
     monkeypatch.setattr(ShardWriter, "write", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        whycam.run_dataset(Logged(loaded, "gradcam", log=log), folder, None, out, shard_size=48, progress=False)
+        whycam.run_dataset(
+            Logged(tiny_loaded, "gradcam", log=log), dataset_folder, None, out, shard_size=48, progress=False
+        )
     monkeypatch.setattr(ShardWriter, "write", write)
     first = log.read_text().split()
     assert len(whycam.load_run(out)) == 48
     log.write_text("")  # from here on every image is counted once: the actor that dies computes nothing
-    runner = Logged(loaded, "gradcam", log=log, marker=marker)
-    whycam.run_on_ray(runner, folder, None, out, resume=True, num_actors=2, shard_size=30, progress=False)
+    runner = Logged(tiny_loaded, "gradcam", log=log, marker=marker)
+    whycam.run_on_ray(runner, dataset_folder, None, out, resume=True, num_actors=2, shard_size=30, progress=False)
     assert marker.exists()  # an actor died, and its task was retried
     computed = log.read_text().split()
     table = whycam.load_run(out)

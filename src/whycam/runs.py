@@ -39,7 +39,7 @@ from .methods.factory import create, option_names
 from .models import LoadedModel, Preprocess
 from .reference import ReferenceBank, ReferenceStats
 from .taps import preserved
-from .targets import OutputSelector, Target, describe_target, select_output
+from .targets import OutputSelector, Target, describe_target, select_output, target_classes
 
 log = logging.getLogger("whycam")
 
@@ -302,26 +302,64 @@ class Runner:
     def explain_batch(
         self, images: Tensor, targets: Target = None, ids: Sequence[str] | None = None, *, display=None, labels=None
     ) -> BatchResult:
-        """One batch through every method (see ``BatchResult``); a failing method is recorded, not raised."""
+        """One batch through every method (see ``BatchResult``); a failing method is recorded, not raised.
+
+        The predictions come from the output of the first method that runs the unaltered images
+        through the model (``sees_output``), which then runs first (with ``targets=None`` it explains
+        its own predicted class, the rule ``target_classes`` gives every method); only when no
+        method does is there a forward pass for the predictions alone."""
         images = check_images(images, self.model).to(self.device)
         ids = [str(i) for i in range(len(images))] if ids is None else list(ids)
         result = BatchResult(ids, display=display, labels=labels)
-        output = self.predict(images)
+        given = None if targets is None else self._targets(targets, None, len(images))
+        first = self._seeing()
+        error = None if first is None else self._attempt(first, images, given, result, keep_output=True)
+        output = self._seen(first)
+        output = self.predict(images) if output is None else output
         if output.dim() == 2:
             probabilities = output.softmax(1)
-            result.predictions = probabilities.argmax(1).cpu()
+            result.predictions = target_classes(output, None).cpu()
             result.probabilities = probabilities.gather(1, result.predictions[:, None].to(self.device))[:, 0].cpu()
-        explained = self._targets(targets, result.predictions, len(images))
+        explained = given if given is not None else self._targets(None, result.predictions, len(images))
         result.targets = explained.cpu() if isinstance(explained, Tensor) else None
         result.target_text = None if isinstance(explained, Tensor) else describe_target(explained)
-        for name, explainer in self.explainers.items():
-            try:
-                self._run(name, explainer, images, explained, result)
-            except Exception as error:  # noqa: BLE001 (one failing method must not lose the others)
+        for name in self.explainers:
+            error = self._attempt(name, images, explained, result) if name != first else error
+            if error is not None:
                 if self.strict:
-                    raise
+                    raise error
                 result.failures.append(Failure(ids, f"{type(error).__name__}: {error}", name))
-        return result
+        return _in_order(result, list(self.explainers))
+
+    def _seeing(self) -> str | None:
+        """The first method whose call gives the model's output on the unaltered batch, under the
+        run's output selector (a bank question asks each label's images apart: not the batch)."""
+        for name, explainer in self.explainers.items():
+            asks = self.question is not None and explainer.needs_reference
+            if explainer.sees_output and explainer.output is self.output and not asks:
+                return name
+        return None
+
+    def _seen(self, name: str | None) -> Tensor | None:
+        """The selected output that method ``name`` saw (None when it never got that far)."""
+        if name is None or self.explainers[name].output_ is None:
+            return None
+        explainer, output = self.explainers[name], self.explainers[name].output_
+        explainer.output_ = None
+        with torch.no_grad():
+            return select_output(output, self.output).detach()
+
+    def _attempt(self, name: str, images: Tensor, targets: Target, result: BatchResult, *, keep_output=False):
+        """``_run``; the exception it raised, or None."""
+        explainer = self.explainers[name]
+        explainer.keep_output, explainer.output_ = keep_output, None
+        try:
+            self._run(name, explainer, images, targets, result)
+        except Exception as error:  # noqa: BLE001 (one failing method must not lose the others)
+            return error
+        finally:
+            explainer.keep_output = False
+        return None
 
     def _targets(self, targets: Target, predictions: Tensor | None, n: int) -> Target:
         if targets is None:
@@ -416,6 +454,14 @@ class Runner:
             if any(name in b.asked for b in batches):
                 result.asked[name] = [x for b in batches for x in b.asked.get(name, [None] * len(b.ids))]
         return result
+
+
+def _in_order(result: BatchResult, names: list[str]) -> BatchResult:
+    """``result`` with its per-method entries in the methods' order (the first may have run first)."""
+    for key in ("maps", "raw", "seconds", "layers", "strides", "asked"):
+        entries = getattr(result, key)
+        setattr(result, key, {name: entries[name] for name in names if name in entries})
+    return result
 
 
 def _stack(into: dict[str, Tensor], name: str, parts: list[tuple[Tensor | None, int]]) -> None:

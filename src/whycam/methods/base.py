@@ -175,6 +175,10 @@ class Explainer:
     sign: str = "positive"  # which part of a signed map is shown (CAM methods take ``sign=``)
     stride_: tuple[float, ...] | None = None  # input pixels per map cell (per grid axis), after a call
     channels_last: bool = True  # see ``in_layout``; False once a model has refused it
+    # a call runs the unaltered images through the whole model once, unmodified (``keep_output``)
+    sees_output: ClassVar[bool] = False
+    keep_output: bool = False  # set by the run loop: a call of a ``sees_output`` method keeps that output
+    output_: object = None  # the model's raw output on the unaltered images, after a call with keep_output
 
     @classmethod
     def applies(cls, model: nn.Module) -> bool:
@@ -223,9 +227,20 @@ class Explainer:
         """The dotted names of the layers explained, once resolved (empty for pixel methods)."""
         return []
 
-    def forward(self, images: Tensor) -> Tensor:
-        """The model's selected output for ``images`` (NaN and infinity refused)."""
-        return select_output(self.model(images), self.output)
+    def forward(self, images: Tensor, *, unaltered: bool = False) -> Tensor:
+        """The model's selected output for ``images`` (NaN and infinity refused); ``unaltered``: the
+        images are the call's own, unmodified (see ``saw``)."""
+        output = self.model(images)
+        return select_output(self.saw(output) if unaltered else output, self.output)
+
+    def saw(self, output: object) -> object:
+        """``output``, the model's raw output on the call's unaltered images, kept as ``output_`` when
+        ``keep_output`` is set: the run loop's predictions come from it instead of a pass of their own.
+        Only a forward pass of the unmodified model on the images as given (any memory layout) may
+        call this."""
+        if self.keep_output:
+            self.output_ = output
+        return output
 
     def in_layout(self, run: Callable[[Tensor], T], images: Tensor) -> T:
         """``run(images)`` with the images channels-last (NHWC), the layout in which oneDNN's CPU
@@ -284,6 +299,7 @@ class CAMExplainer(Explainer):
 
     uses_gradient: ClassVar[bool] = True
     needs_layer: ClassVar[bool] = True
+    sees_output: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -364,12 +380,12 @@ class CAMExplainer(Explainer):
         label-free method never reads the output: any model, with or without a head."""
         with Tap([module for _, module in layers], grad=self.uses_gradient) as tap, torch.no_grad():
             if self.needs_target:
-                output = self.forward(images)
+                output = self.forward(images, unaltered=True)
                 with torch.set_grad_enabled(self.uses_gradient):
                     scores, classes = target_scores(output, target)
             else:
                 output, scores, classes = None, None, None
-                self.model(images)
+                self.saw(self.model(images))
             activations = tap.captured()
             gradients = self.gradients(scores, activations) if self.uses_gradient else [None] * len(activations)
         return output, scores, classes, activations, gradients

@@ -284,11 +284,12 @@ class DiffCAM(Params, CAMExplainer):
 
     def _activation(self, images: Tensor) -> Tensor:
         """The layer's output. The forward pass stops there (the rest of the model never runs), unless
-        the layer is a module the model calls several times (a shared activation): then the whole pass
-        runs and the last call is kept, as every CAM reads it. The first pass counts the calls."""
+        the layer is a module the model calls several times (a shared activation), or the run loop
+        asks for the output (``keep_output``): then the whole pass runs and the last call is kept, as
+        every CAM reads it. The first pass counts the calls."""
         module = self.layers(images)[0][1]
-        with torch.no_grad(), Tap([module], stop=bool(self._stop_early)) as tap:
-            self.model(images)
+        with torch.no_grad(), Tap([module], stop=bool(self._stop_early) and not self.keep_output) as tap:
+            self.saw(self.model(images))
         activation = tap.captured()[0]
         if self._stop_early is None:
             self._stop_early = tap.calls[0] == 1

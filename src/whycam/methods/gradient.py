@@ -41,8 +41,8 @@ REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def input_gradient(explainer: Explainer, inputs: Tensor, target: Target) -> Tensor:
-    """``d y / d x`` for each image's target score y.
+def input_gradient(explainer: Explainer, inputs: Tensor, target: Target, *, unaltered: bool = False) -> Tensor:
+    """``d y / d x`` for each image's target score y (``unaltered``: ``inputs`` are the call's own images).
 
     Images are independent (the model is in eval mode), so the gradient of the summed scores is
     each image's own gradient.
@@ -51,7 +51,7 @@ def input_gradient(explainer: Explainer, inputs: Tensor, target: Target) -> Tens
     def gradient(x: Tensor) -> Tensor:
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)  # a new leaf on the same storage: no copy
-            scores, _ = target_scores(explainer.forward(x), target)
+            scores, _ = target_scores(explainer.forward(x, unaltered=unaltered), target)
             return torch.autograd.grad(scores.sum(), x)[0]
 
     return explainer.in_layout(gradient, inputs).contiguous()
@@ -97,9 +97,10 @@ class Saliency(PixelExplainer):
     name = "saliency"
     summary = "Vanilla gradient: |dy/dx|, max over colour channels."
     default_reduce = "max_abs"
+    sees_output = True
 
     def attribute_pixels(self, images, target):
-        return input_gradient(self, images, target).abs()
+        return input_gradient(self, images, target, unaltered=True).abs()
 
 
 @register
@@ -108,9 +109,10 @@ class InputXGradient(PixelExplainer):
 
     name = "inputxgradient"
     summary = "Input times gradient, summed over colour channels."
+    sees_output = True
 
     def attribute_pixels(self, images, target):
-        return images * input_gradient(self, images, target)
+        return images * input_gradient(self, images, target, unaltered=True)
 
 
 def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
@@ -374,10 +376,11 @@ class GuidedBackprop(PixelExplainer):
     name = "guidedbackprop"
     summary = "Guided backpropagation: gradients with negative signals stopped at every ReLU."
     default_reduce = "max_abs"
+    sees_output = True
 
     def attribute_pixels(self, images, target):
         with guided_relus(self.model):
-            return input_gradient(self, images, target)
+            return input_gradient(self, images, target, unaltered=True)
 
 
 @register
@@ -389,10 +392,11 @@ class Deconvnet(PixelExplainer):
     name = "deconvnet"
     summary = "Deconvnet: the backward pass with each ReLU applied to the incoming signal."
     default_reduce = "max_abs"
+    sees_output = True
 
     def attribute_pixels(self, images, target):
         with deconv_relus(self.model):
-            return input_gradient(self, images, target)
+            return input_gradient(self, images, target, unaltered=True)
 
 
 @register
