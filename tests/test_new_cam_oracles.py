@@ -138,9 +138,7 @@ def test_kpcacam_raw_maps_match_pytorch_grad_cam_up_to_the_eigenvector_sign(mode
     """The first kernel principal component has no sign of its own: scikit-learn (inside
     pytorch-grad-cam) makes the largest entry of its eigenvector positive, whycam makes the map
     correlate with the channel-mean activation (as its Eigen-CAM). Raw maps agree up to that sign."""
-    # A LayerNorm output at init (weight 1, bias 0) has channel mean 0 at every token, so the sign rule
-    # would read rounding noise (correlations of 1e-8 here): the ViT case uses the last block's output.
-    model, layer, images, reshape = case(model_name, "blocks.11" if model_name == "vit" else None)
+    model, layer, images, reshape = case(model_name)
     grid = layer_grid(model, layer, images, reshape)
     # float64 activations: in float32, scikit-learn's rbf distances lose 5% of the map to cancellation
     theirs = torch.from_numpy(get_2d_projection_kernel(grid.double().numpy(), kernel, gamma)).float()
