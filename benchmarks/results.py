@@ -27,7 +27,6 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -45,6 +44,7 @@ from whycam.evaluate import routed_truth, score_maps  # noqa: E402
 from whycam.methods.factory import method_class, option_names  # noqa: E402
 from whycam.metrics import get_metrics  # noqa: E402
 from whycam.runs import Runner  # noqa: E402
+from whycam.targets import Versus  # noqa: E402
 
 BOOTSTRAP = 1000
 BATCH = 50
@@ -101,16 +101,6 @@ def _sample(images: Tensor, n: int, seed: int) -> Tensor:
     return images[pick.sort().values]
 
 
-def logit_difference(a: int, b: int) -> Callable[[Tensor], Tensor]:
-    """ "Why a, not b": the score y_a - y_b of every image, for any batch (methods that expand the
-    batch with perturbed copies call it on their larger output)."""
-
-    def score(output: Tensor) -> Tensor:
-        return output[:, a] - output[:, b]
-
-    return score
-
-
 def make_job(task: str, split: str, n: int, references: int, seed: int) -> Job:
     """The images of ``split`` a task's methods explain, grouped by question."""
     model, record = train_tasks.load_or_train(task, seed)
@@ -153,7 +143,7 @@ def make_job(task: str, split: str, n: int, references: int, seed: int) -> Job:
         Group(
             ((data.labels == a) & (data.contrast == b)).nonzero().flatten(),
             _sample(train.images[train.labels == b], references, seed),
-            logit_difference(a, b),
+            Versus(a, b),
         )
         for a, b in questions
     ]
@@ -163,7 +153,10 @@ def make_job(task: str, split: str, n: int, references: int, seed: int) -> Job:
         record,
         data,
         groups,
-        ["target: the logit difference y_a - y_b", "DiffCAM's reference group: training items of class b"],
+        [
+            "target: the logit difference y_a - y_b (Versus(a, b); FinerCAM: the comparison set {b})",
+            "DiffCAM's reference group: training items of class b",
+        ],
     )
 
 
