@@ -202,6 +202,9 @@ def test_results_groups_partition_the_images_by_question(untrained, task):
         assert torch.allclose(
             maps[group.index], explained(job.data.images[group.index], target=group.target), atol=1e-6
         )
+    if task == "whynot":  # FinerCAM answers "why a, not b" with the comparison set {b}: y_a - y_b again
+        finer, _, _ = untrained.explain("finercam", job, seed=0)
+        assert torch.allclose(finer, maps, atol=1e-5)
 
 
 @pytest.mark.parametrize("task", ["objects", "anomaly", "whynot"])
