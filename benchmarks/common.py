@@ -30,6 +30,19 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
     return statistics.median(times)
 
 
+def interleaved_times(functions: list[Callable[[], object]], repeats: int = 5, warmup: int = 1) -> list[float]:
+    """Median wall time in seconds of each function, the functions taking turns in every round so that
+    the load of a shared machine falls on all of them alike."""
+    for fn in functions:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in functions]
+    for _ in range(repeats):
+        for fn, record in zip(functions, times, strict=True):
+            record.append(median_time(fn, repeats=1, warmup=0))
+    return [statistics.median(record) for record in times]
+
+
 def peak_memory(fn: Callable[[], object], interval: float = 0.002) -> float:
     """Peak resident memory above the level before the call, in MiB, sampled every ``interval`` s."""
     gc.collect()

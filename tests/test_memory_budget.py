@@ -43,6 +43,15 @@ CASES = {
     "deletion": lambda m, x, s, b: metrics.deletion(m, x, s, [1, 3], steps=4, batch_size=b).curves["score"],
     "insertion": lambda m, x, s, b: metrics.insertion(m, x, s, [1, 3], steps=4, batch_size=b).curves["score"],
     "average_drop": lambda m, x, s, b: metrics.average_drop(m, x, s, [1, 3], batch_size=b).scores,
+    "sanity_check": lambda m, x, s, b: metrics.sanity_check(
+        lambda copy: whycam.RISE(copy, masks=12, grid=4, batch_size=b),
+        m,
+        x,
+        [1, 3],
+        layers=["fc"],
+        modes=["cascading"],
+        batch_size=b,
+    )["cascading"].curves["spearman"],
 }
 
 

@@ -1,5 +1,5 @@
-"""Noisy linear imputation: the oracle (pytorch-grad-cam's NoisyLinearImputer, noise off), batching,
-seeded noise, bad input."""
+"""Noisy linear imputation: the plain dense solve and pytorch-grad-cam's NoisyLinearImputer (noise off)
+as oracles for both solvers, batching, seeded noise, bad input."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from whycam.metrics import noisy_linear_impute
+from whycam.metrics.imputation import _direct, _iterative
 
 
 def _masks(count: int, size: int, seed: int) -> torch.Tensor:
@@ -31,6 +32,50 @@ def test_matches_pytorch_grad_cam_without_noise():
     reference = torch.stack([peer(images[i], (~removed[i]).float()) for i in range(5)])
     assert (ours - reference).abs().max() < 1e-5
     assert torch.equal(ours[~removed[:, None].expand_as(ours)], images[~removed[:, None].expand_as(images)])
+
+
+def _plain_solve(images: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """The definition, pixel by pixel: a dense float64 system over the removed pixels of each image."""
+    filled = images.double().clone()
+    for image, mask in zip(filled, removed, strict=True):
+        pixels = mask.nonzero().tolist()
+        index = {tuple(p): k for k, p in enumerate(pixels)}
+        matrix = torch.zeros(len(pixels), len(pixels), dtype=torch.float64)
+        rhs = torch.zeros(len(pixels), image.shape[0], dtype=torch.float64)
+        for k, (r, c) in enumerate(pixels):
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    if (dr or dc) and 0 <= r + dr < mask.shape[0] and 0 <= c + dc < mask.shape[1]:
+                        weight = 1 / 12 if dr and dc else 1 / 6
+                        matrix[k, k] += weight
+                        if (r + dr, c + dc) in index:
+                            matrix[k, index[(r + dr, c + dc)]] -= weight
+                        else:
+                            rhs[k] += weight * image[:, r + dr, c + dc]
+        image[:, mask] = torch.linalg.solve(matrix, rhs).T
+    return filled
+
+
+@pytest.mark.parametrize("solver", ["direct", "iterative"])
+def test_both_solvers_equal_the_plain_dense_solve(solver):
+    generator = torch.Generator().manual_seed(6)
+    images = torch.randn(4, 3, 20, 17, generator=generator, dtype=torch.float64)
+    removed = torch.stack(
+        [
+            _masks(1, 20, 7)[0][:, :17],
+            torch.rand(20, 17, generator=generator) > 0.5,
+            torch.ones(20, 17, dtype=torch.bool),
+            torch.zeros(20, 17, dtype=torch.bool),
+        ]
+    )
+    removed[2, 5, 9] = False  # every pixel but one removed
+    removed[3, 0, 0] = removed[3, 19, 16] = True  # two corners alone
+    plain = _plain_solve(images, removed)
+    if solver == "direct":
+        assert (_direct(images, removed) - plain).abs().max() < 1e-12
+    else:
+        assert (_iterative(images, removed, tol=1e-10, max_iter=500) - plain).abs().max() < 1e-8
+    assert (noisy_linear_impute(images.float(), removed, noise=0.0) - plain).abs().max() < 1e-5
 
 
 def test_each_removed_pixel_is_the_weighted_mean_of_its_neighbours():
