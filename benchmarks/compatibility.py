@@ -21,6 +21,7 @@ Each (architecture, method) pair gets a status:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -33,9 +34,9 @@ from torch import nn
 import whycam
 
 try:
-    from common import write_section
+    from common import machine, write_section
 except ImportError:  # imported as benchmarks.compatibility
-    from benchmarks.common import write_section
+    from benchmarks.common import machine, write_section
 
 FAST_OPTIONS = {  # a few forward passes per method: the table is about running right, not speed
     "scorecam": {"batch_size": 64},
@@ -62,6 +63,27 @@ class Arch:
     attention: bool = False  # plain softmax attention: rollout / chefer apply
     output: object = None  # for a backbone: the embedding's key
     options: dict = field(default_factory=dict)
+    calibrate: bool = False  # set BatchNorm's running statistics from random inputs (see calibrate_batchnorm)
+
+
+def calibrate_batchnorm(model: nn.Module, shape: tuple[int, ...], batches: int = 4) -> None:
+    """BatchNorm running statistics set to the mean and variance of the model's own activations on
+    random inputs (train-mode forward passes without gradients; no weight changes), as a trained model's
+    are. Hugging Face's MobileViT initialises convolutions with N(0, 0.02) but keeps running statistics
+    (0, 1), so each conv + BatchNorm shrinks activations ~10x: its logits are ~1e-41, denormal floats
+    whose rounding differs with the batch's size."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches
+    model.train()
+    with torch.no_grad():
+        for seed in range(batches):
+            model(torch.rand(8, *shape, generator=torch.Generator().manual_seed(100 + seed)))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.eval()
 
 
 def _tv(name, **kw):
@@ -191,7 +213,7 @@ HELD_OUT = {
     "tv-squeezenet": Arch(_tv("squeezenet1_1", num_classes=5)),
     "tv-googlenet": Arch(_tv("googlenet", num_classes=5, aux_logits=False, init_weights=True), cam=True),
     "tv-swin_v2_t": Arch(_tv("swin_v2_t", num_classes=5), cam=True),
-    "tv-mc3_18": Arch(_tv("video.mc3_18", num_classes=5), shape=(3, 8, 32, 32), cam=True),
+    "tv-mc3_18": Arch(_tv("video.mc3_18", num_classes=5), shape=(3, 8, 32, 32), cam=True),  # time stride 1
     "tv-deeplabv3": Arch(
         lambda: __import__("torchvision").models.segmentation.deeplabv3_mobilenet_v3_large(
             weights=None, weights_backbone=None, num_classes=3
@@ -229,7 +251,9 @@ HELD_OUT = {
             num_labels=5,
         )
     ),
-    "hf-mobilevit": Arch(_hf("MobileViTForImageClassification", "MobileViTConfig", image_size=64, num_labels=5)),
+    "hf-mobilevit": Arch(
+        _hf("MobileViTForImageClassification", "MobileViTConfig", image_size=64, num_labels=5), calibrate=True
+    ),
     "hf-poolformer": Arch(_hf("PoolFormerForImageClassification", "PoolFormerConfig", num_labels=5)),
     "hf-resnet": Arch(
         _hf("ResNetForImageClassification", "ResNetConfig", hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1])
@@ -240,8 +264,16 @@ HELD_OUT = {
         task="segmentation",
     ),
     "monai-efficientnet": Arch(
-        _monai("EfficientNetBN", model_name="efficientnet-b0", spatial_dims=3, in_channels=1, num_classes=3),
-        shape=(1, 16, 32, 32),
+        _monai(
+            "EfficientNetBN",
+            model_name="efficientnet-b0",
+            pretrained=False,
+            spatial_dims=3,
+            in_channels=1,
+            num_classes=3,
+        ),
+        shape=(1, 32, 32, 32),  # five stride-2 stages and a 5x5x5 kernel: 16 slices are too few
+        calibrate=True,  # as built, its logits are ~2e-15
     ),
 }
 
@@ -256,8 +288,11 @@ def _target(arch: Arch, model: nn.Module, images: torch.Tensor):
             reference = model(images[:1])[arch.output or "pooler_output"][0]
         return targets.Similarity(reference.flip(0)) if targets else None
     if arch.task == "segmentation":
-        if targets:
-            return targets.Region(1, torch.ones(images.shape[2:]))
+        if targets:  # the middle half of every side: a region, as users explain (a uniform whole-image
+            # mask makes GroupNorm's backward cancel Deconvnet's gradient exactly: a map of rounding noise)
+            box = torch.zeros(images.shape[2:])
+            box[tuple(slice(n // 4, n - n // 4) for n in box.shape)] = 1
+            return targets.Region(1, box)
         return lambda out: (out["out"] if isinstance(out, dict) else out)[:, 1].sum(tuple(range(1, out.dim() - 1)))
     if arch.task == "detection" and targets:
         with torch.no_grad():
@@ -349,6 +384,8 @@ def run(
         torch.manual_seed(0)
         try:
             model = arch.build().eval()
+            if arch.calibrate:
+                calibrate_batchnorm(model, arch.shape)
         except Exception as error:  # noqa: BLE001
             log(f"{name}: cannot build ({error})")
             continue
@@ -375,7 +412,7 @@ def summary(table: dict[str, dict[str, tuple]]) -> dict[str, float]:
     return {"pairs": len(statuses), "applicable": len(applicable), "ok": applicable.count("ok"), **counts}
 
 
-def markdown(table: dict[str, dict[str, tuple]], title: str) -> str:
+def markdown(table: dict[str, dict[str, tuple]], title: str, footer: str = "") -> str:
     methods = list(next(iter(table.values())))
     lines = [
         f"### {title}",
@@ -398,6 +435,8 @@ def markdown(table: dict[str, dict[str, tuple]], title: str) -> str:
     notes = [n for n in notes if "— " in n and not n.endswith("— ") and " n/a " not in n]
     if notes:
         lines += ["", "Failures and notes:", "", *notes]
+    if footer:
+        lines += ["", footer]
     return "\n".join(lines)
 
 
@@ -417,9 +456,17 @@ def main() -> None:
     if args.methods:
         title += f" (methods: {args.methods})"
 
+    start, load = time.perf_counter(), os.getloadavg()[0]
+
     def write(table):
+        minutes = (time.perf_counter() - start) / 60
+        footer = (
+            f"{len(table)} architectures in {minutes:.0f} min on {machine()} (1-minute load average "
+            f"{load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores)."
+        )
         if not args.no_write:
-            write_section("compatibility.md", "held-out" if args.held_out else "named", markdown(table, title))
+            section = "held-out" if args.held_out else "named"
+            write_section("compatibility.md", section, markdown(table, title, footer))
 
     table = run(archs, args.methods.split(",") if args.methods else None, done=write)
     print(summary(table))

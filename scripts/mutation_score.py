@@ -1,4 +1,4 @@
-"""Print the mutation score of the last `make mutation` run, per mutated file and in total.
+"""Print the mutation score of the last `make mutation` run, per mutated file, per package and in total.
 
 Score = killed / (killed + survived + timeouts + suspicious); mutants no test reaches ("no tests") and
 mutants not run yet are counted apart. Reads mutmut's per-file results in mutants/**/*.py.meta.
@@ -15,6 +15,7 @@ from mutmut.stats import status_by_exit_code
 
 def main() -> None:
     total = Counter()
+    packages: dict[str, Counter] = {}
     rows = []
     for meta in sorted(Path("mutants").rglob("*.py.meta")):
         codes = json.loads(meta.read_text())["exit_code_by_key"]
@@ -22,11 +23,13 @@ def main() -> None:
             continue
         counts = Counter(status_by_exit_code[code] for code in codes.values())
         total.update(counts)
-        rows.append((str(meta.relative_to("mutants"))[: -len(".meta")], counts))
+        name = str(meta.relative_to("mutants"))[: -len(".meta")]
+        packages.setdefault(str(Path(name).parent) + "/", Counter()).update(counts)
+        rows.append((name, counts))
     if not rows:
         raise SystemExit("no mutation results in mutants/: run `make mutation` first")
     print(f"{'file':45} {'killed':>7} {'survived':>8} {'timeout':>7} {'no tests':>8} {'not run':>7} {'score':>6}")
-    for name, counts in [*rows, ("total", total)]:
+    for name, counts in [*rows, *sorted(packages.items()), ("total", total)]:
         decided = counts["killed"] + counts["survived"] + counts["timeout"] + counts["suspicious"]
         score = f"{100 * counts['killed'] / decided:.1f}%" if decided else "-"
         print(

@@ -131,3 +131,49 @@ def test_a_model_independent_map_fails(setting):
     result = metrics.sanity_check(lambda m: lambda x, t: x.mean(1), model, images, targets, modes=["cascading"])
     assert result["cascading"].value == pytest.approx(1.0)
     assert result["cascading"].settings["passed"] is False
+
+
+class Gain(nn.Module):
+    """A per-channel gain and a scalar offset: parameters without ``reset_parameters``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1))
+        self.offset = nn.Parameter(torch.tensor(0.25))
+
+    def forward(self, x):
+        return (x * self.weight).sum(1, keepdim=True) + self.offset
+
+
+def test_a_module_without_reset_parameters_is_redrawn_at_its_own_scale(setting):
+    """A parameter of a module without ``reset_parameters`` becomes N(0, 1) draws under
+    ``torch.manual_seed(seed)`` times its own standard deviation (1 for a single value), drawn in
+    registration order; the caller's random stream is left where it was."""
+    _, images, targets = setting
+    model = nn.Sequential(Gain(), nn.Flatten(), nn.LazyLinear(4)).eval()
+    model(images)
+
+    def gain_map(m):
+        return lambda x, target: (x * m[0].weight).sum(1) + m[0].offset
+
+    torch.manual_seed(SEED)
+    weight = torch.randn(1, 3, 1, 1) * torch.tensor([1.0, -2.0, 0.5]).std()
+    offset = torch.randn(()) * 1.0
+    original = (images * torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1)).sum(1) + 0.25
+    redrawn = (images * weight).sum(1) + offset
+    torch.manual_seed(7)
+    expected_stream = torch.rand(3)
+    torch.manual_seed(7)
+    result = metrics.sanity_check(gain_map, model, images, targets, layers=["0"], seed=SEED, modes=["cascading"])
+    np.testing.assert_array_equal(torch.rand(3).numpy(), expected_stream.numpy())
+    curves = result["cascading"].curves
+    for b, (a, r) in enumerate(zip(original.numpy(), redrawn.numpy())):
+        assert float(curves["spearman"][b, 0]) == pytest.approx(spearmanr(a.ravel(), r.ravel())[0], abs=1e-5)
+        assert float(curves["ssim"][b, 0]) == pytest.approx(structural_similarity(a, r, data_range=1.0), abs=1e-5)
+
+
+@pytest.mark.parametrize(("size", "with_hog"), [(15, False), (16, True)])
+def test_hog_is_compared_from_16_pixels_on_each_side(size, with_hog):
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 2, size, size + 4, generator=generator)
+    assert ("hog" in metrics.sanity.similarities(a, b)) is with_hog

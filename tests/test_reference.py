@@ -237,3 +237,13 @@ def test_model_fingerprint_sees_every_value():
     with torch.no_grad():
         twin.layer3[0].bn1.running_mean[5] += 1e-6
     assert model_fingerprint(model) != model_fingerprint(twin)
+
+
+def test_only_the_sufficient_statistics_are_kept_unless_asked():
+    """By default a bank keeps n, the sum and the sum of outer products, never the embeddings."""
+    x = _data(6, 4)
+    bank = ReferenceBank.from_embeddings(x, [0, 1] * 3)
+    assert all(stats.embeddings_ is None for stats in bank.classes.values())
+    assert ReferenceStats.from_embeddings(x).embeddings_ is None
+    kept = ReferenceBank.from_embeddings(x, [0, 1] * 3, keep_embeddings=True)
+    torch.testing.assert_close(kept.classes[1].embeddings_, x[1::2].double())

@@ -114,21 +114,48 @@ def test_ablationcam_on_vit_tokens_zeroes_the_patch_tokens_feature():
     assert torch.allclose(raw, expected, atol=1e-4)
 
 
-def brute_force_scorecam(model, layer, x, classes):
-    """Wang et al.: w_k = softmax_k y_c(x * s(Up(A_k))); Up: align_corners=True; s: min-max, 0 if flat."""
+def brute_force_scorecam(model, layer, x, classes, align_corners=True, normalize_at="input"):
+    """Wang et al.: w_k = softmax_k y_c(x * s(Up(A_k))); Up: align_corners=True; s: min-max, 0 if flat.
+    ``normalize_at="feature"`` (torchcam): s applied to A_k before Up instead of after. 2-D or 3-D."""
+
+    def minmax(t):
+        span = t.max() - t.min()
+        return (t - t.min()) / span if span > 0 else torch.zeros_like(t)
+
     _, act = captured(model, layer, x)
+    mode = "bilinear" if x.dim() == 4 else "trilinear"
     maps = []
     for b in range(x.shape[0]):
         scores = []
         for k in range(act.shape[1]):
-            up = F.interpolate(act[b : b + 1, k : k + 1], size=x.shape[-2:], mode="bilinear", align_corners=True)
-            span = up.max() - up.min()
-            mask = (up - up.min()) / span if span > 0 else torch.zeros_like(up)
+            channel = act[b : b + 1, k : k + 1]
+            channel = minmax(channel) if normalize_at == "feature" else channel
+            up = F.interpolate(channel, size=x.shape[2:], mode=mode, align_corners=align_corners)
+            mask = minmax(up) if normalize_at == "input" else up
             with torch.no_grad():
                 scores.append(model(x[b : b + 1] * mask)[0, classes[b]])
         weights = torch.softmax(torch.stack(scores), 0)
-        maps.append((weights[:, None, None] * act[b]).sum(0))
+        maps.append((weights.view(-1, *[1] * (act.dim() - 2)) * act[b]).sum(0))
     return torch.stack(maps)
+
+
+@pytest.mark.parametrize(("align_corners", "normalize_at"), [(False, "input"), (False, "feature"), (True, "feature")])
+def test_scorecam_conventions_equal_brute_force(align_corners, normalize_at):
+    torch.manual_seed(0)
+    model, x = TinyCNN(dead=2).eval(), images()
+    cam = whycam.ScoreCAM(model, "body.3", align_corners=align_corners, normalize_at=normalize_at)
+    expected = brute_force_scorecam(model, "body.3", x, [2, 0], align_corners, normalize_at)
+    assert torch.allclose(cam(x, target=[2, 0], raw=True), expected, atol=1e-5)
+
+
+def test_scorecam_on_a_volume_upsamples_trilinearly():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv3d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
+    x = torch.randn(2, 1, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+    raw = whycam.ScoreCAM(model, "1")(x, target=[1, 2], raw=True)
+    assert torch.allclose(raw, brute_force_scorecam(model, "1", x, [1, 2]), atol=1e-5)
 
 
 def test_scorecam_equals_brute_force_and_shares_the_zero_image_pass():

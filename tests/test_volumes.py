@@ -13,6 +13,7 @@ from monai.networks.nets import resnet10
 from monai.visualize import GradCAM as MonaiGradCAM
 
 import whycam
+from whycam.layers import grid_like
 from whycam.metrics.localisation import energy_pointing_game, mask_iou, pointing_game
 
 
@@ -85,6 +86,23 @@ def test_video_network_cams_and_diffcam(r3d):
     assert torch.allclose(raw, scale * expected, atol=1e-5 * raw.abs().max())
 
 
+def test_a_video_network_that_keeps_the_clip_length():
+    """mc3_18 strides height and width by 16 but time by 1: its last stage's grid 8x2x2 on an 8x32x32
+    clip is read as a volume (channels-first), not refused."""
+    torch.manual_seed(0)
+    mc3 = torchvision.models.video.mc3_18(num_classes=4).eval()
+    x = volumes(channels=3, size=(8, 32, 32))
+    cam = whycam.GradCAM(mc3)
+    assert cam.layers(x)[0][0] == "layer4"
+    raw = cam(x, target=[0, 2], raw=True)
+    assert raw.shape == (2, 8, 2, 2)
+    assert torch.allclose(raw, hand_gradcam_3d(mc3, mc3.layer4, x, [0, 2]), atol=1e-6 * raw.abs().max())
+    assert cam(x, target=[0, 2]).shape == (2, 8, 32, 32)
+    assert grid_like((8, 2, 2), (8, 32, 32)) and grid_like((4, 2, 2), (8, 32, 32))
+    assert not grid_like((2, 8, 8), (8, 8, 8))  # depth strided more than height and width: not a volume's grid
+    assert not grid_like((8, 2, 4), (8, 32, 32))  # height and width strided differently
+
+
 def test_gradient_methods_on_volumes(monai_net):
     x = volumes(size=(8, 16, 16))
     saliency = whycam.Saliency(monai_net)(x, target=1, raw=True)
@@ -125,3 +143,8 @@ def test_kpcacam_reads_a_volume_as_its_cells():
     flat = kpca.layer_map(activation.reshape(2, 6, 12, 5), None, None)
     assert volume.shape == (2, 3, 4, 5)
     assert torch.allclose(volume, flat.reshape(2, 3, 4, 5), atol=1e-6)
+    too_fine = whycam.KPCACAM(
+        torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1)).eval(), "0"
+    )  # 16x16x32 = 8192 cells: a 0.5 GiB kernel matrix per image
+    with pytest.raises(ValueError, match=r"8192 cells \(16x16x32\).*choose a coarser layer"):
+        too_fine(torch.rand(1, 1, 16, 16, 32))

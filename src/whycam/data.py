@@ -30,7 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from .errors import InputError
-from .medical import MedicalReadError, is_dicom, read_dicom
+from .medical import MedicalReadError, is_dicom, is_nifti, nifti_voxels, read_dicom
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".dcm")
 
@@ -203,10 +203,15 @@ def iter_images(paths: Iterable[str | Path]) -> Iterator[tuple[Path, Tensor | Ex
 
 def load_target_file(path: str | Path) -> Tensor:
     """A tensor a named target reads from a file: an embedding or mask as ``.npy`` / ``.pt``
-    (``weights_only``), or a mask image (non-zero pixels are the region)."""
+    (``weights_only``), a mask image or a NIfTI mask volume (D, H, W) (non-zero voxels are the region)."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "no such file")
+    if is_nifti(path):
+        try:
+            return torch.from_numpy((nifti_voxels(path) != 0).astype(np.float32))
+        except MedicalReadError as error:
+            raise ImageReadError(path, str(error)) from None
     if path.suffix == ".npy":
         return torch.from_numpy(np.load(path, allow_pickle=False)).float()
     if path.suffix == ".pt":

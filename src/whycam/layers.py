@@ -204,18 +204,27 @@ def _depends_on_batch(output: Tensor) -> bool:
 def grid_like(grid: Sequence[int], size: Sequence[int], strides: Sequence[int] | None = None) -> bool:
     """Whether ``grid`` is the input ``size`` divided by one integer stride s (among ``strides`` if
     given), every side rounded the same way (all floor(S / s) or all ceil(S / s)), or multiplied by one
-    integer (an upsampled map). Large grids (every side >= 16) may instead keep the input's aspect within
-    5%: a detector resizes its input before its backbone."""
+    integer (an upsampled map). A volume's depth (a clip's time, a scan's slices) may be divided by its
+    own stride t <= s (mc3_18, X3D, (1, 2, 2) pooling). Large grids (every side >= 16) may instead keep
+    the input's aspect within 5%: a detector resizes its input before its backbone."""
     grid, size = tuple(grid), tuple(size)
     if len(grid) != len(size) or min(grid) < 1:
         return False
     for s in strides or range(1, max(size) + 1):
-        if grid == tuple(-(-n // s) for n in size) or grid == tuple(n // s for n in size):
+        if _divided(grid, size, s):
             return True
+        if strides is None and len(size) == 3 and _divided(grid[1:], size[1:], s):
+            if any(_divided(grid[:1], size[:1], t) for t in range(1, s)):
+                return True
     if strides is None and all(g % n == 0 and g // n == grid[0] // size[0] for g, n in zip(grid, size, strict=True)):
         return True
     ratios = [g / n for g, n in zip(grid, size, strict=True)]
     return strides is None and min(grid) >= 16 and max(ratios) <= 1.05 * min(ratios)
+
+
+def _divided(grid: tuple[int, ...], size: tuple[int, ...], s: int) -> bool:
+    """Whether ``grid`` is ``size`` divided by s, every side rounded up, or every side rounded down."""
+    return grid == tuple(-(-n // s) for n in size) or grid == tuple(n // s for n in size)
 
 
 _CHANNELS_LAST = (nn.Linear, nn.LayerNorm)

@@ -119,6 +119,11 @@ def _slice_position(dataset) -> float:
 
 def read_nifti(path: str | Path, window: Window = None) -> np.ndarray:
     """A NIfTI volume as a (D, H, W) float32 array in [0, 1] (voxel axes k, j, i), through ``window``."""
+    return apply_window(nifti_voxels(path), window)
+
+
+def nifti_voxels(path: str | Path) -> np.ndarray:
+    """A NIfTI volume's stored values as a (D, H, W) float64 array (voxel axes k, j, i), unwindowed."""
     import nibabel  # noqa: PLC0415 (the optional extra whycam[medical])
 
     path = Path(path)
@@ -132,7 +137,7 @@ def read_nifti(path: str | Path, window: Window = None) -> np.ndarray:
         values = values[..., 0]
     if values.ndim != 3:
         raise MedicalReadError(path, f"a volume has 3 axes; this one has shape {values.shape}")
-    return apply_window(values.transpose(2, 1, 0), window)
+    return values.transpose(2, 1, 0)
 
 
 def load_volume(sources: str | Path | Sequence[str | Path], window: Window | str = "file") -> Tensor:

@@ -2,8 +2,9 @@
 
 A target is ``None`` (the predicted class), an ``int`` (one class for every image), a sequence or
 tensor with one class per image, or a callable ``f(output) -> (B,)`` scores. The named targets below
-are such callables: ``Class``, ``Labels`` (multi-label), ``Output`` (regression), ``Region`` (a
-segmentation region), ``Detection`` (a detector's box), ``Similarity`` (cosine to an embedding);
+are such callables: ``Class``, ``Versus`` ("why this class, not that one"), ``Labels`` (multi-label),
+``Output`` (regression), ``Region`` (a segmentation region), ``Detection`` (a detector's box),
+``Similarity`` (cosine to an embedding);
 ``parse_target`` reads them from a command-line spec. Models returning a tuple or dict are read through
 an output selector: an index, a key, or a callable; by default the first tensor, the
 ``"logits"``/``"out"`` key, or, for a torchvision detector's list of dicts, its (B, M, 6) detections.
@@ -146,9 +147,36 @@ class Class:
         return output.gather(1, classes[:, None]).squeeze(1)
 
 
+class Versus:
+    """ "Why ``target``, not ``versus``": the logit difference ``output[b, target] - output[b, versus]``,
+    two class indices. Any class-score method explains it as this score; FinerCAM reads it as its own
+    score with the comparison set {versus} (which is the same score: one class's weight cancels)."""
+
+    def __init__(self, target: int, versus: int):
+        if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in (target, versus)):
+            raise ValueError(f"Versus takes two class indices, got {target!r} and {versus!r}")
+        if target == versus:
+            raise ValueError(f"Versus compares two different classes, got {target} twice")
+        self.target, self.versus = target, versus
+
+    def __str__(self) -> str:
+        return f"versus:{self.target},{self.versus}"
+
+    def __repr__(self) -> str:
+        return f"Versus({self.target}, {self.versus})"
+
+    def __call__(self, output: Tensor) -> Tensor:
+        if output.dim() != 2 or max(self.target, self.versus) >= output.shape[1]:
+            raise ValueError(
+                f"classes {self.target} and {self.versus} do not fit the model's output {tuple(output.shape)}"
+            )
+        return output[:, self.target] - output[:, self.versus]
+
+
 def describe_target(target: Target) -> str:
     """A callable target as text: a named target as its command-line spec, anything else "callable"."""
-    return str(target) if isinstance(target, (Class, Labels, Output, Region, Similarity, Detection)) else "callable"
+    named = (Class, Versus, Labels, Output, Region, Similarity, Detection)
+    return str(target) if isinstance(target, named) else "callable"
 
 
 class Labels:
@@ -186,11 +214,14 @@ class Output:
 
 
 class Region:
-    """A region of a segmentation output (B, classes, h, w): the class logits summed over a mask,
-    ``sum_{ij} output[b, c, i, j] * mask[b, i, j]`` (as pytorch-grad-cam's SemanticSegmentationTarget).
+    """A region of a segmentation output, (B, classes, h, w) or, for volumes, (B, classes, d, h, w): the
+    class logits summed over a mask, ``sum_v output[b, c, v] * mask[b, v]`` over the output's grid
+    cells v (as pytorch-grad-cam's SemanticSegmentationTarget).
 
-    ``mask``: (H, W) or (B, H, W), resized to the output's grid by nearest neighbour; ``None`` takes the
-    pixels the model assigns to class c (its argmax)."""
+    ``mask``: the grid's shape, (H, W) or (D, H, W), or one per image, (B, H, W) or (B, D, H, W),
+    resized to the output's grid by nearest neighbour; a mask whose sides are not the grid's at one
+    common scale (axes swapped, a 2-D mask for a volume) is refused. ``None`` takes the cells the
+    model assigns to class c (its argmax)."""
 
     def __init__(self, label: int, mask: Tensor | None = None):
         self.label = label
@@ -200,20 +231,42 @@ class Region:
         return f"region:{self.label}" + ("" if self.mask is None else "@mask")
 
     def __call__(self, output: Tensor) -> Tensor:
-        if output.dim() != 4 or self.label >= output.shape[1]:
+        if output.dim() not in (4, 5) or self.label >= output.shape[1]:
             raise ValueError(
-                f"a region target needs a (B, classes, h, w) segmentation output with class {self.label}; "
-                f"the model gives {tuple(output.shape)}"
+                f"a region target needs a segmentation output (B, classes, h, w) or (B, classes, d, h, w) with "
+                f"class {self.label}; the model gives {tuple(output.shape)}"
             )
+        grid = tuple(output.shape[2:])
         if self.mask is None:
             mask = (output.detach().argmax(1) == self.label).to(output.dtype)
         else:
-            mask = torch.as_tensor(self.mask, device=output.device).float()
-            mask = mask.expand(output.shape[0], *mask.shape[-2:]) if mask.dim() == 2 else mask
-            if mask.shape[0] != output.shape[0]:
-                raise ValueError(f"the region mask has {mask.shape[0]} rows for {output.shape[0]} images")
-            mask = F.interpolate(mask[:, None], size=output.shape[-2:], mode="nearest")[:, 0].to(output.dtype)
-        return (output[:, self.label] * mask).sum((1, 2))
+            mask = region_mask(torch.as_tensor(self.mask, device=output.device), output.shape[0], grid)
+            mask = mask.to(output.dtype)
+        return (output[:, self.label] * mask).flatten(1).sum(1)
+
+
+def region_mask(mask: Tensor, batch: int, grid: tuple[int, ...]) -> Tensor:
+    """A region's mask, (*side) or (B, *side) with as many sides as the output's ``grid``, as (B, *grid)
+    by nearest neighbour; refused unless its sides are the grid's at one common scale f, each side
+    within one cell of grid * f (an output at the input's resolution, or downsampled by a stride)."""
+    axes = "x".join("DHW"[-len(grid) :])
+    if mask.dim() == len(grid):
+        mask = mask.expand(batch, *mask.shape)
+    if mask.dim() != len(grid) + 1 or mask.shape[0] != batch:
+        raise ValueError(
+            f"a region mask for a {len(grid)}-D segmentation output (grid {'x'.join(map(str, grid))}) is ({axes}) "
+            f"or ({batch}x{axes}) for {batch} images; got {tuple(mask.shape)}"
+        )
+    sides = mask.shape[1:]
+    low = max(n / (g + 1) for n, g in zip(sides, grid, strict=True))
+    high = min(n / (g - 1) if g > 1 else float("inf") for n, g in zip(sides, grid, strict=True))
+    if low >= high:
+        raise ValueError(
+            f"the region mask's sides {tuple(sides)} are not the output grid {grid} at one scale (axes swapped, "
+            f"or a mask of another image?); give a ({axes}) mask of the input's or the output's shape, "
+            "with its axes in the output's order"
+        )
+    return F.interpolate(mask[:, None].float(), size=grid, mode="nearest")[:, 0]
 
 
 class Similarity:
@@ -279,17 +332,23 @@ def detections(output: Sequence[dict]) -> Tensor:
     return torch.stack([torch.cat([r, p]) for r, p in zip(rows, padding, strict=True)])
 
 
-TARGET_KINDS = ("class", "labels", "output", "region", "box", "similarity")
+TARGET_KINDS = ("class", "versus", "labels", "output", "region", "box", "similarity")
 
 
 def parse_target(spec: str, load: Callable[[str], Tensor] | None = None) -> Target:
-    """A target from a command-line spec: ``3`` or ``class:3``, ``labels:3,5``, ``output:0``,
+    """A target from a command-line spec: ``3`` or ``class:3``, ``versus:3,5`` (why 3, not 5),
+    ``labels:3,5``, ``output:0``,
     ``region:2`` (the pixels predicted as class 2) or ``region:2@mask.png``, ``box:x1,y1,x2,y2[@label]``,
     ``similarity:embedding.npy``. ``load`` reads a file (a mask or an embedding) into a tensor."""
     kind, _, value = spec.partition(":") if ":" in spec else ("class", ":", spec)
     try:
         if kind == "class":
             return int(value)
+        if kind == "versus":
+            classes = [int(v) for v in value.split(",")]
+            if len(classes) != 2:
+                raise ValueError("give two classes, versus:TARGET,OTHER")
+            return Versus(*classes)
         if kind == "labels":
             return Labels([int(v) for v in value.split(",")])
         if kind == "output":

@@ -139,13 +139,29 @@ class LayerCAM(CAMExplainer):
         return gradient.clamp(min=0)
 
 
+def orient(projection: Tensor, activation: Tensor) -> Tensor:
+    """A principal-component map (B, cells) signed to correlate positively with the channel-mean
+    activation; where that mean carries no signal (a LayerNorm'd layer: zero mean per cell, up to
+    rounding) or the two are uncorrelated within rounding, the largest entry is made positive
+    (scikit-learn's convention), never a sign decided by rounding noise."""
+    flat = activation.double().flatten(2)  # (B, K, cells)
+    mean_map = flat.mean(1)
+    mean_map = mean_map - mean_map.mean(1, keepdim=True)
+    scale = flat.norm(dim=(1, 2)) / flat.shape[1] ** 0.5  # the norm of a map of one channel's size
+    cosine = (projection * mean_map).sum(1) / (projection.norm(dim=1) * mean_map.norm(dim=1)).clamp(min=1e-300)
+    telling = mean_map.norm(dim=1) * cosine.abs() > 1e-4 * scale
+    largest = projection.gather(1, projection.abs().argmax(1, keepdim=True)).squeeze(1)
+    sign = torch.where(telling, torch.sign(cosine), torch.sign(largest))
+    return projection * torch.where(sign == 0, 1.0, sign)[:, None]
+
+
 @register
 class EigenCAM(CAMExplainer):
     """Eigen-CAM (Muhammad & Yeasin, IJCNN 2020): the activations' first principal component.
 
     With X the (hw, K) activations centred per channel and v_1 its first right singular vector (a
     thin SVD: never an hw x hw matrix), M = X v_1, with the sign chosen so that M correlates
-    positively with the channel-mean activation. No class, no gradient.
+    positively with the channel-mean activation (``orient``). No class, no gradient.
     """
 
     name = "eigencam"
@@ -159,8 +175,4 @@ class EigenCAM(CAMExplainer):
         x = x - x.mean(1, keepdim=True)
         _, _, vh = torch.linalg.svd(x, full_matrices=False)
         projection = (x @ vh[:, 0, :, None]).squeeze(2)  # (B, hw)
-        mean_map = activation.double().mean(1).flatten(1)
-        mean_map = mean_map - mean_map.mean(1, keepdim=True)
-        sign = torch.sign((projection * mean_map).sum(1, keepdim=True))
-        projection = projection * torch.where(sign == 0, 1.0, sign)
-        return projection.reshape(batch, *grid).to(activation.dtype)
+        return orient(projection, activation).reshape(batch, *grid).to(activation.dtype)

@@ -7,7 +7,8 @@ is the first kernel principal score M = sqrt(lambda) v (scikit-learn's ``KernelP
 Kernels and defaults are scikit-learn's, the default kernel pytorch-grad-cam's: ``"sigmoid"``
 tanh(gamma x.y + 1), ``"rbf"`` exp(-gamma |x - y|^2), ``"poly"`` (gamma x.y + 1)^3, ``"linear"``
 x.y (Eigen-CAM), ``"cosine"``; gamma = 1/K by default. The sign, which an eigenvector does not
-fix, is chosen as in ``EigenCAM``: M correlates positively with the channel-mean activation.
+fix, is chosen as in ``EigenCAM`` (``cam.orient``): M correlates positively with the channel-mean
+activation, or, where that mean carries no signal, its largest entry is positive.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import torch
 from torch import Tensor
 
 from .base import CAMExplainer, LayerPass, register
+from .cam import orient
 
 KERNELS = ("sigmoid", "rbf", "poly", "linear", "cosine")
+MAX_CELLS = 4096  # a 64x64 grid: a 128 MiB kernel matrix per image, its eigendecomposition seconds
 
 
 def kernel_matrix(x: Tensor, kernel: str, gamma: float) -> Tensor:
@@ -58,14 +61,17 @@ class KPCACAM(CAMExplainer):
 
     def layer_map(self, activation: Tensor, gradient: Tensor | None, step: LayerPass) -> Tensor:
         batch, channels, *grid = activation.shape  # (B, K, h, w), or (B, K, d, h, w) for volumes
+        cells = activation[0, 0].numel()
+        if cells > MAX_CELLS:
+            raise ValueError(
+                f"KPCA-CAM's kernel PCA over the layer's {cells} cells ({'x'.join(map(str, grid))}) needs a "
+                f"{cells}x{cells} kernel matrix per image ({cells**2 * 8 / 2**30:.1f} GiB) and O(cells^3) time; "
+                f"choose a coarser layer (layer='<dotted name>', at most {MAX_CELLS} cells), or use eigencam"
+            )
         x = activation.double().flatten(2).transpose(1, 2)  # (B, cells, K)
         x = x - x.mean(1, keepdim=True)
         gram = kernel_matrix(x, self.kernel, 1.0 / channels if self.gamma is None else self.gamma)
         gram = gram - gram.mean(1, keepdim=True) - gram.mean(2, keepdim=True) + gram.mean((1, 2), keepdim=True)
         values, vectors = torch.linalg.eigh(gram)
         projection = vectors[:, :, -1] * values[:, -1:].clamp(min=0).sqrt()  # (B, hw)
-        mean_map = activation.double().mean(1).flatten(1)
-        mean_map = mean_map - mean_map.mean(1, keepdim=True)
-        sign = torch.sign((projection * mean_map).sum(1, keepdim=True))
-        projection = projection * torch.where(sign == 0, 1.0, sign)
-        return projection.reshape(batch, *grid).to(activation.dtype)
+        return orient(projection, activation).reshape(batch, *grid).to(activation.dtype)
