@@ -192,5 +192,7 @@ def test_a_single_component_is_boxed_and_a_mask_truth_is_its_bounding_box():
         assert metrics.box_accuracy(maps, truth, tau=0.5).curves["iou"].item() == 1.0
     shifted = torch.tensor([[2, 3, 9, 7]])  # one column wider: IoU 24 / 28
     assert abs(metrics.box_accuracy(maps, shifted, tau=0.5).curves["iou"].item() - 24 / 28) < 1e-6
+    # "best" keeps the component whose IoU is highest even when that IoU is below 1
+    assert metrics.max_box_accuracy(maps, shifted, taus=torch.tensor([0.5]), iou_thresholds=(0.8,)).value == 1.0
     single = metrics.max_box_accuracy(maps, maps.bool(), taus=torch.tensor([0.5]), iou_thresholds=(0.99,))
     assert single.value == 1.0

@@ -231,3 +231,8 @@ def test_channels_last_passes_give_the_contiguous_map():
     fast = whycam.ScoreCAM(model, "body.3")(x, target=[2, 0], raw=True)
     plain = whycam.ScoreCAM(model, "body.3", channels_last=False)(x, target=[2, 0], raw=True)
     assert torch.allclose(fast, plain, atol=1e-6)
+
+
+def test_scorecam_passes_its_options_on():
+    with pytest.raises(ValueError, match="sign"):
+        whycam.ScoreCAM(TinyCNN(), "body.3", sign="bogus")

@@ -9,9 +9,11 @@ import pytest
 import timm
 import torch
 import torchvision
+from timm.models.vision_transformer import Attention as TimmAttention
 from transformers import ViTConfig, ViTForImageClassification
 
 import whycam
+from whycam.methods.transformer import attend
 
 CLASSES = [1, 3]
 
@@ -110,3 +112,28 @@ def test_attention_that_is_not_plain_softmax_is_refused():
     assert all(not m._forward_hooks for m in swin.modules())
     with pytest.raises(ValueError, match="no attention module"):
         whycam.AttentionRollout(torchvision.models.resnet18(num_classes=3))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_attend_recomputes_torchs_multihead_attention(batch_first):
+    """torch's own output and per-head probabilities are the oracle (non-zero in-projection bias)."""
+    torch.manual_seed(0)
+    module = torch.nn.MultiheadAttention(8, 2, batch_first=batch_first).eval()
+    torch.nn.init.normal_(module.in_proj_bias)  # torch starts it at zero
+    x = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        expected, weights = module(x, x, x, need_weights=True, average_attn_weights=False)
+        probabilities, output = attend(module, x)
+    assert torch.allclose(output, expected, atol=1e-6) and torch.allclose(probabilities, weights, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{}, {"qkv_bias": True, "qk_norm": True, "scale_norm": True, "gated": True}])
+def test_attend_recomputes_timms_attention(options):
+    """timm's own forward is the oracle, with its q/k norms, the norm before the projection and the gate."""
+    torch.manual_seed(0)
+    module = TimmAttention(16, num_heads=2, norm_layer=torch.nn.LayerNorm, **options).eval()
+    for parameter in module.parameters():  # LayerNorm starts as the identity's scale and shift
+        torch.nn.init.normal_(parameter, std=0.5)
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        assert torch.allclose(attend(module, x)[1], module(x), atol=1e-5)
