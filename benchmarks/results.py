@@ -4,6 +4,8 @@
     python benchmarks/results.py              # the full run
     python benchmarks/results.py --tasks anomaly --methods gradcam diffcam
     python benchmarks/results.py --quick --check   # does a quick run reproduce the committed table?
+    python benchmarks/results.py --quick --check --tasks whynot   # that task's table only
+    python benchmarks/results.py --tasks whynot --methods finercam --update   # add or rerun rows only
 
 For each task (``tasks.py``) it loads the task's model (``train_tasks.py``: from the cache, or trains
 it), explains the test images with every method of ``whycam.methods()`` and scores the maps:
@@ -17,7 +19,9 @@ training images; why-not: training images of the contrast class). Its options ar
 validation split, never the test split: each factor alone from the defaults, then every factor's
 winner together; the best of these, when it beats the defaults, is run on the test split as the row
 "diffcam (validation-chosen)" beside the defaults' row. Tables go to docs/results.md (one marked
-section per task) and docs/results/<task>.csv.
+section per task) and docs/results/<task>.csv. ``--update`` runs only ``--methods`` and puts their
+rows into the committed table (every method's row depends only on its own maps, the images and the
+seed), keeping the other rows, the figure and DiffCAM's ablation as committed.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -45,6 +48,7 @@ from whycam.evaluate import routed_truth, score_maps  # noqa: E402
 from whycam.methods.factory import method_class, option_names  # noqa: E402
 from whycam.metrics import get_metrics  # noqa: E402
 from whycam.runs import Runner  # noqa: E402
+from whycam.targets import Versus  # noqa: E402
 
 BOOTSTRAP = 1000
 BATCH = 50
@@ -101,16 +105,6 @@ def _sample(images: Tensor, n: int, seed: int) -> Tensor:
     return images[pick.sort().values]
 
 
-def logit_difference(a: int, b: int) -> Callable[[Tensor], Tensor]:
-    """ "Why a, not b": the score y_a - y_b of every image, for any batch (methods that expand the
-    batch with perturbed copies call it on their larger output)."""
-
-    def score(output: Tensor) -> Tensor:
-        return output[:, a] - output[:, b]
-
-    return score
-
-
 def make_job(task: str, split: str, n: int, references: int, seed: int) -> Job:
     """The images of ``split`` a task's methods explain, grouped by question."""
     model, record = train_tasks.load_or_train(task, seed)
@@ -153,7 +147,7 @@ def make_job(task: str, split: str, n: int, references: int, seed: int) -> Job:
         Group(
             ((data.labels == a) & (data.contrast == b)).nonzero().flatten(),
             _sample(train.images[train.labels == b], references, seed),
-            logit_difference(a, b),
+            Versus(a, b),
         )
         for a, b in questions
     ]
@@ -163,7 +157,10 @@ def make_job(task: str, split: str, n: int, references: int, seed: int) -> Job:
         record,
         data,
         groups,
-        ["target: the logit difference y_a - y_b", "DiffCAM's reference group: training items of class b"],
+        [
+            "target: the logit difference y_a - y_b (Versus(a, b); FinerCAM: the comparison set {b})",
+            "DiffCAM's reference group: training items of class b",
+        ],
     )
 
 
@@ -323,6 +320,30 @@ def figure(job: Job, shown: dict[str, Tensor], path: Path) -> None:
     plt.close(fig)
 
 
+def committed_rows(path: Path, higher: dict[str, bool], n: int) -> tuple[dict[str, dict[str, Cell]], dict[str, float]]:
+    """A committed results CSV as table rows and seconds per image (``higher``: each column's
+    direction), refused unless it scored the same ``n`` images."""
+    rows, times = {}, {}
+    with path.open() as f:
+        for r in csv.DictReader(f):
+            if int(r["n"]) != n:
+                raise SystemExit(f"{path} scored {r['n']} images, this run {n}: rerun the table in full")
+            if r["metric"] == "seconds per image":
+                times[r["method"]] = float(r["mean"])
+            else:
+                cell = Cell(float(r["mean"]), float(r["ci_low"]), float(r["ci_high"]), higher[r["metric"]])
+                rows.setdefault(r["method"], {})[r["metric"]] = cell
+    return rows, times
+
+
+def committed_tail(task: str) -> str:
+    """What follows the table in the task's committed section of docs/results.md: the methods not
+    run, the figure, DiffCAM's ablation and the footer."""
+    text = (DOCS / "results.md").read_text()
+    section = text.split(f"<!-- results-{task}:start -->")[1].split(f"<!-- results-{task}:end -->")[0].strip()
+    return section[section.index("\n\n", section.index("| method |")) :]
+
+
 def run_task(
     task: str,
     names: list[str],
@@ -332,10 +353,12 @@ def run_task(
     faithful: int,
     out: Path,
     chosen: dict | None = None,
+    update: bool = False,
 ) -> str:
     """Explain and score one task's test images with every method, plus DiffCAM with the options
     ``chosen`` on the validation split (a row of its own) when they differ from its defaults; the
-    CSV and figure go to ``out``, the Markdown section is returned."""
+    CSV and figure go to ``out``, the Markdown section is returned. ``update``: the rows of these
+    methods replace or join those of the committed CSV and section, whose figure and text stay."""
     job = make_job(task, "test", n, references, seed)
     faithful = min(faithful, len(job.data))
     runs = {name: (name, {}) for name in names}
@@ -358,6 +381,12 @@ def run_task(
             + f", AUPRC {rows[name]['AUPRC'][0]:.3f}"
         )
     rows["random (baseline)"] = score(job, random_maps(job, seed), faithful, seed)
+    if update:
+        higher = {column: cell.higher_is_better for column, cell in rows["random (baseline)"].items()}
+        kept, kept_times = committed_rows(out / f"{task}.csv", higher, len(job.data))
+        rows = dict(sorted({**kept, **rows}.items(), key=lambda row: (row[0] == "random (baseline)", row[0])))
+        write_csv(out / f"{task}.csv", job, rows, {**kept_times, **times})
+        return report(job, rows, {**kept_times, **times}, seed, failures, faithful) + committed_tail(task)
     write_csv(out / f"{task}.csv", job, rows, times)
     if shown:
         figure(job, shown, out / f"{task}.png")
@@ -429,7 +458,8 @@ def check(task: str, new: Path, committed: Path) -> bool:
     return not apart
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"presets {QUICK} instead of {FULL}")
     parser.add_argument("--tasks", nargs="+", default=list(tasks.TASKS), choices=list(tasks.TASKS))
@@ -445,7 +475,20 @@ def main() -> None:
         help="compare with the committed docs/results/<task>.csv instead of writing docs/ "
         f"(tables go to {CHECK}); exit 1 if any cell's interval misses the committed one",
     )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="run only --methods and put their rows into the committed tables (the others, the figures "
+        "and DiffCAM's ablation kept)",
+    )
     args = parser.parse_args()
+    if args.update and (args.check or not args.methods or "diffcam" in args.methods):
+        parser.error("--update writes the rows of --methods (not diffcam, whose ablation is a full run's) to docs")
+    return args
+
+
+def main() -> None:
+    args = arguments()
     torch.set_num_threads(args.threads)
     preset = QUICK if args.quick else FULL
     n, references, faithful = (
@@ -458,7 +501,7 @@ def main() -> None:
     out = CHECK if args.check else DOCS / "results"
     for task in args.tasks:
         markdown, chosen = "", {}
-        if "diffcam" in names and not args.check:
+        if "diffcam" in names and not args.check and not args.update:
             markdown, chosen = ablation(task, n, references, args.seed)
             verdict = (
                 f'the best is {json.dumps(chosen)}, the row "diffcam (validation-chosen)" of the test table'
@@ -466,11 +509,11 @@ def main() -> None:
                 else "the best is whycam.DiffCAM's defaults"
             )
             markdown = "\n\n" + markdown + f"\n\nOn validation, {verdict}."
-        sections[task] = run_task(task, names, n, references, args.seed, faithful, out, chosen) + markdown
+        sections[task] = run_task(task, names, n, references, args.seed, faithful, out, chosen, args.update) + markdown
     minutes = (time.perf_counter() - start) / 60
     if args.check:
         agree = [check(task, CHECK / f"{task}.csv", DOCS / "results" / f"{task}.csv") for task in args.tasks]
-        if args.quick:  # the "Without labels" tables too (benchmarks/results_unlabelled.py)
+        if args.quick and set(args.tasks) == set(tasks.TASKS):  # "Without labels" too (results_unlabelled.py)
             import results_unlabelled
 
             agree.append(results_unlabelled.main(["--quick", "--check", "--threads", str(args.threads)]) == 0)
@@ -482,6 +525,8 @@ def main() -> None:
             f"_`{command}`: {n} images, {references} references per group, faithfulness on "
             f"{faithful}; {machine()}; whole run {minutes:.1f} min._"
         )
+        if args.update:
+            footer = f"_The rows of {', '.join(names)}:_ {footer}"
         write_section("results.md", f"results-{task}", f"{markdown}\n\n{footer}")
     print(f"done in {minutes:.1f} min")
 

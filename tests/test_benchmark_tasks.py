@@ -202,6 +202,9 @@ def test_results_groups_partition_the_images_by_question(untrained, task):
         assert torch.allclose(
             maps[group.index], explained(job.data.images[group.index], target=group.target), atol=1e-6
         )
+    if task == "whynot":  # FinerCAM answers "why a, not b" with the comparison set {b}: y_a - y_b again
+        finer, _, _ = untrained.explain("finercam", job, seed=0)
+        assert torch.allclose(finer, maps, atol=1e-5)
 
 
 @pytest.mark.parametrize("task", ["objects", "anomaly", "whynot"])
@@ -247,3 +250,30 @@ def test_results_ablation_varies_each_factor_then_tries_the_winners_together(unt
     cells = [r.split(" | ") for r in rows]
     winners = [json.loads(c[1]) for c in cells[1:-1] if "**" in c[2]]
     assert chosen == {} or chosen in [*winners, json.loads(cells[-1][1])]  # the best candidate, if not the defaults
+
+
+def test_results_update_puts_new_rows_into_the_committed_table(untrained, tmp_path, monkeypatch):
+    """--update runs only the given methods; the committed rows, "not run" line and footer stay."""
+    monkeypatch.setattr(untrained, "DOCS", tmp_path)
+    out = tmp_path / "results"
+    section = untrained.run_task("whynot", ["gradcam", "cam"], 12, 6, seed=0, faithful=0, out=out)
+    (tmp_path / "results.md").write_text(
+        f"<!-- results-whynot:start -->\n{section}\n\n_the full run_\n<!-- results-whynot:end -->\n"
+    )
+    committed = (out / "whynot.csv").read_text()
+    updated = untrained.run_task("whynot", ["finercam"], 12, 6, seed=0, faithful=0, out=out, update=True)
+    lines = updated.splitlines()
+    rows = [line.split(" | ")[0] for line in lines if line.startswith("| ") and "---" not in line][1:]
+    assert rows == ["| finercam", "| gradcam", "| random (baseline)"]
+    gradcam = next(line for line in section.splitlines() if line.startswith("| gradcam"))
+    assert gradcam.replace("**", "") in updated.replace("**", "")  # a tie: the bold goes to the first row
+    assert "Not run: cam" in updated and updated.endswith("_the full run_")
+    cells = (out / "whynot.csv").read_text()
+    assert all(line in cells for line in committed.splitlines())
+    finer = [line.split(",", 2)[2] for line in cells.splitlines() if ",finercam," in line]
+    same = [line.split(",", 2)[2] for line in committed.splitlines() if ",gradcam," in line]
+    assert [f.rsplit(",", 4)[0] for f in finer if "seconds" not in f] == [
+        g.rsplit(",", 4)[0] for g in same if "seconds" not in g
+    ]  # one compared class: FinerCAM's why-not is Grad-CAM's y_a - y_b, metric by metric
+    with pytest.raises(SystemExit, match="scored 12 images"):
+        untrained.run_task("whynot", ["finercam"], 10, 6, seed=0, faithful=0, out=out, update=True)

@@ -442,7 +442,11 @@ def test_demo_quick(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("report.html")
     html = (tmp_path / "demo" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 3 and "CC0" in html
+    assert html.count("data:image/png;base64,") >= 6 and "CC0" in html
+    # issue 14: class model images of two digits, and a signed Grad-CAM with evidence for and against
+    assert "Class model images of the digits (3, 5)." in html and "argmax_I S_c(I)" in html
+    assert "Evidence for and against" in html and "sign=&#x27;negative&#x27; shows that part" in html
+    assert "(diverging: red for, blue against)" in html and "Stride 32 px" in html
 
 
 def _bank(tmp_path: Path) -> Path:

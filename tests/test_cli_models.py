@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
+from PIL import Image
 from pydicom.data import get_testdata_file
 
 from whycam.cli import main
@@ -35,3 +36,27 @@ def test_a_bad_target_spec_is_a_usage_error(tmp_path):
     arguments = ["explain", str(scan), "--model", TINY, "--target", "box:1,2", "--out", tmp_path / "o"]
     result = CliRunner().invoke(main, [str(a) for a in arguments])
     assert result.exit_code == 2 and "box:1,2" in result.output
+
+
+def test_why_not_by_class_names_for_finercam_and_gradcam(tmp_path):
+    """--target versus:bee,ant is "why bee, not ant": FinerCAM compares bee with ant alone, Grad-CAM
+    explains y_bee - y_ant; --option finercam.versus=0 with --target bee asks FinerCAM the same."""
+    image = tmp_path / "one.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)).save(image)
+    runs = {
+        "named": ["--method", "finercam,gradcam", "--target", "versus:bee,ant"],
+        "option": ["--method", "finercam", "--target", "bee", "--option", "finercam.versus=0"],
+    }
+    maps = {}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        arguments = ["explain", str(image), "--model", TINY, *extra, "--out", out]
+        result = CliRunner().invoke(main, [str(a) for a in arguments], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        for record in json.loads((out / "summary.json").read_text())["images"][0]["results"]:
+            maps[name, record["method"]] = np.load(out / record["map"])
+            assert record["target"] == ("versus:1,0" if name == "named" else 1)
+    assert maps["named", "finercam"].max() == 1
+    assert np.abs(maps["option", "finercam"] - maps["named", "finercam"]).max() < 1e-5
+    assert np.abs(maps["named", "gradcam"] - maps["named", "finercam"]).max() < 1e-5  # p_ant cancels

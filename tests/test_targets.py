@@ -20,7 +20,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 import whycam
 from whycam.data import load_target_file
-from whycam.targets import Class, Detection, Labels, Output, Region, Similarity, detections, parse_target
+from whycam.targets import Class, Detection, Labels, Output, Region, Similarity, Versus, detections, parse_target
 
 
 def images(size=64, n=2, seed=0):
@@ -129,6 +129,8 @@ def test_labels_output_and_class_targets(resnet18):
     assert torch.allclose(both, cam(x, target=1, raw=True) + cam(x, target=3, raw=True), atol=1e-5)
     assert torch.equal(cam(x, target=Output(4), raw=True), cam(x, target=4, raw=True))
     assert torch.equal(cam(x, target=Class([2, 5]), raw=True), cam(x, target=[2, 5], raw=True))
+    versus = cam(x, target=Versus(1, 3), raw=True)  # y_1 - y_3
+    assert torch.allclose(versus, cam(x, target=1, raw=True) - cam(x, target=3, raw=True), atol=1e-5)
     regression = nn.Sequential(resnet18, nn.Linear(10, 1)).eval()
     assert whycam.GradCAM(regression, "0.layer4")(x, target=Output()).shape == (2, 64, 64)
     with pytest.raises(ValueError, match="do not fit"):
@@ -140,6 +142,11 @@ def test_target_specs_from_the_command_line(tmp_path):
     assert parse_target("3") == 3 and parse_target("class:3") == 3
     assert parse_target("labels:1,4").labels == [1, 4]
     assert parse_target("output:2").index == 2
+    versus = parse_target("versus:3,5")
+    assert (versus.target, versus.versus, str(versus)) == (3, 5, "versus:3,5")
+    for bad in ("versus:3", "versus:3,3", "versus:3,x"):
+        with pytest.raises(ValueError, match="cannot read the target"):
+            parse_target(bad)
     region = parse_target("region:2@mask.png", loaded.get)
     assert region.label == 2 and torch.equal(region.mask, torch.ones(4, 4))
     assert parse_target("region:1").mask is None

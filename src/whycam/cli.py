@@ -103,6 +103,9 @@ def _target(target: str | None, loaded: LoadedModel):
     if target is None:
         return None
     try:
+        kind, _, value = target.partition(":")
+        if kind == "versus":  # class names, as --target takes them
+            target = "versus:" + ",".join(str(loaded.class_index(v.strip())) for v in value.split(","))
         return parse_target(target, load_target_file) if ":" in target else loaded.class_index(target)
     except (ValueError, OSError) as error:
         raise click.BadParameter(str(error), param_hint="--target") from None
@@ -244,7 +247,8 @@ def demo(out: str, quick: bool) -> None:
 @click.option(
     "--target",
     default=None,
-    help="Class index or name (default: the predicted class), or a named target KIND:VALUE: labels:3,5 | "
+    help="Class index or name (default: the predicted class), or a named target KIND:VALUE: versus:3,5 "
+    "(why 3, not 5: y3 - y5; FinerCAM compares 3 with 5 alone) | labels:3,5 | "
     "output:0 | region:2[@mask.png] | box:x1,y1,x2,y2[@label] | similarity:embedding.npy (see docs/targets.md).",
 )
 @click.option(

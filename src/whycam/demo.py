@@ -33,6 +33,7 @@ from .methods.visualize import displayable, visualize_class
 from .models import DIGITS_WEIGHTS, LoadedModel, digits_images, load_model
 from .report import Report
 from .runs import Runner
+from .targets import Versus
 from .viz import bar_figure, grid_figure
 
 # Photographs and textures from scikit-image's data (skimage/data/_fetchers.py docstrings).
@@ -205,7 +206,7 @@ def _digits_section(report: Report, quick: bool) -> None:
         "DiffCAM: why 3": asked("why"),
         "Grad-CAM: 3": gradcam.explain_batch(x, 3).maps["gradcam"],
         "DiffCAM: why not 5": asked("why-not", versus=5),
-        "Grad-CAM: 3 - 5": gradcam.explain_batch(x, lambda out: out[:, 3] - out[:, 5]).maps["gradcam"],
+        "Grad-CAM: 3 - 5": gradcam.explain_batch(x, Versus(3, 5)).maps["gradcam"],
         "DiffCAM: unusual 3": asked("unusual"),
     }
     report.heading("2. Digits: why is this a 3, why not a 5, what is unusual about it")

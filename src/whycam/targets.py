@@ -2,8 +2,9 @@
 
 A target is ``None`` (the predicted class), an ``int`` (one class for every image), a sequence or
 tensor with one class per image, or a callable ``f(output) -> (B,)`` scores. The named targets below
-are such callables: ``Class``, ``Labels`` (multi-label), ``Output`` (regression), ``Region`` (a
-segmentation region), ``Detection`` (a detector's box), ``Similarity`` (cosine to an embedding);
+are such callables: ``Class``, ``Versus`` ("why this class, not that one"), ``Labels`` (multi-label),
+``Output`` (regression), ``Region`` (a segmentation region), ``Detection`` (a detector's box),
+``Similarity`` (cosine to an embedding);
 ``parse_target`` reads them from a command-line spec. Models returning a tuple or dict are read through
 an output selector: an index, a key, or a callable; by default the first tensor, the
 ``"logits"``/``"out"`` key, or, for a torchvision detector's list of dicts, its (B, M, 6) detections.
@@ -146,9 +147,36 @@ class Class:
         return output.gather(1, classes[:, None]).squeeze(1)
 
 
+class Versus:
+    """ "Why ``target``, not ``versus``": the logit difference ``output[b, target] - output[b, versus]``,
+    two class indices. Any class-score method explains it as this score; FinerCAM reads it as its own
+    score with the comparison set {versus} (which is the same score: one class's weight cancels)."""
+
+    def __init__(self, target: int, versus: int):
+        if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in (target, versus)):
+            raise ValueError(f"Versus takes two class indices, got {target!r} and {versus!r}")
+        if target == versus:
+            raise ValueError(f"Versus compares two different classes, got {target} twice")
+        self.target, self.versus = target, versus
+
+    def __str__(self) -> str:
+        return f"versus:{self.target},{self.versus}"
+
+    def __repr__(self) -> str:
+        return f"Versus({self.target}, {self.versus})"
+
+    def __call__(self, output: Tensor) -> Tensor:
+        if output.dim() != 2 or max(self.target, self.versus) >= output.shape[1]:
+            raise ValueError(
+                f"classes {self.target} and {self.versus} do not fit the model's output {tuple(output.shape)}"
+            )
+        return output[:, self.target] - output[:, self.versus]
+
+
 def describe_target(target: Target) -> str:
     """A callable target as text: a named target as its command-line spec, anything else "callable"."""
-    return str(target) if isinstance(target, (Class, Labels, Output, Region, Similarity, Detection)) else "callable"
+    named = (Class, Versus, Labels, Output, Region, Similarity, Detection)
+    return str(target) if isinstance(target, named) else "callable"
 
 
 class Labels:
@@ -304,17 +332,23 @@ def detections(output: Sequence[dict]) -> Tensor:
     return torch.stack([torch.cat([r, p]) for r, p in zip(rows, padding, strict=True)])
 
 
-TARGET_KINDS = ("class", "labels", "output", "region", "box", "similarity")
+TARGET_KINDS = ("class", "versus", "labels", "output", "region", "box", "similarity")
 
 
 def parse_target(spec: str, load: Callable[[str], Tensor] | None = None) -> Target:
-    """A target from a command-line spec: ``3`` or ``class:3``, ``labels:3,5``, ``output:0``,
+    """A target from a command-line spec: ``3`` or ``class:3``, ``versus:3,5`` (why 3, not 5),
+    ``labels:3,5``, ``output:0``,
     ``region:2`` (the pixels predicted as class 2) or ``region:2@mask.png``, ``box:x1,y1,x2,y2[@label]``,
     ``similarity:embedding.npy``. ``load`` reads a file (a mask or an embedding) into a tensor."""
     kind, _, value = spec.partition(":") if ":" in spec else ("class", ":", spec)
     try:
         if kind == "class":
             return int(value)
+        if kind == "versus":
+            classes = [int(v) for v in value.split(",")]
+            if len(classes) != 2:
+                raise ValueError("give two classes, versus:TARGET,OTHER")
+            return Versus(*classes)
         if kind == "labels":
             return Labels([int(v) for v in value.split(",")])
         if kind == "output":
