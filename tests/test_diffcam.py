@@ -258,6 +258,10 @@ def test_questions_use_their_reference_groups(cnn, data):
     assert torch.equal(dc.why(query, 1), dc.clone().fit(bank.all_but(1))(query))
     assert torch.equal(dc.why_not(query, 2, raw=True), dc.clone().fit(bank.group(2))(query, raw=True))
     assert torch.equal(dc.unusual(query, 0), dc.clone().fit(bank[0])(query))
+    # raw passes through each question, and its default is the normalised map
+    assert torch.equal(dc.why(query, 1, raw=True), dc.clone().fit(bank.all_but(1))(query, raw=True))
+    assert torch.equal(dc.why_not(query, 2), dc.clone().fit(bank.group(2))(query))
+    assert torch.equal(dc.unusual(query, 0, raw=True), dc.clone().fit(bank[0])(query, raw=True))
     assert dc.reference_ is bank.all()  # a question leaves the fitted group as it was
     contrast = dc.contrast(query, 0, [2, 3], raw=True)
     reference = bank.group([2, 3])

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import whycam
+from whycam.methods.base import _REGISTRY, register
 from whycam.methods.gradient import PixelExplainer, quadrature
 
 HOOK_TABLES = (
@@ -344,3 +345,21 @@ def test_every_pixel_method_is_registered():
     registry = whycam.methods()
     for name in ("saliency", "inputxgradient", "smoothgrad", "integratedgradients", "guidedbackprop", "guidedgradcam"):
         assert issubclass(registry[name], PixelExplainer) and registry[name].name == name
+
+
+def test_register_offers_a_class_once_under_its_name():
+    """``register`` runs at import for every method; here it runs again where a test can watch it."""
+
+    class Probe(PixelExplainer):
+        name = "probe-registration"
+
+    class Twin(PixelExplainer):
+        name = "probe-registration"
+
+    try:
+        assert register(Probe) is Probe and whycam.methods()["probe-registration"] is Probe
+        assert register(Probe) is Probe  # the same class again is no clash
+        with pytest.raises(ValueError, match="two explainers"):
+            register(Twin)
+    finally:
+        _REGISTRY.pop("probe-registration", None)

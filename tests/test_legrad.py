@@ -15,6 +15,7 @@ import torchvision
 from torchcam.methods import LeGrad as TorchcamLeGrad
 
 import whycam
+from whycam.methods.legrad import AttentionCapture
 
 TOLERANCE = 1e-4
 CLASSES = [3, 7]
@@ -111,3 +112,46 @@ def test_legrad_takes_the_blocks_in_any_order(images):
     forward = whycam.LeGrad(model, ["blocks.1", "blocks.2"])(images, CLASSES, raw=True)
     backward = whycam.LeGrad(model, ["blocks.2", "blocks.1"])(images, CLASSES, raw=True)
     assert torch.allclose(forward, backward, atol=1e-7)
+
+
+@pytest.mark.parametrize(("batch_first", "bias"), [(True, True), (False, True), (False, False)])
+def test_the_multihead_hook_recomputes_torchs_own_attention(batch_first, bias):
+    """nn.MultiheadAttention's output and per-head probabilities, as torch computes them, are the
+    oracle: sequence-first or batch-first, with a non-zero in-projection bias (torch starts it at 0)."""
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(8, 2, bias=bias, batch_first=batch_first).eval()
+    if bias:
+        torch.nn.init.normal_(mha.in_proj_bias)
+    x = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        expected, weights = mha(x, x, x, need_weights=True, average_attn_weights=False)
+        capture = AttentionCapture()
+        capture.block = 0
+        result, _ = capture.multihead_hook(mha, (x, x, x), {"need_weights": True}, (expected, weights))
+    assert torch.allclose(result, expected, atol=1e-6)
+    assert torch.allclose(capture.probabilities[0][0], weights, atol=1e-6)
+
+
+def test_the_multihead_hook_refuses_masks_bias_kv_and_dropout():
+    x, mask = torch.randn(1, 3, 8), torch.zeros(1, 3, dtype=torch.bool)
+    capture = AttentionCapture()
+    capture.block = 0
+    plain = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    for args, kwargs in [
+        ((x, x, x, mask), {}),
+        ((x, x, x), {"key_padding_mask": mask}),
+        ((x, x, x, None, True, torch.zeros(3, 3)), {}),
+        ((x, x, x), {"attn_mask": torch.zeros(3, 3)}),
+    ]:
+        with pytest.raises(ValueError, match="without masks"):
+            capture.multihead_hook(plain, args, kwargs, (x, None))
+    for options in ({"add_bias_kv": True}, {"add_zero_attn": True}, {"kdim": 4}):
+        module = torch.nn.MultiheadAttention(8, 2, batch_first=True, **options).eval()
+        with pytest.raises(ValueError, match="packed q/k/v"):
+            capture.multihead_hook(module, (x, x, x), {}, (x, None))
+    with pytest.raises(ValueError, match="dropout"):
+        capture.multihead_hook(
+            torch.nn.MultiheadAttention(8, 2, dropout=0.1, batch_first=True), (x, x, x), {}, (x, None)
+        )
+    for module in (torch.nn.MultiheadAttention(8, 2, dropout=0.1, batch_first=True).eval(), plain.train()):
+        capture.multihead_hook(module, (x, x, x), {}, (x, None))  # dropout that is off is no reason to refuse

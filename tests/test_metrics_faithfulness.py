@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from whycam import metrics
+from whycam.metrics import registry
 
 
 class LeftTexture(nn.Module):
@@ -171,3 +172,29 @@ def test_result_summary_is_seeded():
     expected = np.percentile(indices.double().mean(1).numpy(), [2.5, 97.5])
     assert result.interval() == pytest.approx(tuple(expected), abs=1e-12)
     assert "higher is better" in str(result)
+
+
+def test_the_metric_decorator_records_what_it_is_told():
+    """``metric`` runs at import for every metric; here it runs again where a test can watch it."""
+
+    def probe_metric(maps, truth):
+        return maps
+
+    try:
+        assert registry.metric("localisation", truth="boxes", higher_is_better=False)(probe_metric) is probe_metric
+        entry = registry.metrics()["probe_metric"]
+        assert (entry.name, entry.function, entry.kind, entry.truth, entry.higher_is_better) == (
+            "probe_metric",
+            probe_metric,
+            "localisation",
+            "boxes",
+            False,
+        )
+        registry.metric("faithfulness")(probe_metric)
+        entry = registry.metrics()["probe_metric"]
+        assert (entry.kind, entry.truth, entry.higher_is_better) == ("faithfulness", None, True)
+    finally:
+        registry._REGISTRY.pop("probe_metric", None)
+    for kind, truth in (("speed", None), ("localisation", None), ("faithfulness", "mask"), ("localisation", "pixels")):
+        with pytest.raises(ValueError):
+            registry.metric(kind, truth=truth)

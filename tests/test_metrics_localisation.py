@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from whycam import metrics
-from whycam.metrics.localisation import ground_truth_masks
+from whycam.metrics.localisation import box_iou, ground_truth_masks
 
 LOCALISATION = (
     metrics.box_accuracy,
@@ -174,3 +174,25 @@ def test_several_boxes_per_image_are_their_union_for_pixels_and_the_best_match_f
         metrics.max_box_accuracy(maps, torch.tensor([[[5.0, 5, 1, 1]], [[0, 0, 4, 4]]]))
     with pytest.raises(ValueError, match=r"\(2, M, 4\) boxes"):
         metrics.auprc(maps, torch.zeros(3, 2, 4))
+
+
+def test_box_iou_by_hand():
+    """Half-open boxes, fractional and empty ones included; each expected IoU is worked out by hand."""
+    a = torch.tensor([[0, 0, 2, 2], [0, 0, 2, 2], [0, 0, 4, 4], [0, 0, 0.5, 0.5], [0, 0, 0, 0]])
+    b = torch.tensor([[3, 0, 5, 2], [0, 3, 2, 5], [2, 2, 6, 6], [0, 0, 0.5, 0.25], [0, 0, 0, 0]])
+    # apart in x only, apart in y only, 2x2 of 16 + 16 - 4, 0.125 of 0.25, both empty (0, not 0/0)
+    expected = torch.tensor([0.0, 0.0, 4 / 28, 0.5, 0.0])
+    assert torch.allclose(box_iou(a, b), expected, atol=1e-7)
+
+
+def test_a_single_component_is_boxed_and_a_mask_truth_is_its_bounding_box():
+    maps = torch.zeros(1, 10, 12)
+    maps[0, 3:7, 2:8] = 1.0  # the only component at every tau: box (2, 3, 8, 7)
+    for truth in (maps.bool(), torch.tensor([[2, 3, 8, 7]])):
+        assert metrics.box_accuracy(maps, truth, tau=0.5).curves["iou"].item() == 1.0
+    shifted = torch.tensor([[2, 3, 9, 7]])  # one column wider: IoU 24 / 28
+    assert abs(metrics.box_accuracy(maps, shifted, tau=0.5).curves["iou"].item() - 24 / 28) < 1e-6
+    # "best" keeps the component whose IoU is highest even when that IoU is below 1
+    assert metrics.max_box_accuracy(maps, shifted, taus=torch.tensor([0.5]), iou_thresholds=(0.8,)).value == 1.0
+    single = metrics.max_box_accuracy(maps, maps.bool(), taus=torch.tensor([0.5]), iou_thresholds=(0.99,))
+    assert single.value == 1.0

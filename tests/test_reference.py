@@ -247,3 +247,27 @@ def test_only_the_sufficient_statistics_are_kept_unless_asked():
     assert ReferenceStats.from_embeddings(x).embeddings_ is None
     kept = ReferenceBank.from_embeddings(x, [0, 1] * 3, keep_embeddings=True)
     torch.testing.assert_close(kept.classes[1].embeddings_, x[1::2].double())
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_nearest_solve_accepts_k_from_2_to_n_and_equals_numpy(k):
+    """k = 2 and k = n are both valid; float32 targets are read in the references' float64. Expected:
+    S = 0.5 C + 0.5 (tr C / K) I of the k nearest (C divided by k), solved by numpy."""
+    references, target = _data(5, 3, seed=3), torch.tensor([[0.3, -0.2, 0.9]], dtype=torch.float32)
+    x, t = references.numpy(), target.double().numpy()[0]
+    near = x[np.argsort(np.linalg.norm(x - t, axis=1))[:k]]
+    centred = near - near.mean(0)
+    covariance = centred.T @ centred / k
+    shrunk = 0.5 * covariance + 0.5 * np.trace(covariance) / 3 * np.eye(3)
+    expected = np.linalg.solve(shrunk, t - near.mean(0))
+    np.testing.assert_allclose(nearest_solve(references, target, k, 0.5)[0].numpy(), expected, rtol=1e-9)
+    for bad in (1, 6):
+        with pytest.raises(ValueError, match="2 <= k <= the number of references"):
+            nearest_solve(references, target, bad, 0.5)
+
+
+def test_a_statistics_file_without_its_sums_is_refused():
+    tensors = ReferenceStats.from_embeddings(_data(4, 3)).tensors()
+    del tensors["outer"]
+    with pytest.raises(ValueError, match="missing outer"):
+        ReferenceStats.from_tensors(tensors, {})

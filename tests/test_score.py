@@ -183,7 +183,7 @@ def test_batch_size_changes_speed_not_the_map(method):
 @pytest.mark.parametrize("method", [whycam.ScoreCAM, whycam.AblationCAM])
 def test_callable_target_scores_each_row(method):
     torch.manual_seed(0)
-    model, x = TinyCNN().eval(), images()
+    model, x = TinyCNN(dead=2).eval(), images()  # dead channels: the zero-image pass scores rows too
     by_class = method(model, "body.3")(x, target=3)
     by_callable = method(model, "body.3")(x, target=lambda out: out[:, 3])
     assert torch.allclose(by_class, by_callable, atol=1e-6)
@@ -231,3 +231,8 @@ def test_channels_last_passes_give_the_contiguous_map():
     fast = whycam.ScoreCAM(model, "body.3")(x, target=[2, 0], raw=True)
     plain = whycam.ScoreCAM(model, "body.3", channels_last=False)(x, target=[2, 0], raw=True)
     assert torch.allclose(fast, plain, atol=1e-6)
+
+
+def test_scorecam_passes_its_options_on():
+    with pytest.raises(ValueError, match="sign"):
+        whycam.ScoreCAM(TinyCNN(), "body.3", sign="bogus")

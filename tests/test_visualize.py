@@ -4,6 +4,7 @@ the class score, is reproducible from its seed, and leaves the model as it was."
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -101,3 +102,16 @@ def test_the_visualize_command_writes_one_png_per_class(tmp_path):
     assert result.exit_code == 2 and "zebra" in result.output
     result = CliRunner().invoke(main, ["visualize", "--model", tiny, "--class", "9", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "out of range" in result.output
+
+
+def test_displayable_per_channel_and_per_image_equals_numpy():
+    """ImageNet's per-channel mean and std, two images of different ranges, float64 kept to 1e-12."""
+    images = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    images[1] *= 3
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    pictures = images.numpy() * np.array(std)[:, None, None] + np.array(mean)[:, None, None]
+    low = pictures.min((1, 2, 3), keepdims=True)
+    expected = (pictures - low) / (pictures.max((1, 2, 3), keepdims=True) - low)
+    result = displayable(images, mean, std)
+    assert result.dtype == torch.float64
+    np.testing.assert_allclose(result.numpy(), expected, rtol=0, atol=1e-12)
