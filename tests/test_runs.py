@@ -81,6 +81,16 @@ def test_one_failing_method_does_not_stop_the_others(images):
     assert failure.method == "cam" and failure.inputs == ["0", "1", "2", "3", "4"]
 
 
+def test_a_failure_before_the_method_that_runs_first_is_recorded_once(images):
+    # Grad-CAM runs first (its pass gives the predictions); the occlusion that fails before it in the
+    # list must not be recorded against Grad-CAM too
+    model = no_gap().model
+    batch = Runner(model, {"occlusion": {"window": 64, "stride": 64}, "gradcam": {}}, layer="0").explain_batch(images)
+    assert set(batch.maps) == {"gradcam"}
+    [failure] = batch.failures
+    assert failure.method == "occlusion" and "window" in failure.error
+
+
 def test_predictions_and_maps_go_through_the_output_selector(loaded, images):
     class Wrapped(nn.Module):
         def __init__(self, net):

@@ -313,7 +313,7 @@ class Runner:
         result = BatchResult(ids, display=display, labels=labels)
         given = None if targets is None else self._targets(targets, None, len(images))
         first = self._seeing()
-        error = None if first is None else self._attempt(first, images, given, result, keep_output=True)
+        first_error = None if first is None else self._attempt(first, images, given, result, keep_output=True)
         output = self._seen(first)
         output = self.predict(images) if output is None else output
         if output.dim() == 2:
@@ -324,7 +324,7 @@ class Runner:
         result.targets = explained.cpu() if isinstance(explained, Tensor) else None
         result.target_text = None if isinstance(explained, Tensor) else describe_target(explained)
         for name in self.explainers:
-            error = self._attempt(name, images, explained, result) if name != first else error
+            error = first_error if name == first else self._attempt(name, images, explained, result)
             if error is not None:
                 if self.strict:
                     raise error
