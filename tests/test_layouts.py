@@ -16,6 +16,7 @@ import torch
 import torchvision
 from pytorch_grad_cam import GradCAM as OracleGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from tiny_model import SMALL_VIT
 from torch import nn
 from transformers import (
     CLIPVisionConfig,
@@ -92,26 +93,14 @@ def hf_swin():
 
 def hf_vit():
     torch.manual_seed(0)
-    config = ViTConfig(
-        image_size=64,
-        patch_size=16,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=5,
-    )
-    return ViTForImageClassification(config).eval()
+    return ViTForImageClassification(ViTConfig(**SMALL_VIT, num_labels=5)).eval()
 
 
 def dinov2(registers=0):
     torch.manual_seed(0)
-    sizes = dict(
-        image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
-    )
     if registers:
-        return Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=registers, **sizes)).eval()
-    return Dinov2Model(Dinov2Config(**sizes)).eval()
+        return Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=registers, **SMALL_VIT)).eval()
+    return Dinov2Model(Dinov2Config(**SMALL_VIT)).eval()
 
 
 # model, expected automatic layer, the layer's layout by hand
@@ -239,10 +228,7 @@ def test_a_constant_map_is_zeros_at_any_size(value):
 
 def clip_vision():
     torch.manual_seed(0)
-    config = CLIPVisionConfig(
-        image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
-    )
-    return CLIPVisionModel(config).eval()
+    return CLIPVisionModel(CLIPVisionConfig(**SMALL_VIT)).eval()
 
 
 @pytest.mark.parametrize("build", [dinov2, clip_vision])

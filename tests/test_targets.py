@@ -15,6 +15,7 @@ import torchvision
 from monai.networks.nets import SegResNet
 from pytorch_grad_cam import GradCAM as OracleGradCAM
 from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+from tiny_model import SMALL_VIT
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -93,16 +94,7 @@ def test_detection_target_explains_the_best_matching_box():
 
 def test_similarity_target_on_a_clip_image_embedding():
     torch.manual_seed(0)
-    config = CLIPVisionConfig(
-        image_size=64,
-        patch_size=16,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        projection_dim=8,
-    )
-    model = CLIPVisionModelWithProjection(config).eval()
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(**SMALL_VIT, projection_dim=8)).eval()
     text = torch.randn(8, generator=torch.Generator().manual_seed(3))
     x = images()
     cam = whycam.GradCAM(model, output="image_embeds")

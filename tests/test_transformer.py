@@ -10,6 +10,7 @@ import timm
 import torch
 import torchvision
 from timm.models.vision_transformer import Attention as TimmAttention
+from tiny_model import SMALL_VIT
 from transformers import ViTConfig, ViTForImageClassification
 
 import whycam
@@ -34,16 +35,7 @@ def rollout(attentions):
 
 def test_rollout_matches_hugging_face_eager_attentions():
     torch.manual_seed(0)
-    config = ViTConfig(
-        image_size=64,
-        patch_size=16,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=5,
-    )
-    model = ViTForImageClassification(config).eval()
+    model = ViTForImageClassification(ViTConfig(**{**SMALL_VIT, "num_hidden_layers": 3}, num_labels=5)).eval()
     x = images()
     model.set_attn_implementation("eager")
     with torch.no_grad():

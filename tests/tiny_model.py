@@ -1,5 +1,6 @@
 """Tiny seeded CNNs: ``make`` for the CLI tests (the spec ``tests/tiny_model.py:make``), ``small_cnn``
-for the oracle tests (an in-place ReLU, max pooling, GAP and a linear head)."""
+for the oracle tests (an in-place ReLU, max pooling, GAP and a linear head); ``SMALL_VIT``, the sizes
+of the Hugging Face ViT-style configs the tests build (64 px, 16 px patches: a 4 x 4 token grid)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import torch
 from torch import nn
 
 from whycam.models import LoadedModel, Preprocess
+
+SMALL_VIT = dict(
+    image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+)
 
 
 def make() -> LoadedModel:
